@@ -1,0 +1,63 @@
+# Every entry point a developer or CI uses. `make help` lists them.
+# On a fresh Debian machine, as root, `make demo` and `make test` install what they need:
+# Debian packages (only those missing), a virtualenv in .venv, the compiled extension.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+DEB_PACKAGES := python3 python3-venv python3-dev gcc make libssl-dev openssl iproute2 procps
+EXT_SOURCES := $(wildcard ext/*.pyx ext/*.pxi ext/includes/*.pxd ext/includes/*.h) setup.py
+PYTEST_ARGS ?=
+
+.PHONY: help demo test lint build bench deps clean fmt
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
+
+demo: build  ## install, build, and run the relay on its embedded default (Ctrl-C stops)
+	$(BIN)/relaycore demo $(DEMO_ARGS)
+
+test: build  ## install, build, and run every test tier
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed  ## ruff, ruff format --check, mypy --strict, cython-lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	PATH=$(BIN):$$PATH $(BIN)/cython-lint --max-line-length 100 ext/
+
+fmt: $(VENV)/.installed  ## reformat the Python sources
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+build: relaycore/.built  ## compile relaycore._core in place
+
+bench: build  ## pytest-benchmark runs: relay vs direct, copy vs splice (loopback only)
+	$(PY) -m pytest bench --benchmark-only --benchmark-columns=median,ops,rounds -p no:timeout $(PYTEST_ARGS)
+
+deps: $(VENV)/.installed  ## Debian packages and the virtualenv only
+
+relaycore/.built: $(VENV)/.installed $(EXT_SOURCES)
+	$(PY) setup.py -q build_ext --inplace -j 2
+	@touch $@
+
+$(VENV)/.installed: .stamp-deb pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "Cython>=3.0,<4" "setuptools>=68" wheel
+	$(PY) -m pip install -q --no-build-isolation -e ".[test,dev]"
+	@touch $@
+
+# Debian packages: install only what is missing, so a prepared machine does no apt work.
+.stamp-deb:
+	@missing=$$(for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	@touch $@
+
+clean:  ## remove build products (keeps .venv)
+	rm -rf build relaycore/.built relaycore/_core*.so ext/_core.c

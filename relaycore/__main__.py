@@ -1,0 +1,3 @@
+from relaycore.cli import main
+
+raise SystemExit(main())

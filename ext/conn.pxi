@@ -1,0 +1,195 @@
+# A relayed connection: client socket <-> upstream socket, from accept to close.
+#
+# Life: accept -> CONNECTING (non-blocking connect; the client is not read, so its bytes
+# wait in the kernel) -> RELAYING -> CLOSED. EOF travels one direction at a time: a
+# direction whose src said EOF shuts dst for writing once its bytes are flushed, and the
+# other direction keeps flowing. The connection closes when both directions are shut, or
+# at once with RSTs on both sides when either side fails (a reset propagates as a reset).
+#
+# Slots are freed only at the end of the event batch (the dead list): an event later in
+# the same batch may name a slot that closed earlier in it, and must not find a new
+# connection there.
+
+
+cdef inline void conn_queue(Worker *w, int32_t i) noexcept nogil:
+    cdef Conn *c = &w.conns[i]
+    if c.queued:
+        return
+    c.queued = 1
+    c.next = w.run_head
+    w.run_head = i
+
+
+cdef void set_nodelay(int fd) noexcept nogil:
+    # A relay must not add Nagle delay to a device's small writes.
+    cdef int one = 1
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+
+
+cdef void close_abortive(int fd) noexcept nogil:
+    # SO_LINGER {1, 0}: close sends RST, so the peer learns of the failure.
+    cdef linger lg
+    lg.l_onoff = 1
+    lg.l_linger = 0
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg))
+    close(fd)
+
+
+cdef void conn_close(Worker *w, int32_t i, bint abortive) noexcept nogil:
+    cdef Conn *c = &w.conns[i]
+    cdef int side
+    if c.state == CONN_CLOSED or c.state == CONN_FREE:
+        return
+    for side in range(2):
+        if c.fd[side] >= 0:
+            if abortive:
+                close_abortive(c.fd[side])
+            else:
+                close(c.fd[side])
+            c.fd[side] = -1
+        dir_release(w, &c.dir[side])
+    timer_disarm(w, i)
+    c.state = CONN_CLOSED
+    if not c.queued:
+        # Queued slots are unlinked by the run queue, which then puts them on the dead list.
+        c.next = w.dead_head
+        w.dead_head = i
+    w.active -= 1
+    w.ctr.closed += 1
+    if w.limit_paused and w.active < w.max_conns:
+        listeners_resume_limit(w)
+
+
+cdef void conn_fail(Worker *w, int32_t i, uint8_t cause, int err) noexcept nogil:
+    # The upstream could not be reached: say why, then close the client with a RST so a
+    # device does not mistake the failure for an empty answer.
+    cdef Conn *c = &w.conns[i]
+    if cause == CAUSE_CONNECT_REFUSED:
+        w.ctr.connect_refused += 1
+    elif cause == CAUSE_CONNECT_TIMEOUT:
+        w.ctr.connect_timeout += 1
+    elif cause == CAUSE_UPSTREAM_SOCKET:
+        w.ctr.socket_errors += 1
+    else:
+        w.ctr.connect_failed += 1
+    error_event(w, c, cause, err)
+    conn_close(w, i, True)
+
+
+cdef void conn_connect_failed(Worker *w, int32_t i, int err) noexcept nogil:
+    conn_fail(w, i, CAUSE_CONNECT_REFUSED if err == ECONNREFUSED else CAUSE_CONNECT_FAILED,
+              err)
+
+
+cdef void conn_established(Worker *w, int32_t i) noexcept nogil:
+    cdef Conn *c = &w.conns[i]
+    c.state = CONN_RELAYING
+    c.last_active_ms = w.now_ms
+    timer_arm(w, i, w.now_ms + w.idle_timeout_ms)
+
+
+cdef int conn_register(Worker *w, int32_t i, int side) noexcept nogil:
+    cdef epoll_event ev
+    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
+    ev.data.u64 = (<uint64_t>i << 2) | <uint64_t>side
+    return epoll_ctl(w.epfd, EPOLL_CTL_ADD, w.conns[i].fd[side], &ev)
+
+
+cdef void conn_open(Worker *w, uint16_t route, int client_fd) noexcept nogil:
+    # Takes ownership of client_fd. w.free_head is not NIL (the caller checked the limit).
+    cdef int32_t i = w.free_head
+    cdef Conn *c = &w.conns[i]
+    cdef Route *r = &w.routes[route]
+    cdef int up, rc, side
+    w.free_head = c.next
+    memset(c, 0, sizeof(Conn))
+    c.fd[SIDE_CLIENT] = client_fd
+    c.fd[SIDE_UPSTREAM] = -1
+    for side in range(2):
+        c.dir[side].pipe_r = -1
+        c.dir[side].pipe_w = -1
+    c.route = route
+    c.next = NIL
+    c.timer_slot = NIL
+    c.state = CONN_CONNECTING
+    w.active += 1
+    w.ctr.accepted += 1
+    set_nodelay(client_fd)
+    up = socket((<sockaddr *>&r.upstream).sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                0)
+    if up < 0:
+        rc = errno
+        conn_fail(w, i, CAUSE_UPSTREAM_SOCKET, rc)
+        if rc == EMFILE or rc == ENFILE:
+            listener_pause_emfile(w, route)
+        return
+    c.fd[SIDE_UPSTREAM] = up
+    set_nodelay(up)
+    if conn_register(w, i, SIDE_CLIENT) < 0 or conn_register(w, i, SIDE_UPSTREAM) < 0:
+        conn_fail(w, i, CAUSE_UPSTREAM_SOCKET, errno)
+        return
+    rc = connect(up, <sockaddr *>&r.upstream, r.upstream_len)
+    if rc == 0:
+        conn_established(w, i)
+    elif errno == EINPROGRESS:
+        timer_arm(w, i, w.now_ms + w.connect_timeout_ms)
+    else:
+        conn_connect_failed(w, i, errno)
+
+
+cdef void conn_run(Worker *w, int32_t i) noexcept nogil:
+    # Move what can move now. Leaves the connection queued if its budget ran out first.
+    cdef Conn *c = &w.conns[i]
+    cdef int err = 0
+    cdef int d
+    cdef socklen_t errlen = sizeof(err)
+    cdef Py_ssize_t moved, n
+    cdef Py_ssize_t budget = CONN_BUDGET
+    cdef bint active = False
+    if c.state == CONN_CONNECTING:
+        if not c.ready[SIDE_UPSTREAM] & READY_WRITE:
+            return
+        getsockopt(c.fd[SIDE_UPSTREAM], SOL_SOCKET, SO_ERROR, &err, &errlen)
+        if err:
+            conn_connect_failed(w, i, err)
+            return
+        conn_established(w, i)
+    if c.state != CONN_RELAYING:
+        return
+    while True:
+        moved = 0
+        for d in range(2):
+            n = pump(w, c, d)
+            if n < 0:
+                w.ctr.resets += 1
+                conn_close(w, i, True)
+                return
+            moved += n
+            if c.dir[d].eof and not c.dir[d].shut and dir_flushed(&c.dir[d]):
+                c.dir[d].shut = 1
+                shutdown(c.fd[1 - d], SHUT_WR)
+        if c.dir[0].shut and c.dir[1].shut:
+            conn_close(w, i, False)
+            return
+        if moved == 0:
+            break
+        active = True
+        budget -= moved
+        if budget <= 0:
+            conn_queue(w, i)
+            break
+    if active:
+        c.last_active_ms = w.now_ms
+
+
+cdef void conn_expire(Worker *w, int32_t i) noexcept nogil:
+    # The connection's deadline passed (its timer already disarmed).
+    cdef Conn *c = &w.conns[i]
+    if c.state == CONN_CONNECTING:
+        conn_fail(w, i, CAUSE_CONNECT_TIMEOUT, ETIMEDOUT)
+    elif c.state == CONN_RELAYING:
+        if c.last_active_ms + w.idle_timeout_ms > w.now_ms:
+            timer_arm(w, i, c.last_active_ms + w.idle_timeout_ms)
+        else:
+            w.ctr.idle_timeout += 1
+            conn_close(w, i, False)

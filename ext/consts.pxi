@@ -1,0 +1,55 @@
+# Constants of the data path, with their units.
+
+cdef enum:
+    SCRATCH_SIZE = 65536          # bytes: one recv in the copy pump; also an owned buffer
+    BUF_POOL_MAX = 64             # owned buffers kept for reuse per worker
+    PUMP_BUDGET = 262144          # bytes one direction moves before yielding to others
+    CONN_BUDGET = 1048576         # bytes one connection moves per turn of the loop
+    MAX_EVENTS = 256              # epoll events per epoll_wait
+    ACCEPT_BUDGET = 64            # accepts per listener wake-up
+    MIN_SPLICE = 4096             # bytes: a splice fill below this is "small" (HAProxy)
+    PROMOTE_AFTER = 3             # full scratch reads in a row that promote to splice
+    DEMOTE_AFTER = 2              # small splice fills in a row that demote to copy
+    TICK_MS = 50                  # timer wheel granularity
+    WHEEL_SLOTS = 4096            # power of two; one turn of the wheel = 204.8 s
+    EMFILE_PAUSE_MS = 100         # how long a listener rests when fds run out
+    ERR_RING = 256                # error events kept between two pop_errors()
+
+cdef enum:
+    NIL = -1                      # end of an intrusive list of slot indices
+
+# Conn.state
+cdef enum:
+    CONN_FREE = 0
+    CONN_CONNECTING
+    CONN_RELAYING
+    CONN_CLOSED                   # closed in this turn; its slot is freed at the end of it
+
+# Sides of a connection; Dir d moves bytes from side d to side 1 - d.
+cdef enum:
+    SIDE_CLIENT = 0
+    SIDE_UPSTREAM = 1
+
+# Conn.ready bits, set by edge-triggered events, cleared by EAGAIN.
+cdef enum:
+    READY_READ = 1
+    READY_WRITE = 2
+
+# epoll_event.data.u64 = index << 2 | tag
+cdef enum:
+    TAG_CLIENT = SIDE_CLIENT
+    TAG_UPSTREAM = SIDE_UPSTREAM
+    TAG_LISTENER = 2
+
+# Loop splice mode
+cdef enum:
+    SPLICE_OFF = 0
+    SPLICE_AUTO
+    SPLICE_ALWAYS
+
+# Error causes; names in CAUSE_NAMES (errors.pxi) and docs/ERRORS.md.
+cdef enum:
+    CAUSE_CONNECT_REFUSED = 0
+    CAUSE_CONNECT_TIMEOUT
+    CAUSE_CONNECT_FAILED
+    CAUSE_UPSTREAM_SOCKET

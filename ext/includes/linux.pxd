@@ -1,0 +1,125 @@
+# Linux syscalls and constants used by the loop and the pump. Declarations only, no logic.
+# Python.h (included first by Cython) defines _GNU_SOURCE, which accept4, pipe2, splice
+# and F_SETPIPE_SZ need.
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+
+
+cdef extern from "<sys/epoll.h>" nogil:
+    enum:
+        EPOLLIN
+        EPOLLOUT
+        EPOLLERR
+        EPOLLHUP
+        EPOLLRDHUP
+        EPOLLET
+        EPOLL_CTL_ADD
+        EPOLL_CTL_MOD
+        EPOLL_CTL_DEL
+        EPOLL_CLOEXEC
+    union epoll_data_t:
+        uint64_t u64
+    struct epoll_event:
+        uint32_t events
+        epoll_data_t data
+    int epoll_create1(int flags)
+    int epoll_ctl(int epfd, int op, int fd, epoll_event *event)
+    int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout)
+
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef uint32_t socklen_t
+    ctypedef uint16_t sa_family_t
+    enum:
+        AF_INET
+        AF_INET6
+        SOCK_STREAM
+        SOCK_NONBLOCK
+        SOCK_CLOEXEC
+        SOL_SOCKET
+        SO_ERROR
+        SO_LINGER
+        SHUT_WR
+        MSG_NOSIGNAL
+    struct sockaddr:
+        sa_family_t sa_family
+    struct sockaddr_storage:
+        sa_family_t ss_family
+    struct linger:
+        int l_onoff
+        int l_linger
+    int socket(int domain, int type, int protocol)
+    int connect(int fd, const sockaddr *addr, socklen_t len)
+    int accept4(int fd, sockaddr *addr, socklen_t *len, int flags)
+    int getsockopt(int fd, int level, int name, void *val, socklen_t *len)
+    int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
+    int getpeername(int fd, sockaddr *addr, socklen_t *len)
+    int shutdown(int fd, int how)
+    ssize_t recv(int fd, void *buf, size_t len, int flags)
+    ssize_t send(int fd, const void *buf, size_t len, int flags)
+
+
+cdef extern from "<netinet/in.h>" nogil:
+    enum:
+        IPPROTO_TCP
+    struct in_addr:
+        uint32_t s_addr
+    struct in6_addr:
+        uint8_t s6_addr[16]
+    struct sockaddr_in:
+        sa_family_t sin_family
+        uint16_t sin_port
+        in_addr sin_addr
+    struct sockaddr_in6:
+        sa_family_t sin6_family
+        uint16_t sin6_port
+        in6_addr sin6_addr
+    uint16_t htons(uint16_t)
+    uint16_t ntohs(uint16_t)
+
+
+cdef extern from "<netinet/tcp.h>" nogil:
+    enum:
+        TCP_NODELAY
+
+
+cdef extern from "<arpa/inet.h>" nogil:
+    enum:
+        INET6_ADDRSTRLEN
+    int inet_pton(int af, const char *src, void *dst)
+    const char *inet_ntop(int af, const void *src, char *dst, socklen_t size)
+
+
+cdef extern from "<fcntl.h>" nogil:
+    enum:
+        O_NONBLOCK
+        O_CLOEXEC
+        F_SETPIPE_SZ
+        F_GETPIPE_SZ
+        SPLICE_F_MOVE
+        SPLICE_F_NONBLOCK
+    int fcntl(int fd, int cmd, ...)
+    ssize_t splice(int fd_in, void *off_in, int fd_out, void *off_out, size_t len,
+                   unsigned int flags)
+
+
+cdef extern from "<unistd.h>" nogil:
+    int pipe2(int fds[2], int flags)
+    int close(int fd)
+
+
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    enum:
+        CLOCK_MONOTONIC_COARSE
+    int clock_gettime(int clk, timespec *ts)
+
+
+cdef extern from "<sys/prctl.h>" nogil:
+    enum:
+        PR_SET_PDEATHSIG
+    int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4,
+              unsigned long arg5)

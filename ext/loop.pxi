@@ -1,0 +1,283 @@
+# The worker's event loop: one epoll, one turn at a time, Python only between turns.
+#
+# A turn: epoll_wait; each event sets ready bits on its side and queues its connection
+# (or accepts, for a listener); then every queued connection runs once (so a connection
+# with events on both sides runs once, not twice); then timers; then the slots closed in
+# this turn go back to the free list. Connections that used up their budget stay queued
+# and the next epoll_wait does not sleep.
+
+
+cdef void run_queue(Worker *w) noexcept nogil:
+    cdef int32_t head = w.run_head
+    cdef int32_t i
+    cdef Conn *c
+    w.run_head = NIL
+    while head != NIL:
+        i = head
+        c = &w.conns[i]
+        head = c.next
+        c.queued = 0
+        if c.state == CONN_CLOSED:
+            c.next = w.dead_head
+            w.dead_head = i
+        else:
+            conn_run(w, i)
+
+
+cdef void timers_expire(Worker *w) noexcept nogil:
+    # Expire every tick that has fully elapsed: whatever sits in it is due (or belongs to
+    # a later turn of the wheel and stays).
+    cdef uint64_t now_tick = w.now_ms // TICK_MS
+    cdef uint64_t t
+    cdef int32_t i, nxt
+    if w.active == 0 or now_tick - w.wheel_tick > WHEEL_SLOTS:
+        if w.active == 0:
+            w.wheel_tick = now_tick
+            return
+        w.wheel_tick = now_tick - WHEEL_SLOTS
+    while w.wheel_tick < now_tick:
+        t = w.wheel_tick
+        i = w.wheel[t & (WHEEL_SLOTS - 1)]
+        while i != NIL:
+            nxt = w.conns[i].timer_next
+            if w.conns[i].deadline_ms // TICK_MS <= t:
+                timer_disarm(w, i)
+                conn_expire(w, i)
+            i = nxt
+        w.wheel_tick += 1
+
+
+cdef void free_dead(Worker *w) noexcept nogil:
+    cdef int32_t i
+    while w.dead_head != NIL:
+        i = w.dead_head
+        w.dead_head = w.conns[i].next
+        w.conns[i].state = CONN_FREE
+        w.conns[i].next = w.free_head
+        w.free_head = i
+
+
+cdef int worker_turn(Worker *w, int timeout_ms) noexcept nogil:
+    # 0, or -errno from epoll_wait (-EINTR: a signal is waiting for its Python handler).
+    cdef epoll_event events[MAX_EVENTS]
+    cdef int n, k, tag
+    cdef uint64_t data
+    cdef Conn *c
+    cdef uint32_t ev
+    if w.run_head != NIL:
+        timeout_ms = 0
+    elif (w.active or w.limit_paused) and timeout_ms > TICK_MS:
+        timeout_ms = TICK_MS
+    n = epoll_wait(w.epfd, events, MAX_EVENTS, timeout_ms)
+    if n < 0:
+        return -errno
+    w.now_ms = clock_ms()
+    for k in range(n):
+        data = events[k].data.u64
+        tag = <int>(data & 3)
+        if tag == TAG_LISTENER:
+            listener_accept(w, <uint16_t>(data >> 2))
+            continue
+        c = &w.conns[data >> 2]
+        if c.state != CONN_CONNECTING and c.state != CONN_RELAYING:
+            continue
+        ev = events[k].events
+        if ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+            c.ready[tag] |= READY_READ
+        if ev & (EPOLLOUT | EPOLLHUP | EPOLLERR):
+            c.ready[tag] |= READY_WRITE
+        conn_queue(w, <int32_t>(data >> 2))
+    run_queue(w)
+    timers_expire(w)
+    listeners_tick(w)
+    free_dead(w)
+    return 0
+
+
+cdef class Loop:
+    """One worker's epoll loop: accepts on its listeners and relays bytes in C."""
+
+    cdef Worker *w
+
+    def __cinit__(self, *, int max_connections=10000, str splice="auto",
+                  long connect_timeout_ms=10000, long idle_timeout_ms=900000,
+                  int max_pipes=-1, int pipe_size=262144):
+        cdef int k
+        cdef int mode
+        if max_connections < 1 or max_connections > 0x3fffffff:
+            raise ValueError(f"max_connections out of range: {max_connections}")
+        if connect_timeout_ms < 1 or idle_timeout_ms < 1:
+            raise ValueError("timeouts must be positive")
+        try:
+            mode = {"off": SPLICE_OFF, "auto": SPLICE_AUTO, "always": SPLICE_ALWAYS}[splice]
+        except KeyError:
+            raise ValueError(f"splice must be 'auto', 'off' or 'always', not {splice!r}")
+        if max_pipes < 0:
+            max_pipes = (0 if mode == SPLICE_OFF else
+                         2 * max_connections if mode == SPLICE_ALWAYS else
+                         max(2, max_connections // 4))
+        self.w = <Worker *>calloc(1, sizeof(Worker))
+        if self.w == NULL:
+            raise MemoryError()
+        w = self.w
+        w.epfd = -1
+        w.splice_mode = mode
+        w.connect_timeout_ms = connect_timeout_ms
+        w.idle_timeout_ms = idle_timeout_ms
+        w.max_conns = max_connections
+        w.max_pipes = max_pipes
+        w.pipe_size = pipe_size
+        w.run_head = NIL
+        w.dead_head = NIL
+        w.conns = <Conn *>calloc(max_connections, sizeof(Conn))
+        w.scratch = <char *>malloc(SCRATCH_SIZE)
+        w.buf_pool = <char **>calloc(BUF_POOL_MAX, sizeof(char *))
+        w.pipe_pool = <int *>calloc(2 * max_pipes + 2, sizeof(int))
+        w.wheel = <int32_t *>malloc(WHEEL_SLOTS * sizeof(int32_t))
+        w.errors = <ErrorEvent *>calloc(ERR_RING, sizeof(ErrorEvent))
+        if (w.conns == NULL or w.scratch == NULL or w.buf_pool == NULL
+                or w.pipe_pool == NULL or w.wheel == NULL or w.errors == NULL):
+            raise MemoryError()
+        for k in range(max_connections):
+            w.conns[k].next = k + 1 if k + 1 < max_connections else NIL
+            w.conns[k].fd[0] = -1
+            w.conns[k].fd[1] = -1
+        w.free_head = 0
+        for k in range(WHEEL_SLOTS):
+            w.wheel[k] = NIL
+        w.now_ms = clock_ms()
+        w.wheel_tick = w.now_ms // TICK_MS
+        w.epfd = epoll_create1(EPOLL_CLOEXEC)
+        if w.epfd < 0:
+            raise_from_errno(errno, "epoll_create1")
+
+    def __dealloc__(self):
+        if self.w != NULL:
+            worker_free(self.w)
+            self.w = NULL
+
+    cdef Worker *live(self) except NULL:
+        if self.w == NULL or self.w.epfd < 0:
+            raise ValueError("the loop is closed")
+        return self.w
+
+    def add_route(self, int listen_fd, int connector_id, str upstream_host,
+                  int upstream_port):
+        """Accept on listen_fd (bound, listening; the loop owns it from now on) and relay
+        each connection to upstream_host (an IPv4 or IPv6 literal):upstream_port."""
+        cdef Worker *w = self.live()
+        cdef Route *r
+        cdef epoll_event ev
+        cdef sockaddr_storage upstream
+        cdef socklen_t upstream_len = 0
+        parse_sockaddr(upstream_host, upstream_port, &upstream, &upstream_len)
+        if w.nroutes == 0xffff:
+            raise ValueError("too many listeners")
+        if w.nroutes == w.routes_cap:
+            r = <Route *>realloc(w.routes, (w.routes_cap * 2 + 4) * sizeof(Route))
+            if r == NULL:
+                raise MemoryError()
+            w.routes = r
+            w.routes_cap = w.routes_cap * 2 + 4
+        r = &w.routes[w.nroutes]
+        memset(r, 0, sizeof(Route))
+        r.listen_fd = listen_fd
+        r.connector_id = connector_id
+        r.upstream = upstream
+        r.upstream_len = upstream_len
+        fcntl(listen_fd, F_SETFL, fcntl(listen_fd, F_GETFL) | O_NONBLOCK)
+        ev.events = EPOLLIN
+        ev.data.u64 = (<uint64_t>w.nroutes << 2) | TAG_LISTENER
+        if epoll_ctl(w.epfd, EPOLL_CTL_ADD, listen_fd, &ev) < 0:
+            raise_from_errno(errno, "epoll_ctl(listener)")
+        r.registered = 1
+        w.nroutes += 1
+
+    def run(self, long timeout_ms):
+        """Serve until timeout_ms elapsed or a signal arrived (its Python handler has run
+        when this returns; an exception it raised propagates)."""
+        cdef Worker *w = self.live()
+        cdef uint64_t deadline = clock_ms() + <uint64_t>max(timeout_ms, 0)
+        cdef uint64_t now
+        cdef int rc = 0
+        with nogil:
+            while True:
+                now = clock_ms()
+                rc = worker_turn(w, <int>(deadline - now if deadline > now else 0))
+                if rc < 0 or w.now_ms >= deadline:
+                    break
+        if rc == -EINTR:
+            PyErr_CheckSignals()
+        elif rc < 0:
+            raise_from_errno(-rc, "epoll_wait")
+
+    def stop_accepting(self):
+        """Stop accepting and close the loop's listener fds; relayed connections go on."""
+        cdef Worker *w = self.live()
+        cdef uint32_t k
+        for k in range(w.nroutes):
+            if w.routes[k].listen_fd >= 0:
+                close(w.routes[k].listen_fd)
+                w.routes[k].listen_fd = -1
+                w.routes[k].registered = 0
+
+    @property
+    def active(self):
+        """Connections open now."""
+        return self.live().active
+
+    def counters(self):
+        """Snapshot of the worker's counters (names in docs/ERRORS.md)."""
+        cdef Worker *w = self.live()
+        cdef dict snapshot = w.ctr
+        snapshot["active"] = w.active
+        snapshot["pipes_open"] = w.pipes_open
+        return snapshot
+
+    def pop_errors(self):
+        """Error events since the last call: (connector_id, cause, errno, client, upstream)."""
+        cdef Worker *w = self.live()
+        cdef ErrorEvent *e
+        cdef Route *r
+        events = []
+        while w.err_len:
+            e = &w.errors[w.err_head]
+            r = &w.routes[e.route]
+            events.append((e.connector_id, CAUSE_NAMES[e.cause], e.err,
+                           format_sockaddr(&e.client, e.client_len),
+                           format_sockaddr(&r.upstream, r.upstream_len)))
+            w.err_head = (w.err_head + 1) % ERR_RING
+            w.err_len -= 1
+        return events
+
+    def close(self):
+        """Abort every connection and release every fd. Idempotent."""
+        if self.w != NULL:
+            worker_free(self.w)
+            self.w = NULL
+
+
+cdef void worker_free(Worker *w) noexcept nogil:
+    cdef uint32_t k
+    if w.conns != NULL:
+        for k in range(w.max_conns):
+            if w.conns[k].state == CONN_CONNECTING or w.conns[k].state == CONN_RELAYING:
+                conn_close(w, k, True)
+        free(w.conns)
+    for k in range(w.nroutes):
+        if w.routes[k].listen_fd >= 0:
+            close(w.routes[k].listen_fd)
+    for k in range(w.pipe_pool_len):
+        close(w.pipe_pool[2 * k])
+        close(w.pipe_pool[2 * k + 1])
+    for k in range(w.buf_pool_len):
+        free(w.buf_pool[k])
+    if w.epfd >= 0:
+        close(w.epfd)
+    free(w.routes)
+    free(w.scratch)
+    free(w.buf_pool)
+    free(w.pipe_pool)
+    free(w.wheel)
+    free(w.errors)
+    free(w)

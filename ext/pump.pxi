@@ -1,0 +1,173 @@
+# Byte movers: one direction of one connection, src side d -> dst side 1 - d.
+#
+# Both pumps keep the same invariant: never read src while bytes read earlier wait for
+# dst (in the owned buffer or in the pipe). So each direction holds at most one buffer or
+# one pipe of bytes, and a reader that stalls stalls its writer: memory stays flat.
+#
+# Sockets are edge-triggered. READY_READ / READY_WRITE are set by events and cleared only
+# when a syscall says EAGAIN; a pump that stops early for its budget leaves them set and
+# the connection is queued to run again without waiting for an edge that will not come.
+#
+# Return values (HAProxy's convention): >0 bytes that moved (read from src or delivered
+# to dst), 0 no progress, <0 -errno, fatal for the connection. Never raises.
+
+
+cdef inline void count_delivered(Worker *w, int d, Py_ssize_t n, bint spliced) noexcept nogil:
+    if d == SIDE_CLIENT:
+        w.ctr.bytes_in += n
+    else:
+        w.ctr.bytes_out += n
+    if spliced:
+        w.ctr.bytes_spliced += n
+    else:
+        w.ctr.bytes_copied += n
+
+
+cdef bint dir_try_promote(Worker *w, Dir *dr) noexcept nogil:
+    # Give dr a pipe from the pool. The owned buffer must be empty: bytes must leave in
+    # the order they came.
+    if dr.buf_len or dr.no_pipe:
+        return False
+    if pipe_get(w, &dr.pipe_r, &dr.pipe_w) < 0:
+        dr.pipe_r = -1
+        dr.pipe_w = -1
+        dr.no_pipe = 1
+        w.ctr.pipes_exhausted += 1
+        return False
+    dr.pipe_bytes = 0
+    dr.small_fills = 0
+    w.ctr.splice_promoted += 1
+    return True
+
+
+cdef Py_ssize_t pump_copy(Worker *w, Conn *c, int d) noexcept nogil:
+    # recv into the worker's scratch buffer and send at once; only what dst refuses is
+    # copied into an owned buffer, which is flushed before src is read again.
+    cdef Dir *dr = &c.dir[d]
+    cdef int src = c.fd[d]
+    cdef int dst = c.fd[1 - d]
+    cdef Py_ssize_t total = 0
+    cdef Py_ssize_t n, s
+    if dr.buf_len:
+        if not c.ready[1 - d] & READY_WRITE:
+            return 0
+        s = send(dst, dr.buf + dr.buf_off, dr.buf_len, MSG_NOSIGNAL)
+        if s < 0:
+            if errno == EAGAIN:
+                c.ready[1 - d] &= ~READY_WRITE
+                return 0
+            return -errno
+        count_delivered(w, d, s, False)
+        dr.buf_off += <uint32_t>s
+        dr.buf_len -= <uint32_t>s
+        if dr.buf_len:
+            # A short send means the socket buffer is full: wait for EPOLLOUT.
+            c.ready[1 - d] &= ~READY_WRITE
+            return s
+        buf_put(w, dr.buf)
+        dr.buf = NULL
+        dr.buf_off = 0
+        total = s
+    while not dr.eof and total < PUMP_BUDGET and c.ready[d] & READY_READ:
+        if w.splice_mode == SPLICE_ALWAYS or (
+            w.splice_mode == SPLICE_AUTO and dr.full_reads >= PROMOTE_AFTER
+        ):
+            if dir_try_promote(w, dr):
+                # The caller's next pass moves the stream through the pipe.
+                return total if total else 1
+        n = recv(src, w.scratch, SCRATCH_SIZE, 0)
+        if n == 0:
+            dr.eof = 1
+            return total if total else 1
+        if n < 0:
+            if errno == EAGAIN:
+                c.ready[d] &= ~READY_READ
+                return total
+            if errno == EINTR:
+                continue
+            return -errno
+        dr.full_reads = dr.full_reads + 1 if n == SCRATCH_SIZE else 0
+        total += n
+        s = 0
+        if c.ready[1 - d] & READY_WRITE:
+            s = send(dst, w.scratch, n, MSG_NOSIGNAL)
+            if s < 0:
+                if errno != EAGAIN:
+                    return -errno
+                s = 0
+            count_delivered(w, d, s, False)
+        if s < n:
+            dr.buf = buf_get(w)
+            if dr.buf == NULL:
+                return -ENOMEM
+            memcpy(dr.buf, w.scratch + s, n - s)
+            dr.buf_off = 0
+            dr.buf_len = <uint32_t>(n - s)
+            c.ready[1 - d] &= ~READY_WRITE
+            return total
+    return total
+
+
+cdef Py_ssize_t pump_splice(Worker *w, Conn *c, int d) noexcept nogil:
+    # src -> pipe -> dst with splice(2): no copy through user space. src is read only when
+    # the pipe is empty, so EAGAIN from src always means "socket empty", never "pipe full"
+    # (the ambiguity hotpath.md §2.1 warns of). A short splice into dst is normal: loop
+    # until dst says EAGAIN.
+    cdef Dir *dr = &c.dir[d]
+    cdef int src = c.fd[d]
+    cdef int dst = c.fd[1 - d]
+    cdef Py_ssize_t total = 0
+    cdef Py_ssize_t n
+    while total < PUMP_BUDGET:
+        if dr.pipe_bytes:
+            if not c.ready[1 - d] & READY_WRITE:
+                break
+            n = splice(dr.pipe_r, NULL, dst, NULL, dr.pipe_bytes,
+                       SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+            if n < 0:
+                if errno == EAGAIN:
+                    c.ready[1 - d] &= ~READY_WRITE
+                    break
+                if errno == EINTR:
+                    continue
+                return -errno
+            dr.pipe_bytes -= <uint32_t>n
+            count_delivered(w, d, n, True)
+            total += n
+            continue
+        if w.splice_mode == SPLICE_AUTO and dr.small_fills >= DEMOTE_AFTER:
+            # The stream went quiet: hand the (empty) pipe back, copy small bytes again.
+            pipe_put(w, dr.pipe_r, dr.pipe_w, True)
+            dr.pipe_r = -1
+            dr.pipe_w = -1
+            dr.full_reads = 0
+            w.ctr.splice_demoted += 1
+            return total if total else 1
+        if dr.eof or not c.ready[d] & READY_READ:
+            break
+        n = splice(src, NULL, dr.pipe_w, NULL, <size_t>w.pipe_size,
+                   SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+        if n == 0:
+            dr.eof = 1
+            return total if total else 1
+        if n < 0:
+            if errno == EAGAIN:
+                c.ready[d] &= ~READY_READ
+                break
+            if errno == EINTR:
+                continue
+            return -errno
+        dr.small_fills = dr.small_fills + 1 if n < MIN_SPLICE else 0
+        dr.pipe_bytes += <uint32_t>n
+        total += n
+    return total
+
+
+cdef inline Py_ssize_t pump(Worker *w, Conn *c, int d) noexcept nogil:
+    if c.dir[d].pipe_r >= 0:
+        return pump_splice(w, c, d)
+    return pump_copy(w, c, d)
+
+
+cdef inline bint dir_flushed(Dir *dr) noexcept nogil:
+    return dr.buf_len == 0 and dr.pipe_bytes == 0

@@ -1,0 +1,98 @@
+# The C state of a worker: one Worker, a slab of Conn, a few Routes. No Python objects.
+
+cdef struct Dir:
+    # One direction of a connection, src side d -> dst side 1 - d. At most one of `buf`
+    # (bytes recv'd but not yet sent) and the pipe holds bytes: that is the backpressure.
+    char *buf
+    uint32_t buf_off
+    uint32_t buf_len
+    int pipe_r                    # -1: copy mode
+    int pipe_w
+    uint32_t pipe_bytes           # our own count: splice(2) has no other way to tell
+    uint8_t full_reads            # consecutive reads that filled the scratch buffer
+    uint8_t small_fills           # consecutive splice fills below MIN_SPLICE
+    uint8_t eof                   # src said EOF
+    uint8_t shut                  # EOF forwarded: dst shut for writing
+    uint8_t no_pipe               # the pool was empty when this direction wanted a pipe
+
+cdef struct Conn:
+    int fd[2]
+    uint8_t ready[2]
+    uint8_t state
+    uint8_t queued                # on the run queue
+    uint16_t route
+    Dir dir[2]
+    uint64_t deadline_ms          # connect deadline, or when to look at idleness again
+    uint64_t last_active_ms
+    int32_t next                  # free list / run queue / dead list link
+    int32_t timer_next
+    int32_t timer_prev
+    int32_t timer_slot            # NIL when not on the wheel
+
+cdef struct Route:
+    int listen_fd
+    uint32_t connector_id
+    uint8_t paused_emfile
+    uint8_t registered            # EPOLLIN armed (not paused)
+    uint64_t resume_ms
+    socklen_t upstream_len
+    sockaddr_storage upstream
+
+cdef struct Counters:
+    uint64_t accepted
+    uint64_t closed
+    uint64_t connect_refused
+    uint64_t connect_timeout
+    uint64_t connect_failed
+    uint64_t idle_timeout
+    uint64_t resets
+    uint64_t bytes_in             # client -> upstream, delivered
+    uint64_t bytes_out            # upstream -> client, delivered
+    uint64_t bytes_copied
+    uint64_t bytes_spliced
+    uint64_t splice_promoted
+    uint64_t splice_demoted
+    uint64_t pipes_exhausted
+    uint64_t accept_paused_emfile
+    uint64_t accept_paused_limit
+    uint64_t socket_errors
+    uint64_t errors_dropped
+
+cdef struct ErrorEvent:
+    uint32_t connector_id
+    uint16_t route
+    uint8_t cause
+    int err
+    socklen_t client_len
+    sockaddr_storage client
+
+cdef struct Worker:
+    int epfd
+    uint64_t now_ms
+    int splice_mode
+    uint64_t connect_timeout_ms
+    uint64_t idle_timeout_ms
+    Conn *conns
+    uint32_t max_conns
+    uint32_t active
+    int32_t free_head
+    int32_t run_head              # connections with work left over from the last turn
+    int32_t dead_head             # closed this turn; freed after the event batch
+    uint8_t limit_paused
+    Route *routes
+    uint32_t nroutes
+    uint32_t routes_cap
+    char *scratch
+    char **buf_pool
+    uint32_t buf_pool_len
+    int *pipe_pool                # pairs (r, w)
+    uint32_t pipe_pool_len
+    uint32_t pipes_open
+    uint32_t max_pipes
+    int pipe_size
+    int32_t *wheel
+    uint64_t wheel_tick           # next tick to expire
+    Counters ctr
+    ErrorEvent *errors
+    uint32_t err_head
+    uint32_t err_len

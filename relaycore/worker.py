@@ -1,0 +1,146 @@
+"""The worker process: runs one relaycore._core.Loop on inherited listeners.
+
+Python runs here only between turns of the loop (every TICK_MS): to notice signals,
+to log error events, and to drain on SIGTERM. The supervisor forks this process and
+calls `serve()`, which never returns.
+"""
+
+import logging
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import FrameType
+
+from relaycore import _core
+
+log = logging.getLogger("relaycore.worker")
+
+TICK_MS = 200
+
+
+@dataclass(frozen=True)
+class Route:
+    listen_fd: int
+    connector_id: int
+    connector_name: str
+    upstream_ip: str
+    upstream_port: int
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs, fixed at fork time (one config generation)."""
+
+    slot: int
+    generation: int
+    routes: Sequence[Route]
+    max_connections: int
+    splice: str
+    connect_timeout_ms: int
+    idle_timeout_ms: int
+    drain_timeout_s: float
+
+
+_ERRNO_TEXT = {
+    "connect_refused": "connection refused",
+    "connect_timeout": "connect timed out",
+    "connect_failed": "connect failed",
+    "upstream_socket": "no socket for the upstream",
+}
+
+
+def serve(spec: WorkerSpec, ready_fd: int) -> None:
+    """Run the worker until it has drained after SIGTERM, then exit the process."""
+    code = 1
+    try:
+        _serve(spec, ready_fd)
+        code = 0
+    except BaseException:
+        log.exception("worker failed")
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+def _serve(spec: WorkerSpec, ready_fd: int) -> None:
+    drain = _DrainFlag()
+    signal.signal(signal.SIGTERM, drain.set)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # The supervisor forked us with these blocked; a SIGTERM that came meanwhile is
+    # delivered now, to our handler, and the worker drains at once.
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    _core.set_parent_death_signal(signal.SIGTERM)
+
+    loop = _core.Loop(
+        max_connections=spec.max_connections,
+        splice=spec.splice,
+        connect_timeout_ms=spec.connect_timeout_ms,
+        idle_timeout_ms=spec.idle_timeout_ms,
+    )
+    names = {r.connector_id: r.connector_name for r in spec.routes}
+    for r in spec.routes:
+        loop.add_route(r.listen_fd, r.connector_id, r.upstream_ip, r.upstream_port)
+    os.write(ready_fd, b"r")
+    os.close(ready_fd)
+
+    deadline = None
+    try:
+        while True:
+            loop.run(TICK_MS)
+            _log_errors(loop.pop_errors(), names)
+            if drain.requested and deadline is None:
+                loop.stop_accepting()
+                deadline = time.monotonic() + spec.drain_timeout_s
+                log.info("draining %d connections", loop.active)
+            if deadline is not None:
+                if loop.active == 0:
+                    break
+                if time.monotonic() >= deadline:
+                    log.warning("drain timeout: aborting %d connections", loop.active)
+                    break
+    finally:
+        counters = loop.counters()
+        loop.close()
+    log.info(
+        "exiting: accepted=%d bytes_in=%d bytes_out=%d spliced=%d",
+        counters["accepted"],
+        counters["bytes_in"],
+        counters["bytes_out"],
+        counters["bytes_spliced"],
+    )
+
+
+class _DrainFlag:
+    requested = False
+
+    def set(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+
+
+def _log_errors(events: list[tuple[int, str, int, str, str]], names: dict[int, str]) -> None:
+    # One line per (connector, cause, errno, upstream) per tick, with a count: a flood
+    # of refused connects is a few lines, not thousands.
+    if not events:
+        return
+    counts: Counter[tuple[int, str, int, str]] = Counter()
+    last_client: dict[tuple[int, str, int, str], str] = {}
+    for connector_id, cause, err, client, upstream in events:
+        key = (connector_id, cause, err, upstream)
+        counts[key] += 1
+        last_client[key] = client
+    for key, count in counts.items():
+        connector_id, cause, err, upstream = key
+        log.warning(
+            "connector %s: %s to %s: %s (%s)%s, client %s",
+            names.get(connector_id, connector_id),
+            _ERRNO_TEXT.get(cause, cause),
+            upstream,
+            os.strerror(err),
+            cause,
+            f" x{count}" if count > 1 else "",
+            last_client[key],
+        )

@@ -1,0 +1,1 @@
+"""The parent process: owns the listening sockets, forks and watches the workers."""

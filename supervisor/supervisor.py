@@ -305,6 +305,9 @@ class Supervisor:
         for c in self.children.values():
             c.draining = True
         self._kill_all(signal.SIGTERM)
+        # Once the workers close their copies too, the sockets are gone and new devices
+        # are refused at once instead of waiting in a backlog nobody will accept from.
+        self.listeners.close()
         # A worker enforces drain_timeout_s itself; this is the backstop for one that hangs.
         deadline = time.monotonic() + self.current.config.relay.drain_timeout_s + KILL_GRACE_S
         signal.signal(signal.SIGALRM, lambda *_: self._kill_all(signal.SIGKILL))

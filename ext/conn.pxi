@@ -95,6 +95,11 @@ cdef int conn_register(Worker *w, int32_t i, int side) noexcept nogil:
     return epoll_ctl(w.epfd, EPOLL_CTL_ADD, w.conns[i].fd[side], &ev)
 
 
+cdef inline int upstream_socket(Route *r) noexcept nogil:
+    return socket((<sockaddr *>&r.upstream).sa_family,
+                  SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+
+
 cdef void conn_open(Worker *w, uint16_t route, int client_fd) noexcept nogil:
     # Takes ownership of client_fd. w.free_head is not NIL (the caller checked the limit).
     cdef int32_t i = w.free_head
@@ -115,13 +120,14 @@ cdef void conn_open(Worker *w, uint16_t route, int client_fd) noexcept nogil:
     w.active += 1
     w.ctr.accepted += 1
     set_nodelay(client_fd)
-    up = socket((<sockaddr *>&r.upstream).sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                0)
+    up = upstream_socket(r)
+    if up < 0 and (errno == EMFILE or errno == ENFILE) and w.reserve_fd >= 0:
+        close(w.reserve_fd)
+        w.reserve_fd = -1
+        listeners_pause_emfile(w)
+        up = upstream_socket(r)
     if up < 0:
-        rc = errno
-        conn_fail(w, i, CAUSE_UPSTREAM_SOCKET, rc)
-        if rc == EMFILE or rc == ENFILE:
-            listener_pause_emfile(w, route)
+        conn_fail(w, i, CAUSE_UPSTREAM_SOCKET, errno)
         return
     c.fd[SIDE_UPSTREAM] = up
     set_nodelay(up)

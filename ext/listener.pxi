@@ -4,8 +4,12 @@
 # its queued connections wait in the kernel's backlog and are served when it resumes.
 # - limit: the worker holds max_connections; resumes when one closes.
 # - EMFILE/ENFILE: the process is out of fds; rests EMFILE_PAUSE_MS, then tries again.
-#   Unlike the accept-and-close trick (libuv's reserve fd), nothing is refused: a device
-#   waits a little instead of being reset.
+#   A connection needs two fds, and accept4 may get the last one: then the reserve fd
+#   (one open /dev/null held for this moment) is closed to make room for the upstream
+#   socket, and every listener rests until the reserve can be opened again. So an
+#   accepted device always gets its upstream, and a device that arrives while fds are
+#   short waits in the backlog instead of being reset (libuv spends its reserve fd on
+#   accepting and closing, which refuses the device; we would rather it waited).
 # The listening socket itself belongs to the supervisor too, so a worker that dies never
 # takes the backlog with it.
 
@@ -46,12 +50,27 @@ cdef void listeners_resume_limit(Worker *w) noexcept nogil:
             listener_arm(w, k, True)
 
 
+cdef void listeners_pause_emfile(Worker *w) noexcept nogil:
+    cdef uint16_t k
+    for k in range(w.nroutes):
+        listener_pause_emfile(w, k)
+
+
+cdef bint reserve_restore(Worker *w) noexcept nogil:
+    if w.reserve_fd < 0:
+        w.reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC)
+    return w.reserve_fd >= 0
+
+
 cdef void listeners_tick(Worker *w) noexcept nogil:
     cdef uint16_t k
     cdef Route *r
     for k in range(w.nroutes):
         r = &w.routes[k]
         if r.paused_emfile and w.now_ms >= r.resume_ms:
+            if not reserve_restore(w):
+                r.resume_ms = w.now_ms + EMFILE_PAUSE_MS
+                continue
             r.paused_emfile = 0
             if not w.limit_paused:
                 listener_arm(w, k, True)

@@ -121,6 +121,7 @@ cdef class Loop:
             raise MemoryError()
         w = self.w
         w.epfd = -1
+        w.reserve_fd = -1
         w.splice_mode = mode
         w.connect_timeout_ms = connect_timeout_ms
         w.idle_timeout_ms = idle_timeout_ms
@@ -150,6 +151,8 @@ cdef class Loop:
         w.epfd = epoll_create1(EPOLL_CLOEXEC)
         if w.epfd < 0:
             raise_from_errno(errno, "epoll_create1")
+        if not reserve_restore(w):
+            raise_from_errno(errno, "open(/dev/null)")
 
     def __dealloc__(self):
         if self.w != NULL:
@@ -274,6 +277,8 @@ cdef void worker_free(Worker *w) noexcept nogil:
         free(w.buf_pool[k])
     if w.epfd >= 0:
         close(w.epfd)
+    if w.reserve_fd >= 0:
+        close(w.reserve_fd)
     free(w.routes)
     free(w.scratch)
     free(w.buf_pool)

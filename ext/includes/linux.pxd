@@ -94,11 +94,13 @@ cdef extern from "<fcntl.h>" nogil:
     enum:
         O_NONBLOCK
         O_CLOEXEC
+        O_RDONLY
         F_SETPIPE_SZ
         F_GETPIPE_SZ
         SPLICE_F_MOVE
         SPLICE_F_NONBLOCK
     int fcntl(int fd, int cmd, ...)
+    int open(const char *path, int flags)
     ssize_t splice(int fd_in, void *off_in, int fd_out, void *off_out, size_t len,
                    unsigned int flags)
 

@@ -1,0 +1,71 @@
+"""Running out of fds: the worker neither spins nor refuses; devices wait, then are served.
+
+The test lowers a live worker's RLIMIT_NOFILE (prlimit on another process) so that it has
+room for exactly ROOM relayed connections (two fds each), plus `extra` fds. With extra=0
+the next accept4 fails with EMFILE; with extra=1 accept4 gets the last fd and the upstream
+socket() fails, so the worker spends its reserve fd. Either way the remaining devices must
+wait in the backlog, costing no CPU, and be served as fds free up.
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import threading
+
+import psutil
+import pytest
+from storm import AsyncEchoServer
+from support.relay import relay_config, relay_process
+from support.servers import free_port
+
+ROOM = 10
+DEVICES = 30
+
+
+@pytest.mark.parametrize("extra", [0, 1], ids=["accept-emfile", "reserve-fd"])
+def test_out_of_fds_waits_without_spinning_and_refuses_nothing(tmp_path, extra):
+    port = free_port()
+    with (
+        AsyncEchoServer() as echo,
+        relay_process(
+            relay_config(run_dir=tmp_path / "run", listen_port=port, upstream_port=echo.port),
+            tmp_path,
+        ) as relay,
+    ):
+        worker = psutil.Process(relay.worker_pids(1)[0])
+        limit = worker.num_fds() + 2 * ROOM + extra
+        worker.rlimit(psutil.RLIMIT_NOFILE, (limit, limit))
+        devices = []
+        try:
+            for k in range(DEVICES):
+                s = socket.create_connection(("127.0.0.1", port), timeout=10)
+                devices.append(s)
+                s.sendall(b"device %02d\n" % k)
+            served = ROOM + extra
+            for k, s in enumerate(devices[:served]):
+                assert s.recv(64) == b"device %02d\n" % k
+
+            cpu = worker.cpu_times()
+            threading.Event().wait(1.0)  # a measurement window, not a synchronisation
+            spent = sum(worker.cpu_times()[:2]) - sum(cpu[:2])
+            assert spent < 0.25, f"worker used {spent:.2f} s of CPU in 1 s while out of fds"
+
+            # Each device that gets its echo hangs up, which frees two fds for the next.
+            for s in devices[:served]:
+                s.close()
+            waiting = {s.fileno(): (k, s) for k, s in enumerate(devices) if k >= served}
+            with selectors.DefaultSelector() as sel:
+                for s in devices[served:]:
+                    sel.register(s, selectors.EVENT_READ)
+                while waiting:
+                    events = sel.select(timeout=10)
+                    assert events, f"{len(waiting)} devices never served:\n{relay.output()}"
+                    for key, _ in events:
+                        k, s = waiting.pop(key.fd)
+                        assert s.recv(64) == b"device %02d\n" % k  # a reset would raise
+                        sel.unregister(s)
+                        s.close()
+        finally:
+            for s in devices:
+                s.close()

@@ -79,8 +79,8 @@ cdef struct Worker:
     int32_t run_head              # connections with work left over from the last turn
     int32_t dead_head             # closed this turn; freed after the event batch
     uint8_t limit_paused
-    int reserve_fd                # spent when fds run out, so an accepted device still
-                                  # gets its upstream socket (listener.pxi)
+    # Spent when fds run out, so that an accepted device still gets its upstream socket.
+    int reserve_fd
     Route *routes
     uint32_t nroutes
     uint32_t routes_cap

@@ -4,21 +4,29 @@
 The parts are included in dependency order; read them in this order too.
 """
 
+import ipaddress
+import os
+
 from cpython.exc cimport PyErr_CheckSignals
-from libc.errno cimport (EAGAIN, ECONNREFUSED, EINPROGRESS, EINTR, EMFILE, ENFILE, ENOBUFS,
-                         ENOMEM, ETIMEDOUT, errno)
+from libc.errno cimport (EAGAIN, ECONNREFUSED, ECONNRESET, EINPROGRESS, EINTR, EMFILE, ENFILE,
+                         EINVAL, EIO, ENOBUFS, ENOMEM, EPROTO, ETIMEDOUT,
+                         errno)
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdio cimport snprintf
 from libc.stdlib cimport calloc, free, malloc, realloc
-from libc.string cimport memcpy, memset, strerror
+from libc.string cimport memcmp, memcpy, memmove, memset, strerror
 from posix.fcntl cimport F_GETFL, F_SETFL
 
 from includes.linux cimport *
+from includes.openssl cimport *
 
 include "consts.pxi"
 include "state.pxi"
 include "errors.pxi"
 include "pool.pxi"
 include "timers.pxi"
+include "tls.pxi"
+include "tls_conn.pxi"
 include "pump.pxi"
 include "listener.pxi"
 include "conn.pxi"

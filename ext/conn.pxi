@@ -48,6 +48,9 @@ cdef void conn_close(Worker *w, int32_t i, bint abortive) noexcept nogil:
                 close(c.fd[side])
             c.fd[side] = -1
         dir_release(w, &c.dir[side])
+    if c.ssl != NULL:
+        SSL_free(c.ssl)
+        c.ssl = NULL
     timer_disarm(w, i)
     c.state = CONN_CLOSED
     if not c.queued:
@@ -60,32 +63,49 @@ cdef void conn_close(Worker *w, int32_t i, bint abortive) noexcept nogil:
         listeners_resume_limit(w)
 
 
-cdef void conn_fail(Worker *w, int32_t i, uint8_t cause, int err) noexcept nogil:
-    # The upstream could not be reached: say why, then close the client with a RST so a
-    # device does not mistake the failure for an empty answer.
+cdef void conn_fail(Worker *w, int32_t i, uint8_t cause, int err,
+                    const char *reason) noexcept nogil:
+    # The upstream could not be reached or verified: say why (reason, or strerror(err)
+    # when NULL), then reset the device so it does not mistake the failure for an empty
+    # answer.
     cdef Conn *c = &w.conns[i]
+    cdef ErrorEvent *ev
     if cause == CAUSE_CONNECT_REFUSED:
         w.ctr.connect_refused += 1
     elif cause == CAUSE_CONNECT_TIMEOUT:
         w.ctr.connect_timeout += 1
     elif cause == CAUSE_UPSTREAM_SOCKET:
         w.ctr.socket_errors += 1
-    else:
+    elif cause == CAUSE_CONNECT_FAILED:
         w.ctr.connect_failed += 1
-    error_event(w, c, cause, err)
+    elif cause == CAUSE_HANDSHAKE_TIMEOUT:
+        w.ctr.handshake_timeout += 1
+    else:
+        w.ctr.tls_failed += 1
+    ev = error_event(w, c, cause, err)
+    if ev != NULL and reason != NULL:
+        snprintf(ev.reason, REASON_LEN, "%s", reason)
     conn_close(w, i, True)
 
 
 cdef void conn_connect_failed(Worker *w, int32_t i, int err) noexcept nogil:
     conn_fail(w, i, CAUSE_CONNECT_REFUSED if err == ECONNREFUSED else CAUSE_CONNECT_FAILED,
-              err)
+              err, NULL)
 
 
-cdef void conn_established(Worker *w, int32_t i) noexcept nogil:
+cdef void conn_relaying(Worker *w, int32_t i) noexcept nogil:
     cdef Conn *c = &w.conns[i]
     c.state = CONN_RELAYING
     c.last_active_ms = w.now_ms
     timer_arm(w, i, w.now_ms + w.idle_timeout_ms)
+
+
+cdef void conn_connected(Worker *w, int32_t i) noexcept nogil:
+    # TCP to the upstream is up.
+    if w.routes[w.conns[i].route].tls_ctx != NULL:
+        conn_tls_start(w, i)
+    else:
+        conn_relaying(w, i)
 
 
 cdef int conn_register(Worker *w, int32_t i, int side) noexcept nogil:
@@ -127,16 +147,16 @@ cdef void conn_open(Worker *w, uint16_t route, int client_fd) noexcept nogil:
         listeners_pause_emfile(w)
         up = upstream_socket(r)
     if up < 0:
-        conn_fail(w, i, CAUSE_UPSTREAM_SOCKET, errno)
+        conn_fail(w, i, CAUSE_UPSTREAM_SOCKET, errno, NULL)
         return
     c.fd[SIDE_UPSTREAM] = up
     set_nodelay(up)
     if conn_register(w, i, SIDE_CLIENT) < 0 or conn_register(w, i, SIDE_UPSTREAM) < 0:
-        conn_fail(w, i, CAUSE_UPSTREAM_SOCKET, errno)
+        conn_fail(w, i, CAUSE_UPSTREAM_SOCKET, errno, NULL)
         return
     rc = connect(up, <sockaddr *>&r.upstream, r.upstream_len)
     if rc == 0:
-        conn_established(w, i)
+        conn_connected(w, i)
     elif errno == EINPROGRESS:
         timer_arm(w, i, w.now_ms + w.connect_timeout_ms)
     else:
@@ -159,7 +179,9 @@ cdef void conn_run(Worker *w, int32_t i) noexcept nogil:
         if err:
             conn_connect_failed(w, i, err)
             return
-        conn_established(w, i)
+        conn_connected(w, i)
+    elif c.state == CONN_HANDSHAKING and c.ready[SIDE_UPSTREAM] & c.tls_want[0]:
+        conn_handshake(w, i)
     if c.state != CONN_RELAYING:
         return
     while True:
@@ -172,6 +194,14 @@ cdef void conn_run(Worker *w, int32_t i) noexcept nogil:
                 return
             moved += n
             if c.dir[d].eof and not c.dir[d].shut and dir_flushed(&c.dir[d]):
+                if d == SIDE_CLIENT and c.ssl != NULL:
+                    n = tls_close_notify(w, c)
+                    if n < 0:
+                        w.ctr.resets += 1
+                        conn_close(w, i, True)
+                        return
+                    if n == 0:
+                        continue
                 c.dir[d].shut = 1
                 shutdown(c.fd[1 - d], SHUT_WR)
         if c.dir[0].shut and c.dir[1].shut:
@@ -192,7 +222,10 @@ cdef void conn_expire(Worker *w, int32_t i) noexcept nogil:
     # The connection's deadline passed (its timer already disarmed).
     cdef Conn *c = &w.conns[i]
     if c.state == CONN_CONNECTING:
-        conn_fail(w, i, CAUSE_CONNECT_TIMEOUT, ETIMEDOUT)
+        conn_fail(w, i, CAUSE_CONNECT_TIMEOUT, ETIMEDOUT, NULL)
+    elif c.state == CONN_HANDSHAKING:
+        conn_fail(w, i, CAUSE_HANDSHAKE_TIMEOUT, ETIMEDOUT,
+                  "the server did not complete the TLS handshake in time")
     elif c.state == CONN_RELAYING:
         if c.last_active_ms + w.idle_timeout_ms > w.now_ms:
             timer_arm(w, i, c.last_active_ms + w.idle_timeout_ms)

@@ -22,6 +22,7 @@ cdef enum:
 cdef enum:
     CONN_FREE = 0
     CONN_CONNECTING
+    CONN_HANDSHAKING              # TLS upstream: TCP is up, the handshake is not done
     CONN_RELAYING
     CONN_CLOSED                   # closed in this turn; its slot is freed at the end of it
 
@@ -47,9 +48,31 @@ cdef enum:
     SPLICE_AUTO
     SPLICE_ALWAYS
 
+cdef enum:
+    SESSION_CACHE = 8             # sessions kept per context
+    MAX_PINS = 16
+    REASON_LEN = 200              # bytes of an error event's human reason
+
+# TLSConf.ktls_mode
+cdef enum:
+    KTLS_OFF = 0
+    KTLS_AUTO
+    KTLS_REQUIRE
+
+
 # Error causes; names in CAUSE_NAMES (errors.pxi) and docs/ERRORS.md.
 cdef enum:
     CAUSE_CONNECT_REFUSED = 0
     CAUSE_CONNECT_TIMEOUT
     CAUSE_CONNECT_FAILED
     CAUSE_UPSTREAM_SOCKET
+    CAUSE_HANDSHAKE_TIMEOUT
+    CAUSE_TLS_UNKNOWN_CA
+    CAUSE_TLS_HOSTNAME_MISMATCH
+    CAUSE_TLS_CERT_EXPIRED
+    CAUSE_TLS_VERIFY_FAILED
+    CAUSE_TLS_PIN_MISMATCH
+    CAUSE_TLS_ALERT
+    CAUSE_TLS_HANDSHAKE_FAILED
+    CAUSE_TLS_TRUNCATED
+    CAUSE_TLS_ERROR

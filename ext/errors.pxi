@@ -2,17 +2,24 @@
 # Python drains the ring on its tick (Loop.pop_errors); when the ring is full the newest
 # events are dropped and counted, so a flood of failures never costs the loop more.
 
-cdef tuple CAUSE_NAMES = ("connect_refused", "connect_timeout", "connect_failed",
-                          "upstream_socket")
+cdef tuple CAUSE_NAMES = (
+    "connect_refused", "connect_timeout", "connect_failed", "upstream_socket",
+    "handshake_timeout", "tls_unknown_ca", "tls_hostname_mismatch", "tls_cert_expired",
+    "tls_verify_failed", "tls_pin_mismatch", "tls_alert", "tls_handshake_failed",
+    "tls_truncated", "tls_error",
+)
 
 
-cdef void error_event(Worker *w, Conn *c, uint8_t cause, int err) noexcept nogil:
+cdef ErrorEvent *error_event(Worker *w, Conn *c, uint8_t cause, int err) noexcept nogil:
+    # The new event, its reason empty (the caller may write one), or NULL when the ring is
+    # full. The reason defaults to strerror(err) when it is left empty.
     cdef ErrorEvent *e
     if w.err_len == ERR_RING:
         w.ctr.errors_dropped += 1
-        return
+        return NULL
     e = &w.errors[(w.err_head + w.err_len) % ERR_RING]
     w.err_len += 1
+    e.reason[0] = 0
     e.route = c.route
     e.connector_id = w.routes[c.route].connector_id
     e.cause = cause
@@ -21,6 +28,7 @@ cdef void error_event(Worker *w, Conn *c, uint8_t cause, int err) noexcept nogil
     if c.fd[SIDE_CLIENT] < 0 or getpeername(c.fd[SIDE_CLIENT], <sockaddr *>&e.client,
                                             &e.client_len) < 0:
         e.client_len = 0
+    return e
 
 
 cdef str format_sockaddr(sockaddr_storage *ss, socklen_t length):

@@ -79,7 +79,7 @@ cdef int worker_turn(Worker *w, int timeout_ms) noexcept nogil:
             listener_accept(w, <uint16_t>(data >> 2))
             continue
         c = &w.conns[data >> 2]
-        if c.state != CONN_CONNECTING and c.state != CONN_RELAYING:
+        if c.state == CONN_FREE or c.state == CONN_CLOSED:
             continue
         ev = events[k].events
         if ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
@@ -98,15 +98,17 @@ cdef class Loop:
     """One worker's epoll loop: accepts on its listeners and relays bytes in C."""
 
     cdef Worker *w
+    cdef list tls_contexts        # keeps every route's TLSClientContext alive
 
     def __cinit__(self, *, int max_connections=10000, str splice="auto",
                   long connect_timeout_ms=10000, long idle_timeout_ms=900000,
-                  int max_pipes=-1, int pipe_size=262144):
+                  long handshake_timeout_ms=10000, int max_pipes=-1, int pipe_size=262144):
         cdef int k
         cdef int mode
         if max_connections < 1 or max_connections > 0x3fffffff:
             raise ValueError(f"max_connections out of range: {max_connections}")
-        if connect_timeout_ms < 1 or idle_timeout_ms < 1:
+        self.tls_contexts = []
+        if connect_timeout_ms < 1 or idle_timeout_ms < 1 or handshake_timeout_ms < 1:
             raise ValueError("timeouts must be positive")
         try:
             mode = {"off": SPLICE_OFF, "auto": SPLICE_AUTO, "always": SPLICE_ALWAYS}[splice]
@@ -124,6 +126,7 @@ cdef class Loop:
         w.reserve_fd = -1
         w.splice_mode = mode
         w.connect_timeout_ms = connect_timeout_ms
+        w.handshake_timeout_ms = handshake_timeout_ms
         w.idle_timeout_ms = idle_timeout_ms
         w.max_conns = max_connections
         w.max_pipes = max_pipes
@@ -165,9 +168,10 @@ cdef class Loop:
         return self.w
 
     def add_route(self, int listen_fd, int connector_id, str upstream_host,
-                  int upstream_port):
+                  int upstream_port, TLSClientContext tls=None):
         """Accept on listen_fd (bound, listening; the loop owns it from now on) and relay
-        each connection to upstream_host (an IPv4 or IPv6 literal):upstream_port."""
+        each connection to upstream_host (an IPv4 or IPv6 literal):upstream_port, over
+        TLS made with `tls` when given."""
         cdef Worker *w = self.live()
         cdef Route *r
         cdef epoll_event ev
@@ -188,6 +192,10 @@ cdef class Loop:
         r.connector_id = connector_id
         r.upstream = upstream
         r.upstream_len = upstream_len
+        if tls is not None:
+            r.tls_ctx = tls.ctx
+            r.tls = tls.conf
+            self.tls_contexts.append(tls)
         fcntl(listen_fd, F_SETFL, fcntl(listen_fd, F_GETFL) | O_NONBLOCK)
         ev.events = EPOLLIN
         ev.data.u64 = (<uint64_t>w.nroutes << 2) | TAG_LISTENER
@@ -238,7 +246,8 @@ cdef class Loop:
         return snapshot
 
     def pop_errors(self):
-        """Error events since the last call: (connector_id, cause, errno, client, upstream)."""
+        """Error events since the last call:
+        (connector_id, cause, errno, client, upstream, reason)."""
         cdef Worker *w = self.live()
         cdef ErrorEvent *e
         cdef Route *r
@@ -246,9 +255,13 @@ cdef class Loop:
         while w.err_len:
             e = &w.errors[w.err_head]
             r = &w.routes[e.route]
+            if e.reason[0]:
+                reason = e.reason.decode(errors="replace")
+            else:
+                reason = strerror(e.err).decode() if e.err else ""
             events.append((e.connector_id, CAUSE_NAMES[e.cause], e.err,
                            format_sockaddr(&e.client, e.client_len),
-                           format_sockaddr(&r.upstream, r.upstream_len)))
+                           format_sockaddr(&r.upstream, r.upstream_len), reason))
             w.err_head = (w.err_head + 1) % ERR_RING
             w.err_len -= 1
         return events
@@ -264,7 +277,7 @@ cdef void worker_free(Worker *w) noexcept nogil:
     cdef uint32_t k
     if w.conns != NULL:
         for k in range(w.max_conns):
-            if w.conns[k].state == CONN_CONNECTING or w.conns[k].state == CONN_RELAYING:
+            if w.conns[k].state != CONN_FREE and w.conns[k].state != CONN_CLOSED:
                 conn_close(w, k, True)
         free(w.conns)
     for k in range(w.nroutes):

@@ -23,6 +23,32 @@ cdef inline void count_delivered(Worker *w, int d, Py_ssize_t n, bint spliced) n
         w.ctr.bytes_copied += n
 
 
+cdef Py_ssize_t flush_owned(Worker *w, Conn *c, int d) noexcept nogil:
+    # Send direction d's owned buffer to side 1 - d. >0 sent, 0 dst full, <0 -errno.
+    # The buffer goes back to the pool once empty.
+    cdef Dir *dr = &c.dir[d]
+    cdef Py_ssize_t s
+    if not c.ready[1 - d] & READY_WRITE:
+        return 0
+    s = send(c.fd[1 - d], dr.buf + dr.buf_off, dr.buf_len, MSG_NOSIGNAL)
+    if s < 0:
+        if errno == EAGAIN:
+            c.ready[1 - d] &= ~READY_WRITE
+            return 0
+        return -errno
+    count_delivered(w, d, s, False)
+    dr.buf_off += <uint32_t>s
+    dr.buf_len -= <uint32_t>s
+    if dr.buf_len:
+        # A short send means the socket buffer is full: wait for EPOLLOUT.
+        c.ready[1 - d] &= ~READY_WRITE
+    else:
+        buf_put(w, dr.buf)
+        dr.buf = NULL
+        dr.buf_off = 0
+    return s
+
+
 cdef bint dir_try_promote(Worker *w, Dir *dr) noexcept nogil:
     # Give dr a pipe from the pool. The owned buffer must be empty: bytes must leave in
     # the order they came.
@@ -49,25 +75,9 @@ cdef Py_ssize_t pump_copy(Worker *w, Conn *c, int d) noexcept nogil:
     cdef Py_ssize_t total = 0
     cdef Py_ssize_t n, s
     if dr.buf_len:
-        if not c.ready[1 - d] & READY_WRITE:
-            return 0
-        s = send(dst, dr.buf + dr.buf_off, dr.buf_len, MSG_NOSIGNAL)
-        if s < 0:
-            if errno == EAGAIN:
-                c.ready[1 - d] &= ~READY_WRITE
-                return 0
-            return -errno
-        count_delivered(w, d, s, False)
-        dr.buf_off += <uint32_t>s
-        dr.buf_len -= <uint32_t>s
-        if dr.buf_len:
-            # A short send means the socket buffer is full: wait for EPOLLOUT.
-            c.ready[1 - d] &= ~READY_WRITE
-            return s
-        buf_put(w, dr.buf)
-        dr.buf = NULL
-        dr.buf_off = 0
-        total = s
+        total = flush_owned(w, c, d)
+        if total <= 0 or dr.buf_len:
+            return total
     while not dr.eof and total < PUMP_BUDGET and c.ready[d] & READY_READ:
         if w.splice_mode == SPLICE_ALWAYS or (
             w.splice_mode == SPLICE_AUTO and dr.full_reads >= PROMOTE_AFTER
@@ -85,6 +95,8 @@ cdef Py_ssize_t pump_copy(Worker *w, Conn *c, int d) noexcept nogil:
                 return total
             if errno == EINTR:
                 continue
+            if errno == EIO and c.ktls and d == SIDE_UPSTREAM:
+                return tls_read_control(w, c)
             return -errno
         dr.full_reads = dr.full_reads + 1 if n == SCRATCH_SIZE else 0
         total += n
@@ -156,6 +168,10 @@ cdef Py_ssize_t pump_splice(Worker *w, Conn *c, int d) noexcept nogil:
                 break
             if errno == EINTR:
                 continue
+            if errno == EINVAL and c.ktls and d == SIDE_UPSTREAM:
+                # Not an unsupported splice: a non-data TLS record is next (HAProxy
+                # 755436920).
+                return tls_read_control(w, c)
             return -errno
         dr.small_fills = dr.small_fills + 1 if n < MIN_SPLICE else 0
         dr.pipe_bytes += <uint32_t>n
@@ -164,6 +180,10 @@ cdef Py_ssize_t pump_splice(Worker *w, Conn *c, int d) noexcept nogil:
 
 
 cdef inline Py_ssize_t pump(Worker *w, Conn *c, int d) noexcept nogil:
+    if c.ssl != NULL and not c.ktls:
+        return pump_tls_write(w, c) if d == SIDE_CLIENT else pump_tls_read(w, c)
+    if c.ktls and d == SIDE_UPSTREAM and SSL_has_pending(c.ssl):
+        return pump_tls_read(w, c)
     if c.dir[d].pipe_r >= 0:
         return pump_splice(w, c, d)
     return pump_copy(w, c, d)

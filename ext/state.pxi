@@ -1,5 +1,18 @@
 # The C state of a worker: one Worker, a slab of Conn, a few Routes. No Python objects.
 
+cdef struct TLSConf:
+    # Per-context settings the C side needs for each connection, kept in SSL_CTX app data.
+    char server_name[256]
+    uint8_t send_sni              # server_name is a DNS name
+    uint8_t check_host            # verify the certificate against server_name (DNS)
+    uint8_t check_ip              # ... against server_name (an IP literal)
+    uint8_t ktls_mode
+    uint32_t npins
+    unsigned char pins[MAX_PINS][32]
+    SSL_SESSION *sessions[SESSION_CACHE]
+    uint32_t nsessions
+
+
 cdef struct Dir:
     # One direction of a connection, src side d -> dst side 1 - d. At most one of `buf`
     # (bytes recv'd but not yet sent) and the pipe holds bytes: that is the backpressure.
@@ -18,9 +31,13 @@ cdef struct Dir:
 cdef struct Conn:
     int fd[2]
     uint8_t ready[2]
+    uint8_t tls_want[2]           # per direction: the readiness its SSL_* call waits for
     uint8_t state
     uint8_t queued                # on the run queue
     uint16_t route
+    SSL *ssl                      # NULL for a plain upstream
+    uint8_t tls_dead              # OpenSSL reported a fatal error: no close_notify
+    uint8_t ktls                  # the kernel encrypts and decrypts both directions
     Dir dir[2]
     uint64_t deadline_ms          # connect deadline, or when to look at idleness again
     uint64_t last_active_ms
@@ -30,6 +47,8 @@ cdef struct Conn:
     int32_t timer_slot            # NIL when not on the wheel
 
 cdef struct Route:
+    SSL_CTX *tls_ctx              # NULL: plain upstream
+    TLSConf *tls
     int listen_fd
     uint32_t connector_id
     uint8_t paused_emfile
@@ -56,6 +75,15 @@ cdef struct Counters:
     uint64_t accept_paused_emfile
     uint64_t accept_paused_limit
     uint64_t socket_errors
+    uint64_t handshakes
+    uint64_t handshakes_resumed
+    uint64_t handshake_timeout
+    uint64_t tls_failed
+    uint64_t tls_truncated
+    uint64_t tls_errors
+    uint64_t ktls_conns
+    uint64_t ktls_declined
+    uint64_t ktls_control_records
     uint64_t errors_dropped
 
 cdef struct ErrorEvent:
@@ -63,6 +91,7 @@ cdef struct ErrorEvent:
     uint16_t route
     uint8_t cause
     int err
+    char reason[REASON_LEN]
     socklen_t client_len
     sockaddr_storage client
 
@@ -71,6 +100,7 @@ cdef struct Worker:
     uint64_t now_ms
     int splice_mode
     uint64_t connect_timeout_ms
+    uint64_t handshake_timeout_ms
     uint64_t idle_timeout_ms
     Conn *conns
     uint32_t max_conns

@@ -15,14 +15,21 @@ class Loop:
         splice: str = "auto",
         connect_timeout_ms: int = 10000,
         idle_timeout_ms: int = 900000,
+        handshake_timeout_ms: int = 10000,
         max_pipes: int = -1,
         pipe_size: int = 262144,
     ) -> None: ...
     def add_route(
-        self, listen_fd: int, connector_id: int, upstream_host: str, upstream_port: int
+        self,
+        listen_fd: int,
+        connector_id: int,
+        upstream_host: str,
+        upstream_port: int,
+        tls: TLSClientContext | None = None,
     ) -> None:
         """Accept on listen_fd (bound, listening; the loop owns it from now on) and relay
-        each connection to upstream_host (an IPv4 or IPv6 literal):upstream_port."""
+        each connection to upstream_host (an IPv4 or IPv6 literal):upstream_port, over
+        TLS made with `tls` when given."""
     def run(self, timeout_ms: int) -> None:
         """Serve until timeout_ms elapsed or a signal arrived (its Python handler has run
         when this returns; an exception it raised propagates)."""
@@ -33,10 +40,34 @@ class Loop:
         """Connections open now."""
     def counters(self) -> dict[str, int]:
         """Snapshot of the worker's counters (names in docs/ERRORS.md)."""
-    def pop_errors(self) -> list[tuple[int, str, int, str, str]]:
-        """Error events since the last call: (connector_id, cause, errno, client, upstream)."""
+    def pop_errors(self) -> list[tuple[int, str, int, str, str, str]]:
+        """Error events since the last call:
+        (connector_id, cause, errno, client, upstream, reason)."""
     def close(self) -> None:
         """Abort every connection and release every fd. Idempotent."""
+
+class TLSClientContext:
+    """An SSL_CTX for one connector. Raises ValueError("<key>: <reason>") when OpenSSL
+    refuses a setting (<key> is the config key at fault)."""
+
+    def __init__(
+        self,
+        *,
+        server_name: str | None = None,
+        ca: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+        verify: bool = True,
+        min_tls: str = "1.2",
+        ciphers: str | None = None,
+        ciphersuites: str | None = None,
+        groups: str | None = None,
+        pins: list[bytes] | tuple[bytes, ...] = (),
+        ktls: str = "auto",
+    ) -> None: ...
+    @property
+    def cached_sessions(self) -> int:
+        """Sessions waiting in this context's cache."""
 
 def set_parent_death_signal(signum: int) -> None:
     """prctl(PR_SET_PDEATHSIG): the kernel sends signum when the parent exits."""

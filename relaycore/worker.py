@@ -20,6 +20,9 @@ log = logging.getLogger("relaycore.worker")
 
 TICK_MS = 200
 
+# (connector_id, cause, errno, client, upstream, reason), as Loop.pop_errors gives them
+ErrorEvent = tuple[int, str, int, str, str, str]
+
 
 @dataclass(frozen=True)
 class Route:
@@ -28,6 +31,7 @@ class Route:
     connector_name: str
     upstream_ip: str
     upstream_port: int
+    tls: _core.TLSClientContext | None  # None: plain TCP to the upstream
 
 
 @dataclass(frozen=True)
@@ -40,16 +44,9 @@ class WorkerSpec:
     max_connections: int
     splice: str
     connect_timeout_ms: int
+    handshake_timeout_ms: int
     idle_timeout_ms: int
     drain_timeout_s: float
-
-
-_ERRNO_TEXT = {
-    "connect_refused": "connection refused",
-    "connect_timeout": "connect timed out",
-    "connect_failed": "connect failed",
-    "upstream_socket": "no socket for the upstream",
-}
 
 
 def serve(spec: WorkerSpec, ready_fd: int) -> None:
@@ -79,11 +76,12 @@ def _serve(spec: WorkerSpec, ready_fd: int) -> None:
         max_connections=spec.max_connections,
         splice=spec.splice,
         connect_timeout_ms=spec.connect_timeout_ms,
+        handshake_timeout_ms=spec.handshake_timeout_ms,
         idle_timeout_ms=spec.idle_timeout_ms,
     )
     names = {r.connector_id: r.connector_name for r in spec.routes}
     for r in spec.routes:
-        loop.add_route(r.listen_fd, r.connector_id, r.upstream_ip, r.upstream_port)
+        loop.add_route(r.listen_fd, r.connector_id, r.upstream_ip, r.upstream_port, r.tls)
     os.write(ready_fd, b"r")
     os.close(ready_fd)
 
@@ -121,26 +119,25 @@ class _DrainFlag:
         self.requested = True
 
 
-def _log_errors(events: list[tuple[int, str, int, str, str]], names: dict[int, str]) -> None:
-    # One line per (connector, cause, errno, upstream) per tick, with a count: a flood
+def _log_errors(events: list[ErrorEvent], names: dict[int, str]) -> None:
+    # One line per (connector, cause, upstream, reason) per tick, with a count: a flood
     # of refused connects is a few lines, not thousands.
     if not events:
         return
-    counts: Counter[tuple[int, str, int, str]] = Counter()
-    last_client: dict[tuple[int, str, int, str], str] = {}
-    for connector_id, cause, err, client, upstream in events:
-        key = (connector_id, cause, err, upstream)
+    counts: Counter[tuple[int, str, str, str]] = Counter()
+    last_client: dict[tuple[int, str, str, str], str] = {}
+    for connector_id, cause, _err, client, upstream, reason in events:
+        key = (connector_id, cause, upstream, reason)
         counts[key] += 1
         last_client[key] = client
     for key, count in counts.items():
-        connector_id, cause, err, upstream = key
+        connector_id, cause, upstream, reason = key
         log.warning(
-            "connector %s: %s to %s: %s (%s)%s, client %s",
+            "connector %s: %s: upstream %s: %s%s (client %s)",
             names.get(connector_id, connector_id),
-            _ERRNO_TEXT.get(cause, cause),
-            upstream,
-            os.strerror(err),
             cause,
-            f" x{count}" if count > 1 else "",
+            upstream,
+            reason,
+            f" (x{count})" if count > 1 else "",
             last_client[key],
         )

@@ -19,7 +19,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from relaycore import logs, worker
+from relaycore import logs, tls, worker
 from relaycore.addresses import HostPort
 from relaycore.config import Config, load_config
 from relaycore.errors import ConfigError, StartupError, WorkerFailedError
@@ -118,7 +118,12 @@ class Supervisor:
         addrs = [c.listen_addr for c in config.connectors]
         workers = config.relay.workers
         upstreams = [_resolve(c.name, c.upstream_addr) for c in config.connectors]
+        contexts = [
+            tls.client_context(c, k) if c.tls else None for k, c in enumerate(config.connectors)
+        ]
+        tls.check_ktls_requirements(config.connectors)
         added = self.listeners.ensure(addrs, workers)
+        tls.warn_insecure(config.connectors)
         gen = Generation(number, config)
         for slot in range(workers):
             routes = [
@@ -128,6 +133,7 @@ class Supervisor:
                     connector_name=c.name,
                     upstream_ip=upstreams[k][0],
                     upstream_port=upstreams[k][1],
+                    tls=contexts[k],
                 )
                 for k, c in enumerate(config.connectors)
             ]
@@ -138,6 +144,7 @@ class Supervisor:
                 max_connections=config.relay.max_connections,
                 splice=config.relay.splice,
                 connect_timeout_ms=round(config.timeouts.connect_s * 1000),
+                handshake_timeout_ms=round(config.timeouts.handshake_s * 1000),
                 idle_timeout_ms=round(config.timeouts.idle_s * 1000),
                 drain_timeout_s=config.relay.drain_timeout_s,
             )

@@ -1,0 +1,141 @@
+# The libssl / libcrypto symbols relaycore calls (OpenSSL 3.0). Declarations only.
+# Several are macros in the headers (SSL_CTX_set_mode, SSL_set_tlsext_host_name,
+# BIO_get_ktls_send, ...); declared here as functions, Cython emits the same call text.
+
+cdef extern from "<openssl/ssl.h>" nogil:
+    ctypedef struct SSL_CTX:
+        pass
+    ctypedef struct SSL:
+        pass
+    ctypedef struct SSL_METHOD:
+        pass
+    ctypedef struct SSL_SESSION:
+        pass
+    ctypedef struct BIO:
+        pass
+    ctypedef struct X509:
+        pass
+    ctypedef struct X509_PUBKEY:
+        pass
+    ctypedef struct X509_VERIFY_PARAM:
+        pass
+
+    enum:
+        SSL_ERROR_NONE
+        SSL_ERROR_SSL
+        SSL_ERROR_WANT_READ
+        SSL_ERROR_WANT_WRITE
+        SSL_ERROR_SYSCALL
+        SSL_ERROR_ZERO_RETURN
+        SSL_VERIFY_NONE
+        SSL_VERIFY_PEER
+        SSL_MODE_ENABLE_PARTIAL_WRITE
+        SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
+        SSL_MODE_RELEASE_BUFFERS
+        SSL_SESS_CACHE_CLIENT
+        SSL_SESS_CACHE_NO_INTERNAL_STORE
+        SSL_OP_ENABLE_KTLS
+        SSL_OP_NO_RENEGOTIATION
+        SSL_FILETYPE_PEM
+        TLS1_2_VERSION
+        TLS1_3_VERSION
+        SSL_AD_REASON_OFFSET
+        SSL_R_UNEXPECTED_EOF_WHILE_READING
+        SSL_CB_CONNECT_LOOP
+        SSL_RECEIVED_SHUTDOWN
+
+    const SSL_METHOD *TLS_client_method()
+    SSL_CTX *SSL_CTX_new(const SSL_METHOD *method)
+    void SSL_CTX_free(SSL_CTX *ctx)
+    long SSL_CTX_set_mode(SSL_CTX *ctx, long mode)
+    unsigned long SSL_CTX_set_options(SSL_CTX *ctx, unsigned long op)
+    int SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version)
+    int SSL_CTX_set_cipher_list(SSL_CTX *ctx, const char *s)
+    int SSL_CTX_set_ciphersuites(SSL_CTX *ctx, const char *s)
+    int SSL_CTX_set1_groups_list(SSL_CTX *ctx, const char *s)
+    int SSL_CTX_load_verify_locations(SSL_CTX *ctx, const char *cafile, const char *capath)
+    int SSL_CTX_set_default_verify_paths(SSL_CTX *ctx)
+    int SSL_CTX_use_certificate_chain_file(SSL_CTX *ctx, const char *file)
+    int SSL_CTX_use_PrivateKey_file(SSL_CTX *ctx, const char *file, int type)
+    int SSL_CTX_check_private_key(const SSL_CTX *ctx)
+    void SSL_CTX_set_verify(SSL_CTX *ctx, int mode, void *callback)
+    long SSL_CTX_set_session_cache_mode(SSL_CTX *ctx, long mode)
+    void SSL_CTX_sess_set_new_cb(SSL_CTX *ctx, int (*cb)(SSL *, SSL_SESSION *) noexcept nogil)
+    void SSL_CTX_set_info_callback(SSL_CTX *ctx, void (*cb)(const SSL *, int, int) noexcept nogil)
+    int SSL_CTX_set_app_data(SSL_CTX *ctx, void *arg)
+    void *SSL_CTX_get_app_data(const SSL_CTX *ctx)
+
+    SSL *SSL_new(SSL_CTX *ctx)
+    void SSL_free(SSL *ssl)
+    SSL_CTX *SSL_get_SSL_CTX(const SSL *ssl)
+    int SSL_set_fd(SSL *ssl, int fd)
+    void SSL_set_connect_state(SSL *ssl)
+    int SSL_set_tlsext_host_name(SSL *ssl, const char *name)
+    int SSL_set1_host(SSL *ssl, const char *hostname)
+    X509_VERIFY_PARAM *SSL_get0_param(SSL *ssl)
+    int SSL_set_session(SSL *ssl, SSL_SESSION *session)
+    int SSL_session_reused(const SSL *ssl)
+    unsigned long SSL_clear_options(SSL *ssl, unsigned long op)
+    int SSL_do_handshake(SSL *ssl)
+    int SSL_read(SSL *ssl, void *buf, int num)
+    int SSL_write(SSL *ssl, const void *buf, int num)
+    int SSL_shutdown(SSL *ssl)
+    int SSL_get_shutdown(const SSL *ssl)
+    int SSL_get_error(const SSL *ssl, int ret)
+    int SSL_has_pending(const SSL *ssl)
+    int SSL_version(const SSL *ssl)
+    const char *SSL_get_version(const SSL *ssl)
+    const char *SSL_get_cipher_name(const SSL *ssl)
+    long SSL_get_verify_result(const SSL *ssl)
+    X509 *SSL_get0_peer_certificate(const SSL *ssl)
+    BIO *SSL_get_wbio(const SSL *ssl)
+    BIO *SSL_get_rbio(const SSL *ssl)
+    const char *SSL_alert_desc_string_long(int value)
+
+    int SSL_SESSION_is_resumable(const SSL_SESSION *s)
+    int SSL_SESSION_get_protocol_version(const SSL_SESSION *s)
+    void SSL_SESSION_free(SSL_SESSION *s)
+
+    long BIO_get_ktls_send(BIO *b)
+    long BIO_get_ktls_recv(BIO *b)
+
+
+cdef extern from "<openssl/x509.h>" nogil:
+    X509_PUBKEY *X509_get_X509_PUBKEY(const X509 *x)
+    int i2d_X509_PUBKEY(const X509_PUBKEY *a, unsigned char **out)
+    const char *X509_verify_cert_error_string(long n)
+    int X509_VERIFY_PARAM_set1_ip_asc(X509_VERIFY_PARAM *param, const char *ipasc)
+    enum:
+        X509_V_OK
+        X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT
+        X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+        X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT
+        X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN
+        X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE
+        X509_V_ERR_CERT_HAS_EXPIRED
+        X509_V_ERR_CERT_NOT_YET_VALID
+        X509_V_ERR_HOSTNAME_MISMATCH
+        X509_V_ERR_IP_ADDRESS_MISMATCH
+
+
+cdef extern from "<openssl/err.h>" nogil:
+    void ERR_clear_error()
+    unsigned long ERR_peek_last_error()
+    unsigned long ERR_get_error()
+    int ERR_GET_LIB(unsigned long e)
+    int ERR_GET_REASON(unsigned long e)
+    void ERR_error_string_n(unsigned long e, char *buf, size_t len)
+    const char *ERR_reason_error_string(unsigned long e)
+    enum:
+        ERR_LIB_SSL
+
+
+cdef extern from "<openssl/evp.h>" nogil:
+    int EVP_Digest(const void *data, size_t count, unsigned char *md, unsigned int *size,
+                   const void *type, void *impl)
+    const void *EVP_sha256()
+
+
+cdef extern from "<openssl/crypto.h>" nogil:
+    void OPENSSL_free(void *p)
+    int EVP_EncodeBlock(unsigned char *t, const unsigned char *f, int n)

@@ -1,0 +1,28 @@
+"""Probes for optional kernel features, run at start-up, never per connection."""
+
+import errno
+import os
+import socket
+
+TCP_ULP = 31  # linux/tcp.h; not exported by the socket module
+
+
+def ktls_unavailable() -> str | None:
+    """None when this kernel accepts the "tls" upper-layer protocol, else why not.
+
+    The authoritative test (hotpath.md §1.8): set TCP_ULP "tls" on an established loopback
+    connection. As root the kernel loads the module on demand; otherwise it must be loaded
+    already (modprobe tls)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        with socket.create_connection(listener.getsockname()) as client:
+            server, _ = listener.accept()
+            with server:
+                try:
+                    client.setsockopt(socket.SOL_TCP, TCP_ULP, b"tls")
+                except OSError as e:
+                    if e.errno == errno.ENOENT:
+                        return 'the kernel has no tls module (TCP_ULP "tls": ENOENT)'
+                    return f'TCP_ULP "tls" failed: {os.strerror(e.errno or 0)}'
+    return None

@@ -1,0 +1,60 @@
+"""TLS settings of a connector -> the compiled context its workers use.
+
+Contexts are built once per config generation, in the supervisor, before forking: a
+certificate or key that OpenSSL refuses stops the start (or the reload) with the path of
+the key at fault, and every worker inherits the loaded context instead of reading the
+files again per connection.
+"""
+
+import logging
+
+from relaycore import _core
+from relaycore.capabilities import ktls_unavailable
+from relaycore.config import Connector
+from relaycore.errors import ConfigError, StartupError
+
+log = logging.getLogger("relaycore.tls")
+
+
+def client_context(connector: Connector, index: int) -> _core.TLSClientContext:
+    try:
+        return _core.TLSClientContext(
+            # An IP literal is checked as an IP and sent without SNI (RFC 6066).
+            server_name=connector.verify_name,
+            ca=connector.ca,
+            cert=connector.cert,
+            key=connector.key,
+            verify=connector.verify,
+            min_tls=connector.min_tls,
+            ciphers=connector.ciphers,
+            ciphersuites=connector.ciphersuites,
+            groups=connector.groups,
+            pins=list(connector.pin_digests),
+            ktls=connector.ktls,
+        )
+    except ValueError as e:
+        raise ConfigError(f"connector[{index}].{e}") from e
+
+
+def check_ktls_requirements(connectors: tuple[Connector, ...]) -> None:
+    """`ktls = "require"` where the kernel cannot offload TLS is a start-up error."""
+    wanted = [c.name for c in connectors if c.tls and c.ktls == "require"]
+    if not wanted:
+        return
+    missing = ktls_unavailable()
+    if missing:
+        raise StartupError(
+            f'connector {wanted[0]}: ktls = "require" but kernel TLS is unavailable: '
+            f'{missing} (load it with `modprobe tls`, or set ktls = "auto")'
+        )
+
+
+def warn_insecure(connectors: tuple[Connector, ...]) -> None:
+    for c in connectors:
+        if c.tls and c.insecure:
+            log.warning(
+                "connector %s: verify = false and no pin: the server's certificate is NOT"
+                " checked; anyone on the path can impersonate %s",
+                c.name,
+                c.upstream,
+            )

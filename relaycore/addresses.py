@@ -54,7 +54,7 @@ def parse_host_port(text: str, *, require_ip: bool) -> HostPort:
         pass
     if require_ip:
         raise ValueError(f"expected an IP address, got {host!r}")
-    if not _is_dns_name(host):
+    if not is_dns_name(host):
         raise ValueError(f"expected an IP address or a DNS name, got {host!r}")
     return HostPort(host, port)
 
@@ -66,7 +66,8 @@ def _port(port_text: str, text: str) -> int:
     return int(port_text)
 
 
-def _is_dns_name(host: str) -> bool:
+def is_dns_name(host: str) -> bool:
+    """RFC 1123 host name, at most 253 characters, an optional trailing dot."""
     labels = host.removesuffix(".").split(".")
     # An all-numeric last label is a mistyped IPv4 address (1.2.3.999), never a TLD.
     return (

@@ -7,17 +7,25 @@ one line, path first, with the value the user wrote ("relay.workers: expected an
 >= 1, got 0"), which msgspec leaves out and we find again in the untyped document. Checks
 that need parsing or span several fields run in __post_init__, so that a Struct built in
 code is held to them too. They raise ConfigError with a path relative to their own Struct
-("listen: ..."); msgspec wraps it, and the location it adds completes the path.
+("listen: ..."); msgspec wraps it, and the location it adds completes the path. The one
+check a Struct cannot make, whether a key was written at all, parse_config makes on the
+untyped document.
 """
 
+import base64
+import binascii
+import errno
+import ipaddress
 import os
 import re
+import stat
 from typing import Annotated, Any, Literal
 
 import msgspec
 import msgspec.inspect as mi
+import msgspec.structs
 
-from relaycore.addresses import HostPort, parse_host_port
+from relaycore.addresses import HostPort, is_dns_name, parse_host_port
 from relaycore.errors import ConfigError
 
 MAX_WORKERS = 256
@@ -26,8 +34,15 @@ MAX_SECONDS = 604_800
 
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=MAX_SECONDS)]
 Splice = Literal["auto", "off", "always"]
+MinTls = Literal["1.2", "1.3"]
+Ktls = Literal["auto", "off", "require"]
+# Paths and OpenSSL lists: "" is never what the user meant, and to OpenSSL an empty list
+# can mean "nothing allowed" or "the defaults" depending on the call.
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# `sha256/` and the base64 of 32 bytes: 43 characters and one '=' of padding.
+_PIN = re.compile(r"sha256/([A-Za-z0-9+/]{43}=)")
 
 
 def _default_workers() -> int:
@@ -51,16 +66,34 @@ class Timeouts(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """`[timeouts]`, in seconds, for every connector."""
 
     connect_s: Seconds = 10.0
+    handshake_s: Seconds = 10.0
     idle_s: Seconds = 900.0
 
 
 class Connector(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """One `[[connector]]`: accept on `listen`, forward to `upstream`."""
+    """One `[[connector]]`: accept plain TCP on `listen`, forward to `upstream`, over TLS
+    unless `tls` is false.
+
+    The TLS keys are checked here as far as Python can: shapes, ranges, files that exist.
+    Whether the certificates parse, the key matches and OpenSSL knows the ciphers is
+    checked by the TLS layer when it builds its context, and it raises ConfigError too.
+    """
 
     name: str
     listen: str
     upstream: str
     tls: bool = True
+    server_name: str | None = None
+    ca: NonEmpty | None = None
+    cert: NonEmpty | None = None
+    key: NonEmpty | None = None
+    verify: bool = True
+    min_tls: MinTls = "1.2"
+    ciphers: NonEmpty | None = None
+    ciphersuites: NonEmpty | None = None
+    groups: NonEmpty | None = None
+    pin: tuple[str, ...] = ()
+    ktls: Ktls = "auto"
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
@@ -70,11 +103,36 @@ class Connector(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
                 parse_host_port(getattr(self, key), require_ip=require_ip)
             except ValueError as e:
                 raise ConfigError(f"{key}: {e}") from e
-        if self.tls:
+        if not self.tls:
+            # A TLS key next to tls = false is a contradiction: the user meant one of the
+            # two, and guessing wrong either sends plain text or drops their setting.
+            # parse_config also catches a TLS key written with its default value.
+            for key, default in _TLS_DEFAULTS.items():
+                if getattr(self, key) != default:
+                    raise ConfigError(f"{key}: only meaningful with tls = true")
+            return
+        if self.server_name is not None and _tls_host(self.server_name) is None:
             raise ConfigError(
-                "tls: TLS origination is not available in this build yet;"
-                " set tls = false for a plain TCP relay"
+                f"server_name: expected a DNS name or an IP address, got {self.server_name!r}"
             )
+        if self.ca is not None:
+            _check_readable("ca", self.ca, directory_ok=True)
+        if (self.cert is None) != (self.key is None):
+            missing, given = ("key", "cert") if self.key is None else ("cert", "key")
+            raise ConfigError(f"{missing}: required when {given} is set")
+        if self.cert is not None and self.key is not None:
+            _check_readable("cert", self.cert, directory_ok=False)
+            _check_readable("key", self.key, directory_ok=False)
+        seen: dict[str, int] = {}
+        for i, pin in enumerate(self.pin):
+            if _pin_digest(pin) is None:
+                raise ConfigError(
+                    f"pin[{i}]: expected sha256/<base64 of a 32-byte SHA-256>, got {pin!r}"
+                )
+            # One pin pasted twice where a backup pin was meant: a key rotation would then
+            # lock the relay out.
+            if (j := seen.setdefault(pin, i)) != i:
+                raise ConfigError(f"pin[{i}]: {pin!r} is also pin[{j}]")
 
     @property
     def listen_addr(self) -> HostPort:
@@ -83,6 +141,39 @@ class Connector(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     @property
     def upstream_addr(self) -> HostPort:
         return parse_host_port(self.upstream, require_ip=False)
+
+    @property
+    def verify_name(self) -> str:
+        """What the server certificate must name: `server_name`, else the upstream host.
+        A DNS name loses its trailing dot; an IP literal is normalised (no brackets)."""
+        name = _tls_host(self.server_name or self.upstream_addr.host)
+        assert name is not None  # both were checked when the Struct was made
+        return name
+
+    @property
+    def sni(self) -> str | None:
+        """The server name to send: verify_name, or None when that is an IP literal,
+        which RFC 6066 does not allow in SNI (the certificate is then checked against
+        the IP address)."""
+        name = self.verify_name
+        return None if _is_ip(name) else name
+
+    @property
+    def insecure(self) -> bool:
+        """TLS that authenticates nobody: no verification and no pin to stand in for it."""
+        return self.tls and not self.verify and not self.pin
+
+    @property
+    def pin_digests(self) -> tuple[bytes, ...]:
+        """The `pin` entries as raw 32-byte SHA-256 digests of a SubjectPublicKeyInfo."""
+        return tuple(d for d in map(_pin_digest, self.pin) if d is not None)
+
+
+# Every other key means something only for TLS; with the value it has when left out.
+_PLAIN_KEYS = frozenset({"name", "listen", "upstream", "tls"})
+_TLS_DEFAULTS = {
+    f.name: f.default for f in msgspec.structs.fields(Connector) if f.name not in _PLAIN_KEYS
+}
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -109,6 +200,60 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                 )
 
 
+def _tls_host(text: str) -> str | None:
+    """`text` as a certificate name: an IP literal normalised, a DNS name without its
+    trailing dot (SNI never has one); None if it is neither."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return text.removesuffix(".") if is_dns_name(text) else None
+    # A zone (fe80::1%eth0) picks an interface; no certificate can name one.
+    return None if getattr(ip, "scope_id", None) else str(ip)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_readable(key: str, path: str, *, directory_ok: bool) -> None:
+    # Now rather than when the first device connects: a typo in a path is a config error,
+    # not a stream of failed handshakes.
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ConfigError(f"{key}: file not found: {path}") from None
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot read {path}: {e.strerror}") from None
+    is_dir = stat.S_ISDIR(mode)
+    if not (stat.S_ISREG(mode) or (is_dir and directory_ok)):
+        kind = "a file or a directory" if directory_ok else "a file"
+        raise ConfigError(f"{key}: not {kind}: {path}")
+    # Opening is the only test that holds for root, ACLs and security modules alike; a
+    # directory of hashed certificates must also be searchable to be read.
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+        if is_dir and not os.access(path, os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot read {path}: {e.strerror}") from None
+
+
+def _pin_digest(pin: str) -> bytes | None:
+    if not (m := _PIN.fullmatch(pin)):
+        return None
+    try:
+        digest = base64.b64decode(m[1], validate=True)
+    except binascii.Error:
+        return None
+    # Only the canonical spelling: in a non-canonical one the last character carries bits
+    # that decoding drops, so two different-looking pins would be the same key.
+    return digest if base64.b64encode(digest).decode() == m[1] else None
+
+
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and check the file at `path`; any problem is a one-line ConfigError."""
     source = os.fspath(path)
@@ -125,13 +270,22 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 def parse_config(text: str | bytes, source: str = "<string>") -> Config:
     """Check TOML text; `source` names it where no field path can (bad TOML, top level)."""
     try:
-        return msgspec.toml.decode(text, type=Config)
+        cfg = msgspec.toml.decode(text, type=Config)
     except msgspec.ValidationError as e:
         raise ConfigError(_explain(e, text, source)) from e
     except msgspec.DecodeError as e:
         raise ConfigError(f"{source}: invalid TOML: {_lower_first(str(e))}") from e
     except UnicodeDecodeError as e:
         raise ConfigError(f"{source}: invalid TOML: not UTF-8 (byte {e.start})") from e
+    # The Struct cannot tell `verify = true` written out from the default, so with
+    # tls = false its own check misses TLS keys that repeat their default: the file can.
+    tables = msgspec.toml.decode(text).get("connector", [])
+    for i, table in enumerate(tables):
+        if table.get("tls") is False:
+            for key in _TLS_DEFAULTS:
+                if key in table:
+                    raise ConfigError(f"connector[{i}].{key}: only meaningful with tls = true")
+    return cfg
 
 
 def config_summary(cfg: Config) -> str:
@@ -139,10 +293,28 @@ def config_summary(cfg: Config) -> str:
     r = cfg.relay
     lines = [f"workers: {r.workers} (up to {r.max_connections} connections each)"]
     lines += [
-        f"{c.name}: {c.listen_addr} -> {c.upstream_addr} ({'tls' if c.tls else 'plain'})"
+        f"{c.name}: {c.listen_addr} -> {c.upstream_addr} ({_describe_tls(c)})"
         for c in cfg.connectors
     ]
     return "\n".join(lines)
+
+
+def _describe_tls(c: Connector) -> str:
+    if not c.tls:
+        return "plain"
+    parts = ["tls", f"SNI {c.sni}" if c.sni else f"no SNI, IP {c.verify_name}"]
+    if c.verify:
+        parts.append(f"CA {c.ca or 'system'}")
+    else:
+        parts.append("verify off (insecure)" if c.insecure else "verify off")
+    if c.cert:
+        parts.append("client cert")
+    if c.pin:
+        parts.append(f"pins {len(c.pin)}")
+    if c.min_tls != "1.2":
+        parts.append(f"TLS >= {c.min_tls}")
+    parts.append(f"ktls {c.ktls}")
+    return ", ".join(parts)
 
 
 _WORDS = {
@@ -167,12 +339,15 @@ def _explain(err: msgspec.ValidationError, text: str | bytes, source: str) -> st
     if m := re.fullmatch(r"Object missing required field `(.*)`", body):
         return f"{path}.{m[1]}: required key is missing".removeprefix(".")
     got = _got(msgspec.toml.decode(text), path)
-    if m := re.fullmatch(r"Expected `(\w+)`(?:, got `\w+`)?(.*)", body):
+    if body.startswith("Invalid enum value"):
+        return f"{path}: expected one of {_one_of(path)}{got}"
+    if body.startswith("Expected `str`") and _choices(path):
+        # `min_tls = 1.2` is the natural slip: TOML reads a number where the key wants text.
+        return f"{path}: expected one of {_one_of(path)} (in quotes){got}"
+    # TOML has no null: `str | null` is how msgspec names an optional key's type.
+    if m := re.fullmatch(r"Expected `(\w+)(?: \| null)?`(?:, got `\w+`)?(.*)", body):
         bound = re.sub(r"(\d)\.0\b", r"\1", m[2])
         return f"{path}: expected {_WORDS.get(m[1], m[1])}{bound}{got}"
-    if body.startswith("Invalid enum value"):
-        choices = ", ".join(repr(v) for v in _choices(path))
-        return f"{path}: expected one of {choices}{got}"
     return f"{path or source}: {_lower_first(body)}"
 
 
@@ -198,6 +373,10 @@ def _choices(path: str) -> tuple[Any, ...]:
         elif isinstance(t, mi.VarTupleType | mi.ListType):
             t = t.item_type
     return t.values if isinstance(t, mi.LiteralType) else ()
+
+
+def _one_of(path: str) -> str:
+    return ", ".join(repr(v) for v in _choices(path))
 
 
 def _show(value: Any) -> str:

@@ -10,7 +10,7 @@ DEB_PACKAGES := python3 python3-venv python3-dev gcc make libssl-dev openssl ipr
 EXT_SOURCES := $(wildcard ext/*.pyx ext/*.pxi ext/includes/*.pxd ext/includes/*.h) setup.py
 PYTEST_ARGS ?=
 
-.PHONY: help demo test lint build bench deps clean fmt
+.PHONY: help demo test lint build bench deps clean fmt test-ktls
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -34,7 +34,7 @@ fmt: $(VENV)/.installed  ## reformat the Python sources
 build: relaycore/.built  ## compile relaycore._core in place
 
 bench: build  ## pytest-benchmark runs: relay vs direct, copy vs splice (loopback only)
-	$(PY) -m pytest bench --benchmark-only --benchmark-columns=median,ops,rounds -p no:timeout $(PYTEST_ARGS)
+	$(PY) -m pytest bench --benchmark-only --benchmark-columns=median,ops,rounds --timeout=0 $(PYTEST_ARGS)
 
 deps: $(VENV)/.installed  ## Debian packages and the virtualenv only
 
@@ -61,3 +61,21 @@ $(VENV)/.installed: .stamp-deb pyproject.toml
 
 clean:  ## remove build products (keeps .venv)
 	rm -rf build relaycore/.built relaycore/_core*.so ext/_core.c
+
+# kTLS tests need a kernel with the tls module: they run in a throw-away QEMU guest (root;
+# the first run installs qemu with apt and caches a Debian kernel in /var/cache/ktls-vm).
+# RELAYCORE_KTLS_REQUIRED=1 turns a "kTLS unavailable" skip into a failure in there.
+KTLS_VM ?= ../shared/tools/ktls-vm/run-in-ktls-vm
+KTLS_VM_TIMEOUT ?= 900
+
+test-ktls: build  ## kernel TLS tests (tests/ktls, -m ktls) in a QEMU guest with tls.ko
+	@rc=0; KTLS_VM_TIMEOUT=$(KTLS_VM_TIMEOUT) RELAYCORE_KTLS_REQUIRED=1 \
+		$(KTLS_VM) $(PY) -m pytest -q -p no:cacheprovider -m ktls tests/ktls $(PYTEST_ARGS) \
+		|| rc=$$?; \
+	case $$rc in \
+		0) ;; \
+		124) echo "test-ktls: FAILED: the VM ran out of KTLS_VM_TIMEOUT=$(KTLS_VM_TIMEOUT) s" >&2 ;; \
+		125) echo "test-ktls: FAILED: the VM never ran the tests (exit 125; its console is above)" >&2 ;; \
+		*) echo "test-ktls: FAILED: pytest exited with $$rc" >&2 ;; \
+	esac; \
+	exit $$rc

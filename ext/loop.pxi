@@ -82,6 +82,14 @@ cdef int worker_turn(Worker *w, int timeout_ms) noexcept nogil:
         if c.state == CONN_FREE or c.state == CONN_CLOSED:
             continue
         ev = events[k].events
+        if (tag == SIDE_CLIENT and ev & (EPOLLERR | EPOLLHUP)
+                and c.state != CONN_RELAYING):
+            # The device reset before its upstream was ready: do not hold the slot (and
+            # blame the upstream) until the connect or handshake times out. A device that
+            # only half-closed (FIN, EPOLLRDHUP) still gets its request relayed.
+            w.ctr.resets += 1
+            conn_close(w, <int32_t>(data >> 2), True)
+            continue
         if ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
             c.ready[tag] |= READY_READ
         if ev & (EPOLLOUT | EPOLLHUP | EPOLLERR):

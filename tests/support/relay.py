@@ -1,0 +1,371 @@
+"""Run the relay under test: the compiled Loop in a thread of the test process
+(`LoopThread`), or the whole `relaycore run` in a subprocess (`relay_process`).
+
+LoopThread confines the Loop to one thread: `run(50)` in a loop, and between two runs it
+executes the requests the test queued with `call()` (counters, pop_errors, ...). No lock is
+held around run(), so a test never races the loop and never starves behind it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from .servers import HOST
+
+T = TypeVar("T")
+
+RUN_SLICE_MS = 50
+CALL_TIMEOUT = 5.0
+JOIN_TIMEOUT = 5.0
+
+
+def pipe_fds() -> int:
+    """Pipe fds open in this process right now."""
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{name}").startswith("pipe:"):
+                count += 1
+    return count
+
+
+class LoopThread:
+    """relaycore._core.Loop(**loop_kwargs) relaying 127.0.0.1:<.port> (a fresh listener,
+    route 0) to upstream_host:upstream_port, served by a daemon thread until stop()."""
+
+    def __init__(
+        self,
+        upstream_port: int,
+        *,
+        upstream_host: str = HOST,
+        backlog: int = 128,
+        **loop_kwargs: Any,
+    ) -> None:
+        from relaycore._core import Loop
+
+        self.loop_kwargs = dict(loop_kwargs)
+        self.errors: list[tuple[Any, ...]] = []
+        self.loop = Loop(**loop_kwargs)
+        lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            lsock.bind((HOST, 0))
+            lsock.listen(backlog)
+            self.port: int = lsock.getsockname()[1]
+            self.loop.add_route(lsock.detach(), 0, upstream_host, upstream_port)
+        except BaseException:
+            lsock.close()
+            self.loop.close()
+            raise
+        self.initial_counters = dict(self.loop.counters())
+        # Pipe fds that are not the pool's (pipes_open counts pool pipes, 2 fds each).
+        self.pipe_fd_base = pipe_fds() - 2 * self.initial_counters["pipes_open"]
+        self._requests: queue.SimpleQueue[tuple[Callable[[Any], Any], Future[Any]]] = (
+            queue.SimpleQueue()
+        )
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="relay-loop", daemon=True)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        et: type[BaseException] | None,
+        ev: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self.loop.run(RUN_SLICE_MS)
+                self._service()
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self._fail_pending()
+
+    def _service(self) -> None:
+        while True:
+            try:
+                fn, fut = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(self.loop))
+            except BaseException as exc:
+                fut.set_exception(exc)
+
+    def _fail_pending(self) -> None:
+        while True:
+            try:
+                _, fut = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            if fut.set_running_or_notify_cancel():
+                fut.set_exception(RuntimeError(f"loop thread ended: {self._error!r}"))
+
+    def stop(self) -> None:
+        """Stop the thread, close the loop (twice: close() is idempotent), re-raise whatever
+        the loop thread died of."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if self._thread.is_alive() or self._thread.ident is not None:
+            self._thread.join(JOIN_TIMEOUT)
+        if self._thread.is_alive():
+            raise RuntimeError(f"loop.run({RUN_SLICE_MS}) did not return within {JOIN_TIMEOUT}s")
+        self.loop.close()
+        self.loop.close()
+        if self._error is not None:
+            raise self._error
+
+    # -- talking to the loop -----------------------------------------------------------------
+
+    def call(self, fn: Callable[[Any], T], timeout: float = CALL_TIMEOUT) -> T:
+        """Run fn(loop) on the loop thread between two run() calls."""
+        if self._error is not None:
+            raise RuntimeError("loop thread died") from self._error
+        if not self._thread.is_alive():
+            raise RuntimeError("loop thread not running")
+        fut: Future[T] = Future()
+        self._requests.put((fn, fut))
+        return fut.result(timeout)
+
+    def counters(self) -> dict[str, int]:
+        return self.call(lambda loop: dict(loop.counters()))
+
+    def active(self) -> int:
+        return self.call(lambda loop: int(loop.active))
+
+    def pop_errors(self) -> list[tuple[Any, ...]]:
+        events = self.call(lambda loop: list(loop.pop_errors()))
+        self.errors.extend(events)
+        return events
+
+    def wait_counters(
+        self, predicate: Callable[[Mapping[str, int]], bool], timeout: float, what: str
+    ) -> dict[str, int]:
+        """Poll counters (one loop slice apart) until predicate holds; the last snapshot."""
+        deadline = time.monotonic() + timeout
+        pacing = threading.Event()
+        for _ in range(int(timeout * 1000 / 10) + 1):
+            snap = self.counters()
+            if predicate(snap):
+                return snap
+            if time.monotonic() > deadline:
+                break
+            pacing.wait(0.01)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}; counters: {snap}")
+
+    def wait_idle(self, timeout: float = 10.0) -> dict[str, int]:
+        """Wait until no relayed connection is open; the counters then."""
+        return self.wait_counters(lambda c: c["active"] == 0, timeout, "active == 0")
+
+    def wait_error(self, cause: str, timeout: float = 5.0) -> tuple[Any, ...]:
+        """The first error event with this cause (polling pop_errors until the deadline)."""
+        deadline = time.monotonic() + timeout
+        pacing = threading.Event()
+        for _ in range(int(timeout * 1000 / 10) + 1):
+            self.pop_errors()
+            for event in self.errors:
+                if event[1] == cause:
+                    return event
+            if time.monotonic() > deadline:
+                break
+            pacing.wait(0.01)
+        raise AssertionError(f"no {cause!r} error event after {timeout}s; got {self.errors}")
+
+
+def _splice_probe() -> str | None:
+    """None if splice(2) moves bytes from a loopback TCP socket into a pipe, else why not."""
+    if not hasattr(os, "splice"):
+        return "os.splice unavailable"
+    with (
+        socket.create_server((HOST, 0)) as lsock,
+        socket.create_connection(lsock.getsockname(), timeout=5) as a,
+    ):
+        b, _ = lsock.accept()
+        r, w = os.pipe()
+        try:
+            a.sendall(b"x")
+            if not select.select([b], [], [], 5.0)[0]:
+                return "probe byte never arrived"
+            if os.splice(b.fileno(), w, 1) != 1:
+                return "splice moved nothing"
+        except OSError as exc:
+            return f"splice from a TCP socket failed: {exc}"
+        finally:
+            b.close()
+            os.close(r)
+            os.close(w)
+    return None
+
+
+# Why the splice data paths cannot run here (None: they can).
+SPLICE_UNAVAILABLE = _splice_probe()
+
+
+# -- the whole relay in a subprocess -------------------------------------------------------
+
+
+def relay_config(
+    *,
+    run_dir: Path,
+    listen_port: int,
+    upstream_port: int,
+    splice: str = "off",
+    workers: int = 1,
+    max_connections: int = 1000,
+    connect_s: float = 2,
+    idle_s: float = 30,
+) -> str:
+    return f"""\
+[relay]
+workers = {workers}
+run_dir = "{run_dir}"
+splice = "{splice}"
+max_connections = {max_connections}
+
+[timeouts]
+connect_s = {connect_s}
+idle_s = {idle_s}
+
+[[connector]]
+name = "t"
+listen = "{HOST}:{listen_port}"
+upstream = "{HOST}:{upstream_port}"
+tls = false
+"""
+
+
+@dataclass
+class RelayProcess:
+    proc: subprocess.Popen[bytes]
+    config_path: Path
+    lines: list[str] = field(default_factory=list)
+    ready: threading.Event = field(default_factory=threading.Event)
+    ended: threading.Event = field(default_factory=threading.Event)
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def worker_pids(self, expected: int = 1, timeout: float = 10.0) -> list[int]:
+        """The supervisor's direct children (the workers), once `expected` of them exist."""
+        import psutil
+
+        deadline = time.monotonic() + timeout
+        pacing = threading.Event()
+        children: list[int] = []
+        for _ in range(int(timeout * 1000 / 20) + 1):
+            children = [p.pid for p in psutil.Process(self.proc.pid).children()]
+            if len(children) >= expected or time.monotonic() > deadline:
+                break
+            pacing.wait(0.02)
+        if len(children) < expected:
+            raise AssertionError(f"{len(children)} workers, wanted {expected}:\n{self.output()}")
+        return children
+
+
+@contextlib.contextmanager
+def relay_process(
+    config_text: str, tmp_path: Path, *, ready_timeout: float = 20.0
+) -> Iterator[RelayProcess]:
+    """`python -m relaycore run -c FILE` until its output shows `ready generation=`; on exit
+    SIGTERM, then SIGKILL after a deadline. All output lines (stderr, merged with stdout)
+    are kept in `.lines`."""
+    config_path = tmp_path / "relay.toml"
+    config_path.write_text(config_text)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "relaycore", "run", "-c", str(config_path)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+    )
+    relay = RelayProcess(proc=proc, config_path=config_path)
+    assert proc.stdout is not None
+    stdout = proc.stdout
+
+    def pump() -> None:
+        try:
+            for raw in stdout:
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                relay.lines.append(line)
+                if "ready generation=" in line:
+                    relay.ready.set()
+        finally:
+            relay.ended.set()
+
+    reader = threading.Thread(target=pump, name="relay-output", daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while not relay.ready.wait(0.1):
+            if proc.poll() is not None:
+                reader.join(JOIN_TIMEOUT)
+                raise AssertionError(
+                    f"relaycore exited with {proc.returncode} before ready:\n{relay.output()}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"relaycore not ready after {ready_timeout}s:\n{relay.output()}"
+                )
+        yield relay
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        reader.join(JOIN_TIMEOUT)
+        stdout.close()
+
+
+def assert_data_path(
+    counters: Mapping[str, int], splice: str, *, bytes_in: int, bytes_out: int
+) -> None:
+    """The loop counted exactly these bytes, and moved them on the path `splice` asks for:
+    "off" copies everything, "always" splices everything (the pool being big enough)."""
+    assert counters["bytes_in"] == bytes_in, counters
+    assert counters["bytes_out"] == bytes_out, counters
+    total = bytes_in + bytes_out
+    if splice == "off":
+        assert counters["bytes_spliced"] == 0, f"splice=off spliced: {counters}"
+        assert counters["bytes_copied"] == total, counters
+        assert counters["splice_promoted"] == 0, counters
+    elif splice == "always":
+        assert counters["bytes_copied"] == 0, f"splice=always copied: {counters}"
+        assert counters["bytes_spliced"] == total, counters
+    else:
+        assert counters["bytes_copied"] + counters["bytes_spliced"] == total, counters

@@ -58,7 +58,7 @@ cdef void conn_close(Worker *w, int32_t i, bint abortive) noexcept nogil:
         c.next = w.dead_head
         w.dead_head = i
     w.active -= 1
-    w.ctr.closed += 1
+    conn_ctr(w, c).closed += 1
     if w.limit_paused and w.active < w.max_conns:
         listeners_resume_limit(w)
 
@@ -71,17 +71,17 @@ cdef void conn_fail(Worker *w, int32_t i, uint8_t cause, int err,
     cdef Conn *c = &w.conns[i]
     cdef ErrorEvent *ev
     if cause == CAUSE_CONNECT_REFUSED:
-        w.ctr.connect_refused += 1
+        conn_ctr(w, c).connect_refused += 1
     elif cause == CAUSE_CONNECT_TIMEOUT:
-        w.ctr.connect_timeout += 1
+        conn_ctr(w, c).connect_timeout += 1
     elif cause == CAUSE_UPSTREAM_SOCKET:
-        w.ctr.socket_errors += 1
+        conn_ctr(w, c).socket_errors += 1
     elif cause == CAUSE_CONNECT_FAILED:
-        w.ctr.connect_failed += 1
+        conn_ctr(w, c).connect_failed += 1
     elif cause == CAUSE_HANDSHAKE_TIMEOUT:
-        w.ctr.handshake_timeout += 1
+        conn_ctr(w, c).handshake_timeout += 1
     else:
-        w.ctr.tls_failed += 1
+        conn_ctr(w, c).tls_failed += 1
     ev = error_event(w, c, cause, err)
     if ev != NULL and reason != NULL:
         snprintf(ev.reason, REASON_LEN, "%s", reason)
@@ -138,7 +138,7 @@ cdef void conn_open(Worker *w, uint16_t route, int client_fd) noexcept nogil:
     c.timer_slot = NIL
     c.state = CONN_CONNECTING
     w.active += 1
-    w.ctr.accepted += 1
+    conn_ctr(w, c).accepted += 1
     set_nodelay(client_fd)
     up = upstream_socket(r)
     if up < 0 and (errno == EMFILE or errno == ENFILE) and w.reserve_fd >= 0:
@@ -189,7 +189,7 @@ cdef void conn_run(Worker *w, int32_t i) noexcept nogil:
         for d in range(2):
             n = pump(w, c, d)
             if n < 0:
-                w.ctr.resets += 1
+                conn_ctr(w, c).resets += 1
                 conn_close(w, i, True)
                 return
             moved += n
@@ -197,7 +197,7 @@ cdef void conn_run(Worker *w, int32_t i) noexcept nogil:
                 if d == SIDE_CLIENT and c.ssl != NULL:
                     n = tls_close_notify(w, c)
                     if n < 0:
-                        w.ctr.resets += 1
+                        conn_ctr(w, c).resets += 1
                         conn_close(w, i, True)
                         return
                     if n == 0:
@@ -230,5 +230,5 @@ cdef void conn_expire(Worker *w, int32_t i) noexcept nogil:
         if c.last_active_ms + w.idle_timeout_ms > w.now_ms:
             timer_arm(w, i, c.last_active_ms + w.idle_timeout_ms)
         else:
-            w.ctr.idle_timeout += 1
+            conn_ctr(w, c).idle_timeout += 1
             conn_close(w, i, False)

@@ -15,7 +15,7 @@ cdef ErrorEvent *error_event(Worker *w, Conn *c, uint8_t cause, int err) noexcep
     # full. The reason defaults to strerror(err) when it is left empty.
     cdef ErrorEvent *e
     if w.err_len == ERR_RING:
-        w.ctr.errors_dropped += 1
+        w.wctr.errors_dropped += 1
         return NULL
     e = &w.errors[(w.err_head + w.err_len) % ERR_RING]
     w.err_len += 1

@@ -28,7 +28,7 @@ cdef void listener_arm(Worker *w, uint16_t route, bint on) noexcept nogil:
 cdef void listener_pause_emfile(Worker *w, uint16_t route) noexcept nogil:
     cdef Route *r = &w.routes[route]
     if not r.paused_emfile:
-        w.ctr.accept_paused_emfile += 1
+        w.wctr.accept_paused_emfile += 1
     r.paused_emfile = 1
     r.resume_ms = w.now_ms + EMFILE_PAUSE_MS
     listener_arm(w, route, False)
@@ -37,7 +37,7 @@ cdef void listener_pause_emfile(Worker *w, uint16_t route) noexcept nogil:
 cdef void listeners_pause_limit(Worker *w) noexcept nogil:
     cdef uint16_t k
     w.limit_paused = 1
-    w.ctr.accept_paused_limit += 1
+    w.wctr.accept_paused_limit += 1
     for k in range(w.nroutes):
         listener_arm(w, k, False)
 

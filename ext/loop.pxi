@@ -87,7 +87,7 @@ cdef int worker_turn(Worker *w, int timeout_ms) noexcept nogil:
             # The device reset before its upstream was ready: do not hold the slot (and
             # blame the upstream) until the connect or handshake times out. A device that
             # only half-closed (FIN, EPOLLRDHUP) still gets its request relayed.
-            w.ctr.resets += 1
+            conn_ctr(w, c).resets += 1
             conn_close(w, <int32_t>(data >> 2), True)
             continue
         if ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
@@ -246,9 +246,37 @@ cdef class Loop:
         return self.live().active
 
     def counters(self):
-        """Snapshot of the worker's counters (names in docs/ERRORS.md)."""
+        """Snapshot of the worker's counters, all connectors together (names in
+        docs/ERRORS.md)."""
         cdef Worker *w = self.live()
-        cdef dict snapshot = w.ctr
+        cdef dict snapshot = {}
+        for per_connector in self.connector_counters().values():
+            for name, value in per_connector.items():
+                snapshot[name] = snapshot.get(name, 0) + value
+        if not snapshot:
+            snapshot = empty_counters()
+        snapshot.update(<dict>w.wctr)
+        snapshot["active"] = w.active
+        snapshot["pipes_open"] = w.pipes_open
+        return snapshot
+
+    def connector_counters(self):
+        """{connector_id: counters of its connections in this worker, with "active"}."""
+        cdef Worker *w = self.live()
+        cdef uint32_t k
+        cdef dict result = {}
+        for k in range(w.nroutes):
+            snap = <dict>w.routes[k].ctr
+            snap["active"] = w.routes[k].ctr.accepted - w.routes[k].ctr.closed
+            into = result.setdefault(w.routes[k].connector_id, {})
+            for name, value in snap.items():
+                into[name] = into.get(name, 0) + value
+        return result
+
+    def worker_counters(self):
+        """What belongs to the worker rather than a connector (pipes, pauses, drops)."""
+        cdef Worker *w = self.live()
+        cdef dict snapshot = w.wctr
         snapshot["active"] = w.active
         snapshot["pipes_open"] = w.pipes_open
         return snapshot
@@ -279,6 +307,12 @@ cdef class Loop:
         if self.w != NULL:
             worker_free(self.w)
             self.w = NULL
+
+
+cdef dict empty_counters():
+    cdef Counters zero
+    memset(&zero, 0, sizeof(zero))
+    return zero
 
 
 cdef void worker_free(Worker *w) noexcept nogil:

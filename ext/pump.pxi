@@ -12,15 +12,16 @@
 # to dst), 0 no progress, <0 -errno, fatal for the connection. Never raises.
 
 
-cdef inline void count_delivered(Worker *w, int d, Py_ssize_t n, bint spliced) noexcept nogil:
+cdef inline void count_delivered(Worker *w, Conn *c, int d, Py_ssize_t n,
+                                 bint spliced) noexcept nogil:
     if d == SIDE_CLIENT:
-        w.ctr.bytes_in += n
+        conn_ctr(w, c).bytes_in += n
     else:
-        w.ctr.bytes_out += n
+        conn_ctr(w, c).bytes_out += n
     if spliced:
-        w.ctr.bytes_spliced += n
+        conn_ctr(w, c).bytes_spliced += n
     else:
-        w.ctr.bytes_copied += n
+        conn_ctr(w, c).bytes_copied += n
 
 
 cdef Py_ssize_t flush_owned(Worker *w, Conn *c, int d) noexcept nogil:
@@ -36,7 +37,7 @@ cdef Py_ssize_t flush_owned(Worker *w, Conn *c, int d) noexcept nogil:
             c.ready[1 - d] &= ~READY_WRITE
             return 0
         return -errno
-    count_delivered(w, d, s, False)
+    count_delivered(w, c, d, s, False)
     dr.buf_off += <uint32_t>s
     dr.buf_len -= <uint32_t>s
     if dr.buf_len:
@@ -49,7 +50,7 @@ cdef Py_ssize_t flush_owned(Worker *w, Conn *c, int d) noexcept nogil:
     return s
 
 
-cdef bint dir_try_promote(Worker *w, Dir *dr) noexcept nogil:
+cdef bint dir_try_promote(Worker *w, Conn *c, Dir *dr) noexcept nogil:
     # Give dr a pipe from the pool. The owned buffer must be empty: bytes must leave in
     # the order they came.
     if dr.buf_len or dr.no_pipe:
@@ -58,11 +59,11 @@ cdef bint dir_try_promote(Worker *w, Dir *dr) noexcept nogil:
         dr.pipe_r = -1
         dr.pipe_w = -1
         dr.no_pipe = 1
-        w.ctr.pipes_exhausted += 1
+        w.wctr.pipes_exhausted += 1
         return False
     dr.pipe_bytes = 0
     dr.small_fills = 0
-    w.ctr.splice_promoted += 1
+    conn_ctr(w, c).splice_promoted += 1
     return True
 
 
@@ -82,7 +83,7 @@ cdef Py_ssize_t pump_copy(Worker *w, Conn *c, int d) noexcept nogil:
         if w.splice_mode == SPLICE_ALWAYS or (
             w.splice_mode == SPLICE_AUTO and dr.full_reads >= PROMOTE_AFTER
         ):
-            if dir_try_promote(w, dr):
+            if dir_try_promote(w, c, dr):
                 # The caller's next pass moves the stream through the pipe.
                 return total if total else 1
         n = recv(src, w.scratch, SCRATCH_SIZE, 0)
@@ -107,7 +108,7 @@ cdef Py_ssize_t pump_copy(Worker *w, Conn *c, int d) noexcept nogil:
                 if errno != EAGAIN:
                     return -errno
                 s = 0
-            count_delivered(w, d, s, False)
+            count_delivered(w, c, d, s, False)
         if s < n:
             dr.buf = buf_get(w)
             if dr.buf == NULL:
@@ -144,7 +145,7 @@ cdef Py_ssize_t pump_splice(Worker *w, Conn *c, int d) noexcept nogil:
                     continue
                 return -errno
             dr.pipe_bytes -= <uint32_t>n
-            count_delivered(w, d, n, True)
+            count_delivered(w, c, d, n, True)
             total += n
             continue
         if w.splice_mode == SPLICE_AUTO and dr.small_fills >= DEMOTE_AFTER:
@@ -153,7 +154,7 @@ cdef Py_ssize_t pump_splice(Worker *w, Conn *c, int d) noexcept nogil:
             dr.pipe_r = -1
             dr.pipe_w = -1
             dr.full_reads = 0
-            w.ctr.splice_demoted += 1
+            conn_ctr(w, c).splice_demoted += 1
             return total if total else 1
         if dr.eof or not c.ready[d] & READY_READ:
             break

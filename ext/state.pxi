@@ -46,17 +46,6 @@ cdef struct Conn:
     int32_t timer_prev
     int32_t timer_slot            # NIL when not on the wheel
 
-cdef struct Route:
-    SSL_CTX *tls_ctx              # NULL: plain upstream
-    TLSConf *tls
-    int listen_fd
-    uint32_t connector_id
-    uint8_t paused_emfile
-    uint8_t registered            # EPOLLIN armed (not paused)
-    uint64_t resume_ms
-    socklen_t upstream_len
-    sockaddr_storage upstream
-
 cdef struct Counters:
     uint64_t accepted
     uint64_t closed
@@ -71,9 +60,6 @@ cdef struct Counters:
     uint64_t bytes_spliced
     uint64_t splice_promoted
     uint64_t splice_demoted
-    uint64_t pipes_exhausted
-    uint64_t accept_paused_emfile
-    uint64_t accept_paused_limit
     uint64_t socket_errors
     uint64_t handshakes
     uint64_t handshakes_resumed
@@ -85,6 +71,26 @@ cdef struct Counters:
     uint64_t ktls_declined
     uint64_t ktls_control_records
     uint64_t errors_dropped
+
+cdef struct Route:
+    Counters ctr                  # this route's connections (one route per connector)
+    SSL_CTX *tls_ctx              # NULL: plain upstream
+    TLSConf *tls
+    int listen_fd
+    uint32_t connector_id
+    uint8_t paused_emfile
+    uint8_t registered            # EPOLLIN armed (not paused)
+    uint64_t resume_ms
+    socklen_t upstream_len
+    sockaddr_storage upstream
+
+cdef struct WorkerCounters:
+    # What belongs to the worker, not to one connector.
+    uint64_t pipes_exhausted
+    uint64_t accept_paused_emfile
+    uint64_t accept_paused_limit
+    uint64_t errors_dropped
+
 
 cdef struct ErrorEvent:
     uint32_t connector_id
@@ -124,7 +130,11 @@ cdef struct Worker:
     int pipe_size
     int32_t *wheel
     uint64_t wheel_tick           # next tick to expire
-    Counters ctr
+    WorkerCounters wctr
     ErrorEvent *errors
     uint32_t err_head
     uint32_t err_len
+
+
+cdef inline Counters *conn_ctr(Worker *w, Conn *c) noexcept nogil:
+    return &w.routes[c.route].ctr

@@ -134,16 +134,16 @@ cdef void conn_handshake(Worker *w, int32_t i) noexcept nogil:
         if not tls_pin_ok(w.routes[c.route].tls, c.ssl, reason, sizeof(reason)):
             conn_fail(w, i, CAUSE_TLS_PIN_MISMATCH, 0, reason)
             return
-        w.ctr.handshakes += 1
+        conn_ctr(w, c).handshakes += 1
         if SSL_session_reused(c.ssl):
-            w.ctr.handshakes_resumed += 1
+            conn_ctr(w, c).handshakes_resumed += 1
         if w.routes[c.route].tls.ktls_mode != KTLS_OFF:
             c.ktls = (BIO_get_ktls_send(SSL_get_wbio(c.ssl)) == 1
                       and BIO_get_ktls_recv(SSL_get_rbio(c.ssl)) == 1)
             if c.ktls:
-                w.ctr.ktls_conns += 1
+                conn_ctr(w, c).ktls_conns += 1
             else:
-                w.ctr.ktls_declined += 1
+                conn_ctr(w, c).ktls_declined += 1
         c.tls_want[0] = READY_WRITE
         c.tls_want[1] = READY_READ
         conn_relaying(w, i)
@@ -176,7 +176,7 @@ cdef Py_ssize_t tls_blocked(Worker *w, Conn *c, int d, int ssl_err) noexcept nog
     if ssl_err == SSL_ERROR_SYSCALL:
         ERR_clear_error()
         return -(errno if errno else ECONNRESET)
-    w.ctr.tls_errors += 1
+    conn_ctr(w, c).tls_errors += 1
     ev = error_event(w, c, CAUSE_TLS_ERROR, EPROTO)
     e = ERR_peek_last_error()
     if ev != NULL and e:
@@ -194,7 +194,7 @@ cdef Py_ssize_t tls_write(Worker *w, Conn *c, char *p, size_t n) noexcept nogil:
     k = SSL_write(c.ssl, p, <int>n)
     if k > 0:
         c.tls_want[0] = READY_WRITE
-        count_delivered(w, SIDE_CLIENT, k, False)
+        count_delivered(w, c, SIDE_CLIENT, k, False)
         return k
     return tls_blocked(w, c, 0, SSL_get_error(c.ssl, k))
 
@@ -278,7 +278,7 @@ cdef Py_ssize_t pump_tls_read(Worker *w, Conn *c) noexcept nogil:
                 # FIN (the device decides) and say so in the error log.
                 ERR_clear_error()
                 c.tls_dead = 1
-                w.ctr.tls_truncated += 1
+                conn_ctr(w, c).tls_truncated += 1
                 ev = error_event(w, c, CAUSE_TLS_TRUNCATED, 0)
                 if ev != NULL:
                     snprintf(ev.reason, REASON_LEN,
@@ -297,7 +297,7 @@ cdef Py_ssize_t pump_tls_read(Worker *w, Conn *c) noexcept nogil:
                 if errno != EAGAIN:
                     return -errno
                 s = 0
-            count_delivered(w, SIDE_UPSTREAM, s, False)
+            count_delivered(w, c, SIDE_UPSTREAM, s, False)
         if s < n:
             dr.buf = buf_get(w)
             if dr.buf == NULL:
@@ -315,7 +315,7 @@ cdef Py_ssize_t tls_read_control(Worker *w, Conn *c) noexcept nogil:
     # let OpenSSL read it with the record-type cmsg. The caller's buffer and pipe are
     # empty (it reads the source only then), so data OpenSSL returns keeps its order.
     cdef Dir *dr = &c.dir[SIDE_UPSTREAM]
-    w.ctr.ktls_control_records += 1
+    conn_ctr(w, c).ktls_control_records += 1
     if dr.buf_len or dr.pipe_bytes:
         return -EPROTO
     return pump_tls_read(w, c)

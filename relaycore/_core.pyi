@@ -39,7 +39,12 @@ class Loop:
     def active(self) -> int:
         """Connections open now."""
     def counters(self) -> dict[str, int]:
-        """Snapshot of the worker's counters (names in docs/ERRORS.md)."""
+        """Snapshot of the worker's counters, all connectors together (names in
+        docs/ERRORS.md)."""
+    def connector_counters(self) -> dict[int, dict[str, int]]:
+        """{connector_id: counters of its connections in this worker, with "active"}."""
+    def worker_counters(self) -> dict[str, int]:
+        """What belongs to the worker rather than a connector (pipes, pauses, drops)."""
     def pop_errors(self) -> list[tuple[int, str, int, str, str, str]]:
         """Error events since the last call:
         (connector_id, cause, errno, client, upstream, reason)."""

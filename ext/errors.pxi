@@ -14,8 +14,9 @@ cdef ErrorEvent *error_event(Worker *w, Conn *c, uint8_t cause, int err) noexcep
     # The new event, its reason empty (the caller may write one), or NULL when the ring is
     # full. The reason defaults to strerror(err) when it is left empty.
     cdef ErrorEvent *e
+    conn_ctr(w, c).by_cause[cause] += 1
     if w.err_len == ERR_RING:
-        w.wctr.errors_dropped += 1
+        w.wctr.events_dropped += 1
         return NULL
     e = &w.errors[(w.err_head + w.err_len) % ERR_RING]
     w.err_len += 1

@@ -266,8 +266,7 @@ cdef class Loop:
         cdef uint32_t k
         cdef dict result = {}
         for k in range(w.nroutes):
-            snap = <dict>w.routes[k].ctr
-            snap["active"] = w.routes[k].ctr.accepted - w.routes[k].ctr.closed
+            snap = counters_dict(&w.routes[k].ctr)
             into = result.setdefault(w.routes[k].connector_id, {})
             for name, value in snap.items():
                 into[name] = into.get(name, 0) + value
@@ -309,10 +308,20 @@ cdef class Loop:
             self.w = NULL
 
 
+cdef dict counters_dict(Counters *ctr):
+    # Flat names: the per-cause array becomes errors_<cause>, plus "active".
+    cdef dict snap = ctr[0]
+    by_cause = snap.pop("by_cause")
+    for name, n in zip(CAUSE_NAMES, by_cause):
+        snap["errors_" + name] = n
+    snap["active"] = ctr.accepted - ctr.closed
+    return snap
+
+
 cdef dict empty_counters():
     cdef Counters zero
     memset(&zero, 0, sizeof(zero))
-    return zero
+    return counters_dict(&zero)
 
 
 cdef void worker_free(Worker *w) noexcept nogil:

@@ -70,7 +70,8 @@ cdef struct Counters:
     uint64_t ktls_conns
     uint64_t ktls_declined
     uint64_t ktls_control_records
-    uint64_t errors_dropped
+    uint64_t by_cause[CAUSE_COUNT]  # every error event, counted even when the ring is full
+
 
 cdef struct Route:
     Counters ctr                  # this route's connections (one route per connector)
@@ -89,7 +90,7 @@ cdef struct WorkerCounters:
     uint64_t pipes_exhausted
     uint64_t accept_paused_emfile
     uint64_t accept_paused_limit
-    uint64_t errors_dropped
+    uint64_t events_dropped
 
 
 cdef struct ErrorEvent:

@@ -43,8 +43,12 @@ cdef void session_offer(TLSConf *conf, SSL *ssl) noexcept nogil:
 cdef void on_info(const SSL *ssl, int where, int ret) noexcept nogil:
     # kTLS policy for OpenSSL 3.0: TLS 1.3 offloads only TX and a KeyUpdate then corrupts
     # the stream (hotpath.md §1.7), so once the version is known to be 1.3, and before the
-    # application keys exist, kTLS is switched off for this connection.
-    if where & SSL_CB_CONNECT_LOOP and SSL_version(ssl) == TLS1_3_VERSION:
+    # application keys exist, kTLS is switched off for this connection. The version is
+    # known only once the ServerHello is read: before that, SSL_version() already says
+    # 1.3 (the highest offered), and acting on it would turn kTLS off for TLS 1.2 too
+    # (seen in the kTLS guest: no connection was offloaded).
+    if (where & SSL_CB_CONNECT_LOOP and SSL_get_state(ssl) == TLS_ST_CR_SRVR_HELLO
+            and SSL_version(ssl) == TLS1_3_VERSION):
         SSL_clear_options(<SSL *>ssl, SSL_OP_ENABLE_KTLS)
 
 

@@ -42,6 +42,7 @@ cdef extern from "<openssl/ssl.h>" nogil:
         SSL_AD_REASON_OFFSET
         SSL_R_UNEXPECTED_EOF_WHILE_READING
         SSL_CB_CONNECT_LOOP
+        TLS_ST_CR_SRVR_HELLO
         SSL_RECEIVED_SHUTDOWN
 
     const SSL_METHOD *TLS_client_method()
@@ -84,6 +85,7 @@ cdef extern from "<openssl/ssl.h>" nogil:
     int SSL_get_error(const SSL *ssl, int ret)
     int SSL_has_pending(const SSL *ssl)
     int SSL_version(const SSL *ssl)
+    int SSL_get_state(const SSL *ssl)
     const char *SSL_get_version(const SSL *ssl)
     const char *SSL_get_cipher_name(const SSL *ssl)
     long SSL_get_verify_result(const SSL *ssl)

@@ -313,10 +313,10 @@ def test_invalid_toml_from_a_file_names_the_file(tmp_path: Path) -> None:
 
 def test_unknown_top_level_key_in_a_file_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "relay.toml"
-    path.write_text("stats = 1\n" + ONE)
+    path.write_text("statz = 1\n" + ONE)
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    assert str(info.value) == f"{path}: unknown key 'stats'"
+    assert str(info.value) == f"{path}: unknown key 'statz'"
 
 
 def test_missing_file(tmp_path: Path) -> None:

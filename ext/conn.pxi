@@ -40,6 +40,14 @@ cdef void conn_close(Worker *w, int32_t i, bint abortive) noexcept nogil:
     cdef int side
     if c.state == CONN_CLOSED or c.state == CONN_FREE:
         return
+    if (not abortive and c.ssl != NULL and not c.tls_dead
+            and not SSL_get_shutdown(c.ssl) & SSL_SENT_SHUTDOWN):
+        # A graceful close we decide (idle timeout) still owes the server a close_notify,
+        # or it reads the FIN as a truncated stream (RFC 8446 §6.1). Best effort: the
+        # socket is non-blocking and about to close.
+        ERR_clear_error()
+        SSL_shutdown(c.ssl)
+        ERR_clear_error()
     for side in range(2):
         if c.fd[side] >= 0:
             if abortive:

@@ -44,6 +44,7 @@ cdef extern from "<openssl/ssl.h>" nogil:
         SSL_CB_CONNECT_LOOP
         TLS_ST_CR_SRVR_HELLO
         SSL_RECEIVED_SHUTDOWN
+        SSL_SENT_SHUTDOWN
 
     const SSL_METHOD *TLS_client_method()
     SSL_CTX *SSL_CTX_new(const SSL_METHOD *method)

@@ -5,18 +5,22 @@ traceback only with --debug.
 """
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
-from relaycore import __version__, demo
-from relaycore.config import config_summary, load_config
-from relaycore.errors import EXIT_UNEXPECTED, RelayError
+import msgspec
+
+from relaycore import __version__, client, demo, protocol, render
+from relaycore.config import Relay, config_summary, load_config
+from relaycore.errors import EXIT_UNEXPECTED, ConfigError, RelayError
 from relaycore.logs import set_role, setup_logging
 
 DEFAULT_CONFIG = "/etc/relaycore/relay.toml"
 
-EPILOG = """exit codes: 0 ok, 1 unexpected error, 2 usage, 3 invalid config,
-4 cannot start (address in use, unresolvable upstream), 5 workers kept crashing"""
+EPILOG = """exit codes: 0 ok, 1 unexpected error, 2 usage, 3 invalid config (or a reload
+rejected), 4 cannot start (address in use, unresolvable upstream), 5 workers kept
+crashing, 6 relaycore is not running at that run_dir"""
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -34,6 +38,79 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_dir_of(args: argparse.Namespace) -> str:
+    """Where the running relay's sockets are: --run-dir, else the config's run_dir."""
+    if args.run_dir:
+        return str(args.run_dir)
+    if args.config == DEFAULT_CONFIG and not os.path.exists(DEFAULT_CONFIG):
+        return Relay().run_dir
+    return load_config(args.config).relay.run_dir
+
+
+def print_json(message: msgspec.Struct) -> None:
+    print(msgspec.json.encode(message).decode(), flush=True)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    reply = client.admin(run_dir_of(args), protocol.StatusRequest())
+    assert isinstance(reply, protocol.StatusReply)
+    if args.json:
+        print_json(reply)
+    else:
+        print(render.status(reply))
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    run_dir = run_dir_of(args)
+    if not args.follow:
+        reply = client.admin(run_dir, protocol.StatsRequest())
+        assert isinstance(reply, protocol.StatsReport)
+        print_json(reply) if args.json else print(render.stats(reply))
+        return 0
+    # On a terminal the table refreshes in place; into a pipe, one report after another.
+    in_place = sys.stdout.isatty() and not args.json
+    try:
+        for report in client.subscribe(run_dir, protocol.TOPIC_STATS):
+            assert isinstance(report, protocol.StatsReport)
+            if args.json:
+                print_json(report)
+            else:
+                print(("\x1b[H\x1b[2J" if in_place else "") + render.stats(report), flush=True)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    run_dir = run_dir_of(args)
+    reply = client.admin(run_dir, protocol.LogsRequest(connector=args.connector, limit=args.lines))
+    assert isinstance(reply, protocol.LogsReply)
+    for record in reply.records:
+        print_json(record) if args.json else print(render.error_record(record), flush=True)
+    if not args.follow:
+        return 0
+    try:
+        for message in client.subscribe(run_dir, protocol.TOPIC_LOG):
+            assert isinstance(message, protocol.ErrorRecord)
+            if args.connector in (None, message.connector):
+                print_json(message) if args.json else print(
+                    render.error_record(message), flush=True
+                )
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    reply = client.admin(run_dir_of(args), protocol.ReloadRequest(), client.RELOAD_TIMEOUT_S)
+    assert isinstance(reply, protocol.ReloadReply)
+    if not reply.ok:
+        raise ConfigError(f"reload rejected, generation {reply.generation} stays: {reply.error}")
+    print(f"reloaded: generation {reply.generation} is serving")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="relaycore",
@@ -47,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="info",
         choices=["debug", "info", "warning", "error"],
         help="log lines below this level are not written (default: info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="text lines, or one JSON object per line (default: text)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -75,6 +158,46 @@ def build_parser() -> argparse.ArgumentParser:
     config_option(p)
     p = command("check", cmd_check, "Validate a config file and print what it would serve.")
     config_option(p)
+
+    def running_options(p: argparse.ArgumentParser, *, json: bool = True) -> None:
+        config_option(p)
+        p.add_argument(
+            "--run-dir",
+            metavar="DIR",
+            help="the running relay's run_dir (default: the config's [relay] run_dir)",
+        )
+        if json:
+            p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    running_options(
+        command("status", cmd_status, "Show the running relay: workers, capabilities, config.")
+    )
+    p = command(
+        "stats",
+        cmd_stats,
+        "Per connector: active connections, opened per second, bytes, handshakes, errors.",
+    )
+    running_options(p)
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing, every second")
+    p = command(
+        "logs",
+        cmd_logs,
+        "The error log: every failure towards a server, merged by connector, cause and"
+        " upstream, with a count and the reason.",
+    )
+    running_options(p)
+    p.add_argument("-f", "--follow", action="store_true", help="then print new ones live")
+    p.add_argument("--connector", metavar="NAME", help="only this connector's")
+    p.add_argument("-n", "--lines", type=int, default=100, help="how many (default: 100)")
+    running_options(
+        command(
+            "reload",
+            cmd_reload,
+            "Load the config file again (like SIGHUP) and say whether it took: new"
+            " connections get the new settings, open ones keep theirs.",
+        ),
+        json=False,
+    )
     p = command(
         "demo",
         demo.run,
@@ -88,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format)
     try:
         code: int = args.func(args)
         return code

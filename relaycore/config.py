@@ -176,11 +176,37 @@ _TLS_DEFAULTS = {
 }
 
 
+class Stats(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`[stats]`: how workers report, and where else the numbers go."""
+
+    # 0 turns worker reports off (error events are then logged by each worker itself).
+    interval_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 1.0
+    prometheus: str | None = None  # "127.0.0.1:9464": serve /metrics there
+    publish: str | None = None  # "tcp://127.0.0.1:5557": a second stats PUB endpoint
+
+    def __post_init__(self) -> None:
+        if self.prometheus is not None:
+            try:
+                parse_host_port(self.prometheus, require_ip=True)
+            except ValueError as e:
+                raise ConfigError(f"prometheus: {e}") from e
+        if self.publish is not None:
+            # Only TCP: ipc and inproc endpoints of the stats socket are relaycore's own.
+            host_port = self.publish.removeprefix("tcp://")
+            try:
+                if host_port == self.publish:
+                    raise ValueError(f"expected tcp://host:port, got {self.publish!r}")
+                parse_host_port(host_port, require_ip=True)
+            except ValueError as e:
+                raise ConfigError(f"publish: {e}") from e
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The whole file. `connectors` is the `[[connector]]` array, never empty."""
 
     relay: Relay = msgspec.field(default_factory=Relay)
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
+    stats: Stats = msgspec.field(default_factory=Stats)
     connectors: tuple[Connector, ...] = msgspec.field(default=(), name="connector")
 
     def __post_init__(self) -> None:

@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from types import FrameType
 
 from relaycore import _core
+from relaycore.protocol import SetLogLevel
+from relaycore.reporting import ErrorEvent, Reporter
 
 log = logging.getLogger("relaycore.worker")
 
 TICK_MS = 200
-
-# (connector_id, cause, errno, client, upstream, reason), as Loop.pop_errors gives them
-ErrorEvent = tuple[int, str, int, str, str, str]
 
 
 @dataclass(frozen=True)
@@ -47,6 +46,8 @@ class WorkerSpec:
     handshake_timeout_ms: int
     idle_timeout_ms: int
     drain_timeout_s: float
+    run_dir: str
+    stats_interval_s: float  # 0: no reports; the worker logs its error events itself
 
 
 def serve(spec: WorkerSpec, ready_fd: int) -> None:
@@ -85,11 +86,22 @@ def _serve(spec: WorkerSpec, ready_fd: int) -> None:
     os.write(ready_fd, b"r")
     os.close(ready_fd)
 
+    reporter = None
+    if spec.stats_interval_s > 0:
+        reporter = Reporter(spec.run_dir, spec.slot, spec.generation, names, spec.stats_interval_s)
     deadline = None
     try:
         while True:
             loop.run(TICK_MS)
-            _log_errors(loop.pop_errors(), names)
+            if reporter is None:
+                _log_errors(loop.pop_errors(), names)
+            else:
+                reporter.collect(loop.pop_errors())
+                for message in reporter.control():
+                    if isinstance(message, SetLogLevel):
+                        logging.getLogger("relaycore").setLevel(message.level.upper())
+                if reporter.due():
+                    reporter.report(loop.connector_counters(), _worker_counters(loop, reporter))
             if drain.requested and deadline is None:
                 loop.stop_accepting()
                 deadline = time.monotonic() + spec.drain_timeout_s
@@ -102,6 +114,10 @@ def _serve(spec: WorkerSpec, ready_fd: int) -> None:
                     break
     finally:
         counters = loop.counters()
+        if reporter is not None:
+            reporter.collect(loop.pop_errors())
+            reporter.bye(loop.connector_counters(), _worker_counters(loop, reporter))
+            reporter.close()
         loop.close()
     log.info(
         "exiting: accepted=%d bytes_in=%d bytes_out=%d spliced=%d",
@@ -110,6 +126,10 @@ def _serve(spec: WorkerSpec, ready_fd: int) -> None:
         counters["bytes_out"],
         counters["bytes_spliced"],
     )
+
+
+def _worker_counters(loop: _core.Loop, reporter: Reporter) -> dict[str, int]:
+    return {**loop.worker_counters(), "reports_dropped": reporter.dropped}
 
 
 class _DrainFlag:

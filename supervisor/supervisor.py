@@ -11,6 +11,7 @@ drain (SIGTERM: stop accepting, finish what is in flight). The sockets outlive b
 no connection is refused across a reload or a crash.
 """
 
+import errno
 import logging
 import os
 import select
@@ -19,17 +20,24 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from relaycore import logs, tls, worker
-from relaycore.addresses import HostPort
+import zmq
+
+from relaycore import logs, protocol, tls, worker
+from relaycore.addresses import HostPort, parse_host_port
+from relaycore.capabilities import ktls_unavailable
 from relaycore.config import Config, load_config
 from relaycore.errors import ConfigError, StartupError, WorkerFailedError
 
+from .aggregate import Aggregator
+from .control import ControlPlane
 from .listeners import ListenerKey, ListenerSet
+from .metrics import MetricsServer, render
 from .restart import MAX_FAST_CRASHES, RestartPolicy
 
 log = logging.getLogger("relaycore.supervisor")
 
 READY_TIMEOUT_S = 10.0
+STATS_PERIOD_S = 1.0  # how often stats are published (and Prometheus sees new numbers)
 KILL_GRACE_S = 5.0
 _HANDLED = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 
@@ -61,6 +69,11 @@ class Supervisor:
         self.respawn_at: dict[int, float] = {}
         self.pending: list[int] = []
         self.stopping = False
+        self.started = time.time()
+        self.aggregator = Aggregator()
+        self.plane: ControlPlane | None = None
+        self.metrics: MetricsServer | None = None
+        self._next_stats = 0.0
         self.current, _ = self._build(config, 1)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -69,36 +82,69 @@ class Supervisor:
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT, then drain. 0 on a clean stop; raises
         WorkerFailedError when a worker keeps crashing, StartupError when none starts."""
-        self._make_run_dir(self.current.config.relay.run_dir)
+        config = self.current.config
+        self._make_run_dir(config.relay.run_dir)
         self._install_signals()
         try:
+            self.plane = ControlPlane(config.relay.run_dir, config.stats.publish)
+            if config.stats.prometheus is not None:
+                self.metrics = MetricsServer(
+                    parse_host_port(config.stats.prometheus, require_ip=True),
+                    lambda: render(self._stats()),
+                )
             self._start(self.current)
             while not (self.stopping and not self.children):
                 self._wait_events()
                 self._handle_signals()
                 self._respawn_due()
+                self._publish_stats()
         except BaseException:
             self._kill_all(signal.SIGKILL)
             raise
         finally:
             self.listeners.close()
+            if self.metrics is not None:
+                self.metrics.close()
+            if self.plane is not None:
+                self.plane.close()
         log.info("stopped")
         return 0
 
     def _wait_events(self) -> None:
-        timeout = 1.0
-        if self.respawn_at:
-            timeout = max(0.0, min(timeout, min(self.respawn_at.values()) - time.monotonic()))
+        assert self.plane is not None
+        now = time.monotonic()
+        deadlines = [self._next_stats, now + 1.0, *self.respawn_at.values()]
+        timeout_ms = max(0, round((min(deadlines) - now) * 1000))
         starting = {c.ready_fd: c for c in self.children.values() if c.ready_fd >= 0}
+        poller = zmq.Poller()
+        poller.register(self._wake_r, zmq.POLLIN)
+        for fd in starting:
+            poller.register(fd, zmq.POLLIN)
+        poller.register(self.plane.events, zmq.POLLIN)
+        poller.register(self.plane.admin, zmq.POLLIN)
+        metrics_fds = self.metrics.fds() if self.metrics is not None else []
+        for fd in metrics_fds:
+            poller.register(fd, zmq.POLLIN)
         try:
-            readable, _, _ = select.select([self._wake_r, *starting], [], [], timeout)
-        except InterruptedError:
-            return
-        for fd in readable:
-            if fd == self._wake_r:
-                _drain_pipe(fd)
-            else:
-                self._on_ready(starting[fd])
+            ready = dict(poller.poll(timeout_ms))
+        except zmq.ZMQError as e:
+            if e.errno == errno.EINTR:
+                return
+            raise
+        if self._wake_r in ready:
+            _drain_pipe(self._wake_r)
+        for fd, child in starting.items():
+            if fd in ready:
+                self._on_ready(child)
+        if self.plane.events in ready:
+            self._on_worker_messages()
+        if self.plane.admin in ready:
+            self._on_admin()
+        if self.metrics is not None:
+            for fd in metrics_fds:
+                if fd in ready:
+                    self.metrics.on_readable(fd)
+            self.metrics.expire(time.monotonic())
 
     def _handle_signals(self) -> None:
         while self.pending:
@@ -147,6 +193,8 @@ class Supervisor:
                 handshake_timeout_ms=round(config.timeouts.handshake_s * 1000),
                 idle_timeout_ms=round(config.timeouts.idle_s * 1000),
                 drain_timeout_s=config.relay.drain_timeout_s,
+                run_dir=config.relay.run_dir,
+                stats_interval_s=config.stats.interval_s,
             )
         return gen, added
 
@@ -156,16 +204,18 @@ class Supervisor:
             raise StartupError("workers did not start (see the lines above)")
         self._announce(gen)
 
-    def reload(self) -> None:
+    def reload(self) -> str | None:
         """Fork a generation from the file as it is now; keep the running one if the file
-        is bad or the new workers do not come up."""
+        is bad or the new workers do not come up. Returns why it did not reload, or None."""
         old = self.current
         try:
             config = load_config(self.config_path)
+            if config.relay.run_dir != old.config.relay.run_dir:
+                raise ConfigError("relay.run_dir: cannot change on reload (restart instead)")
             gen, added = self._build(config, old.number + 1)
         except (ConfigError, StartupError) as e:
             log.error("reload rejected, generation %d stays: %s", old.number, e)
-            return
+            return str(e)
         children = [self._spawn(gen.specs[slot]) for slot in gen.specs]
         if not self._wait_ready(children):
             for c in children:
@@ -173,17 +223,19 @@ class Supervisor:
                 _kill(c.pid, signal.SIGKILL)
             self.listeners.close(added)
             log.error("reload failed: new workers did not start; generation %d stays", old.number)
-            return
+            return "the new workers did not start (see the supervisor's log)"
         self.current = gen
         for c in self.children.values():
             if c.generation == old.number:
                 c.draining = True
+                self.aggregator.draining(c.pid)
                 _kill(c.pid, signal.SIGTERM)
         addrs = [c.listen_addr for c in config.connectors]
         # The old workers keep their own copies until they stop accepting.
         self.listeners.close(self.listeners.unused(addrs, config.relay.workers))
         self.respawn_at.clear()
         self._announce(gen)
+        return None
 
     def _announce(self, gen: Generation) -> None:
         listening = ", ".join(
@@ -213,6 +265,7 @@ class Supervisor:
         os.close(ready_w)
         child = Child(pid, spec.slot, spec.generation, time.monotonic(), ready_r)
         self.children[pid] = child
+        self.aggregator.started(pid, spec.slot, spec.generation, time.time())
         log.debug("worker %d g%d forked, pid %d", spec.slot, spec.generation, pid)
         return child
 
@@ -223,6 +276,8 @@ class Supervisor:
                 signal.signal(signum, signal.SIG_DFL)
             keep = {r.listen_fd for r in spec.routes}
             inherited = [ready_r, self._wake_r, self._wake_w, *self.listeners.fds()]
+            if self.metrics is not None:
+                inherited += self.metrics.fds()
             inherited += [c.ready_fd for c in self.children.values() if c.ready_fd >= 0]
             for fd in inherited:
                 if fd not in keep:
@@ -268,6 +323,7 @@ class Supervisor:
                 continue
             if child.ready_fd >= 0:
                 os.close(child.ready_fd)
+            self.aggregator.exited(pid, time.time())
             how = _describe_exit(status)
             if child.draining or self.stopping:
                 log.info("worker %d g%d (pid %d) %s", child.slot, child.generation, pid, how)
@@ -311,6 +367,7 @@ class Supervisor:
         log.info("stopping: draining %d workers", len(self.children))
         for c in self.children.values():
             c.draining = True
+            self.aggregator.draining(c.pid)
         self._kill_all(signal.SIGTERM)
         # Once the workers close their copies too, the sockets are gone and new devices
         # are refused at once instead of waiting in a backlog nobody will accept from.
@@ -323,6 +380,79 @@ class Supervisor:
     def _kill_all(self, signum: int) -> None:
         for pid in self.children:
             _kill(pid, signum)
+
+    # -- control plane --------------------------------------------------------------------
+
+    def _on_worker_messages(self) -> None:
+        assert self.plane is not None
+        for message in self.plane.worker_messages():
+            if isinstance(message, protocol.CounterReport):
+                self.aggregator.counters(message)
+            elif isinstance(message, protocol.ErrorBatch):
+                self.aggregator.errors(message.records)
+                for r in message.records:
+                    self.plane.publish(protocol.TOPIC_LOG, r)
+                    log.warning(
+                        "connector %s: %s: upstream %s: %s (x%d, worker %d, last client %s)",
+                        r.connector,
+                        r.cause,
+                        r.upstream,
+                        r.reason,
+                        r.count,
+                        r.worker,
+                        r.client,
+                    )
+
+    def _on_admin(self) -> None:
+        assert self.plane is not None
+        request = self.plane.admin_request()
+        if request is None:
+            return
+        reply: protocol.AdminReply
+        if isinstance(request, protocol.StatusRequest):
+            reply = self._status()
+        elif isinstance(request, protocol.StatsRequest):
+            reply = self._stats()
+        elif isinstance(request, protocol.LogsRequest):
+            reply = protocol.LogsReply(
+                records=self.aggregator.recent_errors(request.connector, request.limit)
+            )
+        elif isinstance(request, protocol.ReloadRequest):
+            error = self.reload() if not self.stopping else "relaycore is stopping"
+            reply = protocol.ReloadReply(
+                ok=error is None, generation=self.current.number, error=error or ""
+            )
+        else:
+            level = request.level.lower()
+            if level not in ("debug", "info", "warning", "error"):
+                reply = protocol.ErrorReply(message=f"unknown log level {request.level!r}")
+            else:
+                logging.getLogger("relaycore").setLevel(level.upper())
+                self.plane.tell_workers(protocol.SetLogLevel(level=level))
+                reply = protocol.OkReply()
+        self.plane.reply(reply)
+
+    def _status(self) -> protocol.StatusReply:
+        return protocol.StatusReply(
+            pid=os.getpid(),
+            started=self.started,
+            config_path=os.path.abspath(self.config_path),
+            generation=self.current.number,
+            splice=self.current.config.relay.splice,
+            ktls=ktls_unavailable() or "available",
+            workers=self.aggregator.live_workers(),
+        )
+
+    def _stats(self) -> protocol.StatsReport:
+        names = [c.name for c in self.current.config.connectors]
+        return self.aggregator.stats(names, self.current.number, time.time())
+
+    def _publish_stats(self) -> None:
+        if time.monotonic() < self._next_stats or self.plane is None:
+            return
+        self._next_stats = time.monotonic() + STATS_PERIOD_S
+        self.aggregator.retire(time.time())
+        self.plane.publish(protocol.TOPIC_STATS, self._stats())
 
     def _make_run_dir(self, path: str) -> None:
         # Owner only: the control sockets that will live here carry admin commands.

@@ -1,0 +1,191 @@
+"""Every message on relaycore's ZeroMQ sockets: msgspec Structs, msgpack on the wire.
+
+Four sockets, all `ipc://` in run_dir (mode 0700) unless [stats] publish adds a TCP one
+(docs/PROTOCOL.md shows a subscriber in twenty lines of pyzmq and msgspec):
+
+    events   supervisor PULL <- workers PUSH   WorkerMessage
+    control  supervisor PUB  -> workers SUB    ControlMessage
+    stats    supervisor PUB  -> anyone SUB     [b"stats", StatsReport] / [b"log", ErrorRecord]
+    admin    supervisor REP  <- CLI REQ        AdminRequest -> AdminReply
+
+Each union is tagged by the field "type", so a message names itself on the wire.
+Counters are cumulative since the worker started: a report that is lost (a full queue
+drops it rather than stall the loop) loses nothing the next one does not carry.
+"""
+
+import msgspec
+
+EVENTS_SOCKET = "events.sock"
+CONTROL_SOCKET = "control.sock"
+STATS_SOCKET = "stats.sock"
+ADMIN_SOCKET = "admin.sock"
+
+TOPIC_STATS = b"stats"
+TOPIC_LOG = b"log"
+
+
+class _Message(msgspec.Struct, tag_field="type", kw_only=True):
+    pass
+
+
+# -- worker -> supervisor (events) -----------------------------------------------------------
+
+
+class WorkerHello(_Message, tag="worker_hello"):
+    """A worker is accepting."""
+
+    slot: int
+    generation: int
+    pid: int
+
+
+class CounterReport(_Message, tag="counters"):
+    """A worker's counters now. `connectors` maps connector name -> counter -> value
+    (names in docs/ERRORS.md); `worker` holds what is the worker's own."""
+
+    slot: int
+    generation: int
+    pid: int
+    time: float
+    connectors: dict[str, dict[str, int]]
+    worker: dict[str, int]
+    reports_dropped: int  # reports this worker could not send (supervisor stalled)
+
+
+class ErrorRecord(msgspec.Struct, kw_only=True, frozen=True):
+    """Failures of one cause on one connector and upstream, merged: `count` of them
+    between `first` and `last` (Unix time), with the last one's reason and device."""
+
+    connector: str
+    cause: str
+    upstream: str
+    reason: str
+    count: int
+    first: float
+    last: float
+    client: str
+    worker: int
+    generation: int
+
+
+class ErrorBatch(_Message, tag="errors"):
+    slot: int
+    generation: int
+    pid: int
+    records: list[ErrorRecord]
+
+
+class WorkerBye(_Message, tag="worker_bye"):
+    """A worker finished draining; its counters are final."""
+
+    slot: int
+    generation: int
+    pid: int
+
+
+WorkerMessage = WorkerHello | CounterReport | ErrorBatch | WorkerBye
+
+
+# -- supervisor -> workers (control) ---------------------------------------------------------
+
+
+class SetLogLevel(_Message, tag="set_log_level"):
+    """Workers log from this level on (debug, info, warning, error)."""
+
+    level: str
+
+
+# A union of one for now; draining stays a signal (SIGTERM), which works even when the
+# supervisor's sockets do not.
+ControlMessage = SetLogLevel
+
+
+# -- supervisor -> subscribers (stats) -------------------------------------------------------
+
+
+class ConnectorStats(msgspec.Struct, kw_only=True, frozen=True):
+    name: str
+    active: int
+    opened: int  # connections accepted since start (all generations)
+    closed: int
+    opened_per_s: float  # over the last report interval
+    bytes_in: int  # device -> server
+    bytes_out: int  # server -> device
+    handshakes: int  # full + resumed
+    handshakes_resumed: int
+    errors: dict[str, int]  # cause -> count since start (causes in docs/ERRORS.md)
+
+
+class WorkerStatus(msgspec.Struct, kw_only=True, frozen=True):
+    slot: int
+    generation: int
+    pid: int
+    started: float  # Unix time
+    active: int
+    reports_dropped: int
+    draining: bool
+
+
+class StatsReport(_Message, tag="stats"):
+    time: float
+    generation: int
+    connectors: list[ConnectorStats]
+    workers: list[WorkerStatus]
+
+
+# -- CLI -> supervisor (admin) ---------------------------------------------------------------
+
+
+class StatusRequest(_Message, tag="status"):
+    pass
+
+
+class StatsRequest(_Message, tag="stats_request"):
+    pass
+
+
+class LogsRequest(_Message, tag="logs"):
+    connector: str | None = None
+    limit: int = 100
+
+
+class ReloadRequest(_Message, tag="reload"):
+    pass
+
+
+class LogLevelRequest(_Message, tag="log_level"):
+    level: str
+
+
+AdminRequest = StatusRequest | StatsRequest | LogsRequest | ReloadRequest | LogLevelRequest
+
+
+class StatusReply(_Message, tag="status_reply"):
+    pid: int
+    started: float
+    config_path: str
+    generation: int
+    splice: str  # the [relay] splice mode
+    ktls: str  # "available" or why not
+    workers: list[WorkerStatus]
+
+
+class LogsReply(_Message, tag="logs_reply"):
+    records: list[ErrorRecord]
+
+
+class ReloadReply(_Message, tag="reload_reply"):
+    ok: bool
+    generation: int  # in force after the request
+    error: str = ""
+
+
+class OkReply(_Message, tag="ok"):
+    pass
+
+
+class ErrorReply(_Message, tag="error"):
+    message: str
+
+
+AdminReply = StatusReply | StatsReport | LogsReply | ReloadReply | OkReply | ErrorReply

@@ -1,0 +1,75 @@
+"""Text for a terminal: status, stats and error-log lines, as `relaycore` prints them."""
+
+import time
+
+from relaycore.protocol import ErrorRecord, StatsReport, StatusReply, WorkerStatus
+
+
+def _age(since: float, now: float) -> str:
+    s = max(0, int(now - since))
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    raise AssertionError("unreachable")
+
+
+def workers_table(workers: list[WorkerStatus], now: float) -> list[str]:
+    lines = ["  slot  gen  pid      uptime  connections  state"]
+    for w in workers:
+        state = "draining" if w.draining else "serving"
+        if w.reports_dropped:
+            state += f" ({w.reports_dropped} reports dropped)"
+        lines.append(
+            f"  {w.slot:<4}  {w.generation:<3}  {w.pid:<7}  {_age(w.started, now):>6}"
+            f"  {w.active:>11}  {state}"
+        )
+    return lines
+
+
+def status(reply: StatusReply) -> str:
+    now = time.time()
+    lines = [
+        f"relaycore supervisor pid {reply.pid}, up {_age(reply.started, now)}",
+        f"config: {reply.config_path} (generation {reply.generation})",
+        f"capabilities: splice {reply.splice}, kTLS {reply.ktls}",
+        f"workers: {len(reply.workers)}",
+        *workers_table(reply.workers, now),
+    ]
+    return "\n".join(lines)
+
+
+def stats(report: StatsReport) -> str:
+    lines = [
+        f"{time.strftime('%H:%M:%S', time.localtime(report.time))}  generation"
+        f" {report.generation}, {len(report.workers)} workers",
+        "  connector         active   opened/s     opened     closed     bytes in"
+        "    bytes out  handshakes (resumed)",
+    ]
+    for c in report.connectors:
+        lines.append(
+            f"  {c.name:<16} {c.active:>7} {c.opened_per_s:>10.1f} {c.opened:>10} {c.closed:>10}"
+            f" {_bytes(c.bytes_in):>12} {_bytes(c.bytes_out):>12}"
+            f"  {c.handshakes} ({c.handshakes_resumed})"
+        )
+        if c.errors:
+            causes = ", ".join(f"{cause} {n}" for cause, n in c.errors.items())
+            lines.append(f"  {'':<16} errors: {causes}")
+    return "\n".join(lines)
+
+
+def error_record(r: ErrorRecord) -> str:
+    when = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(r.last))
+    times = f" x{r.count}" if r.count > 1 else ""
+    return (
+        f"{when} {r.connector}: {r.cause}{times}: upstream {r.upstream}: {r.reason}"
+        f" (last client {r.client}, worker {r.worker} g{r.generation})"
+    )

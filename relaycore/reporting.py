@@ -1,0 +1,129 @@
+"""The worker's side of the control plane: report to the supervisor, never wait for it.
+
+Every tick the worker hands its error events to `collect`; every interval `report` sends
+the cumulative counters and the merged error records with NOBLOCK. A full queue (the
+supervisor is stalled) drops the counter report, which costs nothing because the next
+one carries the same totals, and keeps the error records, merged, for the next try:
+their counts are never lost, and they take one record per (connector, cause, upstream)
+however long the stall. The queue is kept short on purpose (SNDHWM): a stalled
+supervisor must not make workers hoard memory.
+"""
+
+import os
+import time
+
+import msgspec
+import zmq
+
+from relaycore import protocol
+from relaycore.protocol import CounterReport, ErrorBatch, ErrorRecord, WorkerBye, WorkerHello
+
+SEND_HWM = 4  # messages queued towards the supervisor before reports are dropped
+SEND_BUFFER = 16384  # bytes of kernel buffer on the ipc socket (the rest of the queue)
+BYE_LINGER_MS = 1000  # how long the last report may take to leave at exit
+
+# (connector_id, cause, errno, client, upstream, reason), as Loop.pop_errors gives them
+ErrorEvent = tuple[int, str, int, str, str, str]
+
+
+class Reporter:
+    def __init__(
+        self, run_dir: str, slot: int, generation: int, names: dict[int, str], interval_s: float
+    ) -> None:
+        self.slot = slot
+        self.generation = generation
+        self.names = names
+        self.interval_s = interval_s
+        self.dropped = 0
+        self._pending: dict[tuple[str, str, str], ErrorRecord] = {}
+        self._next_report = 0.0
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoder = msgspec.msgpack.Decoder(protocol.ControlMessage)
+        # A fresh context after fork: the supervisor's is not ours to use (pyzmq).
+        self._ctx = zmq.Context(io_threads=1)
+        self._push = self._ctx.socket(zmq.PUSH)
+        self._push.setsockopt(zmq.SNDHWM, SEND_HWM)
+        self._push.setsockopt(zmq.SNDBUF, SEND_BUFFER)
+        self._push.setsockopt(zmq.LINGER, 0)
+        self._push.connect(f"ipc://{os.path.join(run_dir, protocol.EVENTS_SOCKET)}")
+        self._sub = self._ctx.socket(zmq.SUB)
+        self._sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self._sub.setsockopt(zmq.LINGER, 0)
+        self._sub.connect(f"ipc://{os.path.join(run_dir, protocol.CONTROL_SOCKET)}")
+        self._send(WorkerHello(slot=slot, generation=generation, pid=os.getpid()))
+
+    def collect(self, events: list[ErrorEvent]) -> None:
+        now = time.time()
+        for connector_id, cause, _err, client, upstream, reason in events:
+            connector = self.names.get(connector_id, str(connector_id))
+            key = (connector, cause, upstream)
+            old = self._pending.get(key)
+            self._pending[key] = ErrorRecord(
+                connector=connector,
+                cause=cause,
+                upstream=upstream,
+                reason=reason,
+                count=(old.count if old else 0) + 1,
+                first=old.first if old else now,
+                last=now,
+                client=client,
+                worker=self.slot,
+                generation=self.generation,
+            )
+
+    def due(self) -> bool:
+        return time.monotonic() >= self._next_report
+
+    def report(self, connectors: dict[int, dict[str, int]], worker: dict[str, int]) -> None:
+        self._next_report = time.monotonic() + self.interval_s
+        counters = CounterReport(
+            slot=self.slot,
+            generation=self.generation,
+            pid=os.getpid(),
+            time=time.time(),
+            connectors={self.names.get(k, str(k)): v for k, v in connectors.items()},
+            worker=worker,
+            reports_dropped=self.dropped,
+        )
+        if not self._send(counters):
+            self.dropped += 1
+        if self._pending:
+            batch = ErrorBatch(
+                slot=self.slot,
+                generation=self.generation,
+                pid=os.getpid(),
+                records=list(self._pending.values()),
+            )
+            if self._send(batch):
+                self._pending.clear()
+
+    def control(self) -> list[protocol.ControlMessage]:
+        """Control messages that arrived since the last call (never waits)."""
+        messages: list[protocol.ControlMessage] = []
+        while True:
+            try:
+                raw = self._sub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return messages
+            try:
+                messages.append(self._decoder.decode(raw))
+            except msgspec.ValidationError:
+                continue  # a newer supervisor's message: not ours to act on
+
+    def bye(self, connectors: dict[int, dict[str, int]], worker: dict[str, int]) -> None:
+        """Final report at exit; the only send allowed to wait (BYE_LINGER_MS at most)."""
+        self.report(connectors, worker)
+        self._send(WorkerBye(slot=self.slot, generation=self.generation, pid=os.getpid()))
+        self._push.setsockopt(zmq.LINGER, BYE_LINGER_MS)
+
+    def close(self) -> None:
+        self._push.close()
+        self._sub.close()
+        self._ctx.term()
+
+    def _send(self, message: msgspec.Struct) -> bool:
+        try:
+            self._push.send(self._encoder.encode(message), zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True

@@ -83,12 +83,12 @@ def _serve(spec: WorkerSpec, ready_fd: int) -> None:
     names = {r.connector_id: r.connector_name for r in spec.routes}
     for r in spec.routes:
         loop.add_route(r.listen_fd, r.connector_id, r.upstream_ip, r.upstream_port, r.tls)
-    os.write(ready_fd, b"r")
-    os.close(ready_fd)
-
     reporter = None
     if spec.stats_interval_s > 0:
         reporter = Reporter(spec.run_dir, spec.slot, spec.generation, names, spec.stats_interval_s)
+    # Ready only once everything the worker holds exists (its fds included).
+    os.write(ready_fd, b"r")
+    os.close(ready_fd)
     deadline = None
     try:
         while True:
@@ -146,7 +146,7 @@ def _log_errors(events: list[ErrorEvent], names: dict[int, str]) -> None:
         return
     counts: Counter[tuple[int, str, str, str]] = Counter()
     last_client: dict[tuple[int, str, str, str], str] = {}
-    for connector_id, cause, _err, client, upstream, reason in events:
+    for connector_id, cause, _err, client, upstream, reason, _destination in events:
         key = (connector_id, cause, upstream, reason)
         counts[key] += 1
         last_client[key] = client

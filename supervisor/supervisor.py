@@ -259,7 +259,7 @@ class Supervisor:
         try:
             pid = os.fork()
             if pid == 0:
-                self._become_worker(spec, ready_r, ready_w)
+                self._become_worker(spec, ready_w)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)
         os.close(ready_w)
@@ -269,19 +269,16 @@ class Supervisor:
         log.debug("worker %d g%d forked, pid %d", spec.slot, spec.generation, pid)
         return child
 
-    def _become_worker(self, spec: worker.WorkerSpec, ready_r: int, ready_w: int) -> None:
+    def _become_worker(self, spec: worker.WorkerSpec, ready_w: int) -> None:
         try:
             signal.set_wakeup_fd(-1)
             for signum in _HANDLED:
                 signal.signal(signum, signal.SIG_DFL)
-            keep = {r.listen_fd for r in spec.routes}
-            inherited = [ready_r, self._wake_r, self._wake_w, *self.listeners.fds()]
-            if self.metrics is not None:
-                inherited += self.metrics.fds()
-            inherited += [c.ready_fd for c in self.children.values() if c.ready_fd >= 0]
-            for fd in inherited:
-                if fd not in keep:
-                    os.close(fd)
+            # Everything but stdio, this worker's listeners and its ready pipe: the
+            # supervisor's ZeroMQ sockets, the run_dir lock, other workers' pipes.
+            keep = sorted({0, 1, 2, ready_w, *(r.listen_fd for r in spec.routes)})
+            for low, high in zip(keep, [*keep[1:], os.sysconf("SC_OPEN_MAX")], strict=True):
+                os.closerange(low + 1, high)
             logs.set_role(f"worker {spec.slot} g{spec.generation}")
             worker.serve(spec, ready_w)
         finally:

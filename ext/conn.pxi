@@ -88,7 +88,7 @@ cdef void conn_fail(Worker *w, int32_t i, uint8_t cause, int err,
         conn_ctr(w, c).connect_failed += 1
     elif cause == CAUSE_HANDSHAKE_TIMEOUT:
         conn_ctr(w, c).handshake_timeout += 1
-    else:
+    elif CAUSE_TLS_UNKNOWN_CA <= cause <= CAUSE_TLS_ERROR:
         conn_ctr(w, c).tls_failed += 1
     ev = error_event(w, c, cause, err)
     if ev != NULL and reason != NULL:
@@ -123,16 +123,18 @@ cdef int conn_register(Worker *w, int32_t i, int side) noexcept nogil:
     return epoll_ctl(w.epfd, EPOLL_CTL_ADD, w.conns[i].fd[side], &ev)
 
 
-cdef inline int upstream_socket(Route *r) noexcept nogil:
-    return socket((<sockaddr *>&r.upstream).sa_family,
-                  SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+cdef inline int upstream_socket(const sockaddr *dst) noexcept nogil:
+    return socket(dst.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
 
 
-cdef void conn_open(Worker *w, uint16_t route, int client_fd) noexcept nogil:
+cdef void conn_open(Worker *w, uint32_t listener, int client_fd) noexcept nogil:
     # Takes ownership of client_fd. w.free_head is not NIL (the caller checked the limit).
     cdef int32_t i = w.free_head
     cdef Conn *c = &w.conns[i]
-    cdef Route *r = &w.routes[route]
+    cdef int32_t route = w.listeners[listener].route
+    cdef Route *r
+    cdef const sockaddr *dst
+    cdef socklen_t dst_len
     cdef int up, rc, side
     w.free_head = c.next
     memset(c, 0, sizeof(Conn))
@@ -141,19 +143,36 @@ cdef void conn_open(Worker *w, uint16_t route, int client_fd) noexcept nogil:
     for side in range(2):
         c.dir[side].pipe_r = -1
         c.dir[side].pipe_w = -1
-    c.route = route
+    if route == ROUTE_GATEWAY:
+        route = gateway_route(w, client_fd, &c.orig_dst)
+    r = &w.routes[route]
+    c.route = <uint16_t>route
     c.next = NIL
     c.timer_slot = NIL
     c.state = CONN_CONNECTING
     w.active += 1
     conn_ctr(w, c).accepted += 1
+    if r.kind == ROUTE_REJECT:
+        conn_fail(w, i, CAUSE_NO_ROUTE, 0,
+                  "no connector or passthrough rule matches the original destination"
+                  if c.orig_dst.sin6_family else
+                  "not intercepted: the connection has no original destination (it was"
+                  " not redirected by the gateway's rules)")
+        return
+    if r.kind == ROUTE_PASSTHROUGH:
+        dst = <const sockaddr *>&c.orig_dst
+        dst_len = sizeof(sockaddr_in) if c.orig_dst.sin6_family == AF_INET else sizeof(
+            sockaddr_in6)
+    else:
+        dst = <const sockaddr *>&r.upstream
+        dst_len = r.upstream_len
     set_nodelay(client_fd)
-    up = upstream_socket(r)
+    up = upstream_socket(dst)
     if up < 0 and (errno == EMFILE or errno == ENFILE) and w.reserve_fd >= 0:
         close(w.reserve_fd)
         w.reserve_fd = -1
         listeners_pause_emfile(w)
-        up = upstream_socket(r)
+        up = upstream_socket(dst)
     if up < 0:
         conn_fail(w, i, CAUSE_UPSTREAM_SOCKET, errno, NULL)
         return
@@ -162,7 +181,7 @@ cdef void conn_open(Worker *w, uint16_t route, int client_fd) noexcept nogil:
     if conn_register(w, i, SIDE_CLIENT) < 0 or conn_register(w, i, SIDE_UPSTREAM) < 0:
         conn_fail(w, i, CAUSE_UPSTREAM_SOCKET, errno, NULL)
         return
-    rc = connect(up, <sockaddr *>&r.upstream, r.upstream_len)
+    rc = connect(up, dst, dst_len)
     if rc == 0:
         conn_connected(w, i)
     elif errno == EINPROGRESS:

@@ -60,6 +60,15 @@ cdef enum:
     KTLS_REQUIRE
 
 
+# Route.kind: where a connection goes.
+cdef enum:
+    ROUTE_UPSTREAM = 0            # the connector's upstream (plain or TLS)
+    ROUTE_PASSTHROUGH             # plain TCP to the device's original destination
+    ROUTE_REJECT                  # RST, and an error event saying why
+
+cdef enum:
+    ROUTE_GATEWAY = -1            # Listener.route: decided per connection (gateway.pxi)
+
 # Error causes; names in CAUSE_NAMES (errors.pxi) and docs/ERRORS.md.
 cdef enum:
     CAUSE_CONNECT_REFUSED = 0
@@ -76,4 +85,5 @@ cdef enum:
     CAUSE_TLS_HANDSHAKE_FAILED
     CAUSE_TLS_TRUNCATED
     CAUSE_TLS_ERROR
+    CAUSE_NO_ROUTE
     CAUSE_COUNT

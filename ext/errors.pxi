@@ -6,7 +6,7 @@ cdef tuple CAUSE_NAMES = (
     "connect_refused", "connect_timeout", "connect_failed", "upstream_socket",
     "handshake_timeout", "tls_unknown_ca", "tls_hostname_mismatch", "tls_cert_expired",
     "tls_verify_failed", "tls_pin_mismatch", "tls_alert", "tls_handshake_failed",
-    "tls_truncated", "tls_error",
+    "tls_truncated", "tls_error", "no_route",
 )
 
 
@@ -23,6 +23,7 @@ cdef ErrorEvent *error_event(Worker *w, Conn *c, uint8_t cause, int err) noexcep
     e.reason[0] = 0
     e.route = c.route
     e.connector_id = w.routes[c.route].connector_id
+    e.orig_dst = c.orig_dst
     e.cause = cause
     e.err = err
     e.client_len = sizeof(sockaddr_storage)

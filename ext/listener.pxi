@@ -14,45 +14,45 @@
 # takes the backlog with it.
 
 
-cdef void listener_arm(Worker *w, uint16_t route, bint on) noexcept nogil:
-    cdef Route *r = &w.routes[route]
+cdef void listener_arm(Worker *w, uint32_t k, bint on) noexcept nogil:
+    cdef Listener *lsn = &w.listeners[k]
     cdef epoll_event ev
-    if r.listen_fd < 0 or r.registered == on:
+    if lsn.fd < 0 or lsn.registered == on:
         return
     ev.events = EPOLLIN if on else 0
-    ev.data.u64 = (<uint64_t>route << 2) | TAG_LISTENER
-    epoll_ctl(w.epfd, EPOLL_CTL_MOD, r.listen_fd, &ev)
-    r.registered = on
+    ev.data.u64 = (<uint64_t>k << 2) | TAG_LISTENER
+    epoll_ctl(w.epfd, EPOLL_CTL_MOD, lsn.fd, &ev)
+    lsn.registered = on
 
 
-cdef void listener_pause_emfile(Worker *w, uint16_t route) noexcept nogil:
-    cdef Route *r = &w.routes[route]
-    if not r.paused_emfile:
+cdef void listener_pause_emfile(Worker *w, uint32_t k) noexcept nogil:
+    cdef Listener *lsn = &w.listeners[k]
+    if not lsn.paused_emfile:
         w.wctr.accept_paused_emfile += 1
-    r.paused_emfile = 1
-    r.resume_ms = w.now_ms + EMFILE_PAUSE_MS
-    listener_arm(w, route, False)
+    lsn.paused_emfile = 1
+    lsn.resume_ms = w.now_ms + EMFILE_PAUSE_MS
+    listener_arm(w, k, False)
 
 
 cdef void listeners_pause_limit(Worker *w) noexcept nogil:
-    cdef uint16_t k
+    cdef uint32_t k
     w.limit_paused = 1
     w.wctr.accept_paused_limit += 1
-    for k in range(w.nroutes):
+    for k in range(w.nlisteners):
         listener_arm(w, k, False)
 
 
 cdef void listeners_resume_limit(Worker *w) noexcept nogil:
-    cdef uint16_t k
+    cdef uint32_t k
     w.limit_paused = 0
-    for k in range(w.nroutes):
-        if not w.routes[k].paused_emfile:
+    for k in range(w.nlisteners):
+        if not w.listeners[k].paused_emfile:
             listener_arm(w, k, True)
 
 
 cdef void listeners_pause_emfile(Worker *w) noexcept nogil:
-    cdef uint16_t k
-    for k in range(w.nroutes):
+    cdef uint32_t k
+    for k in range(w.nlisteners):
         listener_pause_emfile(w, k)
 
 
@@ -63,36 +63,36 @@ cdef bint reserve_restore(Worker *w) noexcept nogil:
 
 
 cdef void listeners_tick(Worker *w) noexcept nogil:
-    cdef uint16_t k
-    cdef Route *r
-    for k in range(w.nroutes):
-        r = &w.routes[k]
-        if r.paused_emfile and w.now_ms >= r.resume_ms:
+    cdef uint32_t k
+    cdef Listener *lsn
+    for k in range(w.nlisteners):
+        lsn = &w.listeners[k]
+        if lsn.paused_emfile and w.now_ms >= lsn.resume_ms:
             if not reserve_restore(w):
-                r.resume_ms = w.now_ms + EMFILE_PAUSE_MS
+                lsn.resume_ms = w.now_ms + EMFILE_PAUSE_MS
                 continue
-            r.paused_emfile = 0
+            lsn.paused_emfile = 0
             if not w.limit_paused:
                 listener_arm(w, k, True)
 
 
-cdef void listener_accept(Worker *w, uint16_t route) noexcept nogil:
-    cdef Route *r = &w.routes[route]
+cdef void listener_accept(Worker *w, uint32_t k) noexcept nogil:
+    cdef Listener *lsn = &w.listeners[k]
     cdef int fd
     for _ in range(ACCEPT_BUDGET):
-        if r.listen_fd < 0 or r.paused_emfile:
+        if lsn.fd < 0 or lsn.paused_emfile:
             return
         if w.active >= w.max_conns:
             listeners_pause_limit(w)
             return
-        fd = accept4(r.listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)
+        fd = accept4(lsn.fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)
         if fd < 0:
             if errno == EAGAIN:
                 return
             if errno == EMFILE or errno == ENFILE or errno == ENOBUFS or errno == ENOMEM:
-                listener_pause_emfile(w, route)
+                listener_pause_emfile(w, k)
                 return
             # ECONNABORTED, EINTR, EPERM (firewall), protocol errors: that one
             # connection is gone; the listener is fine.
             continue
-        conn_open(w, route, fd)
+        conn_open(w, k, fd)

@@ -76,7 +76,7 @@ cdef int worker_turn(Worker *w, int timeout_ms) noexcept nogil:
         data = events[k].data.u64
         tag = <int>(data & 3)
         if tag == TAG_LISTENER:
-            listener_accept(w, <uint16_t>(data >> 2))
+            listener_accept(w, <uint32_t>(data >> 2))
             continue
         c = &w.conns[data >> 2]
         if c.state == CONN_FREE or c.state == CONN_CLOSED:
@@ -141,6 +141,8 @@ cdef class Loop:
         w.pipe_size = pipe_size
         w.run_head = NIL
         w.dead_head = NIL
+        w.gateway_default = -1
+        w.gateway_reject = -1
         w.conns = <Conn *>calloc(max_connections, sizeof(Conn))
         w.scratch = <char *>malloc(SCRATCH_SIZE)
         w.buf_pool = <char **>calloc(BUF_POOL_MAX, sizeof(char *))
@@ -180,14 +182,40 @@ cdef class Loop:
         """Accept on listen_fd (bound, listening; the loop owns it from now on) and relay
         each connection to upstream_host (an IPv4 or IPv6 literal):upstream_port, over
         TLS made with `tls` when given."""
-        cdef Worker *w = self.live()
-        cdef Route *r
-        cdef epoll_event ev
+        self.add_listener(listen_fd,
+                          self.add_upstream(connector_id, upstream_host, upstream_port, tls))
+
+    def add_upstream(self, int connector_id, str upstream_host, int upstream_port,
+                     TLSClientContext tls=None):
+        """A route to a connector's upstream; returns its index."""
         cdef sockaddr_storage upstream
         cdef socklen_t upstream_len = 0
+        cdef Route *r
         parse_sockaddr(upstream_host, upstream_port, &upstream, &upstream_len)
+        r = self.new_route(connector_id, ROUTE_UPSTREAM)
+        r.upstream = upstream
+        r.upstream_len = upstream_len
+        if tls is not None:
+            r.tls_ctx = tls.ctx
+            r.tls = tls.conf
+            self.tls_contexts.append(tls)
+        return self.w.nroutes - 1
+
+    def add_passthrough(self, int connector_id):
+        """A route that relays plain TCP to each connection's original destination."""
+        self.new_route(connector_id, ROUTE_PASSTHROUGH)
+        return self.w.nroutes - 1
+
+    def add_reject(self, int connector_id):
+        """A route that resets each connection and records why (cause no_route)."""
+        self.new_route(connector_id, ROUTE_REJECT)
+        return self.w.nroutes - 1
+
+    cdef Route *new_route(self, int connector_id, uint8_t kind) except NULL:
+        cdef Worker *w = self.live()
+        cdef Route *r
         if w.nroutes == 0xffff:
-            raise ValueError("too many listeners")
+            raise ValueError("too many routes")
         if w.nroutes == w.routes_cap:
             r = <Route *>realloc(w.routes, (w.routes_cap * 2 + 4) * sizeof(Route))
             if r == NULL:
@@ -196,21 +224,78 @@ cdef class Loop:
             w.routes_cap = w.routes_cap * 2 + 4
         r = &w.routes[w.nroutes]
         memset(r, 0, sizeof(Route))
-        r.listen_fd = listen_fd
         r.connector_id = connector_id
-        r.upstream = upstream
-        r.upstream_len = upstream_len
-        if tls is not None:
-            r.tls_ctx = tls.ctx
-            r.tls = tls.conf
-            self.tls_contexts.append(tls)
+        r.kind = kind
+        w.nroutes += 1
+        return r
+
+    def add_listener(self, int listen_fd, int route):
+        """Accept on listen_fd (the loop owns it from now on); connections take `route`,
+        or, with route -1 (gateway), the route their original destination matches."""
+        cdef Worker *w = self.live()
+        cdef Listener *lsn
+        cdef epoll_event ev
+        if route != ROUTE_GATEWAY and not 0 <= route < <int>w.nroutes:
+            raise ValueError(f"no route {route}")
+        if route == ROUTE_GATEWAY and w.gateway_default < 0:
+            raise ValueError("set_gateway() first")
+        if w.nlisteners == w.listeners_cap:
+            lsn = <Listener *>realloc(w.listeners,
+                                      (w.listeners_cap * 2 + 4) * sizeof(Listener))
+            if lsn == NULL:
+                raise MemoryError()
+            w.listeners = lsn
+            w.listeners_cap = w.listeners_cap * 2 + 4
+        lsn = &w.listeners[w.nlisteners]
+        memset(lsn, 0, sizeof(Listener))
+        lsn.fd = listen_fd
+        lsn.route = route
         fcntl(listen_fd, F_SETFL, fcntl(listen_fd, F_GETFL) | O_NONBLOCK)
         ev.events = EPOLLIN
-        ev.data.u64 = (<uint64_t>w.nroutes << 2) | TAG_LISTENER
+        ev.data.u64 = (<uint64_t>w.nlisteners << 2) | TAG_LISTENER
         if epoll_ctl(w.epfd, EPOLL_CTL_ADD, listen_fd, &ev) < 0:
             raise_from_errno(errno, "epoll_ctl(listener)")
-        r.registered = 1
-        w.nroutes += 1
+        lsn.registered = 1
+        w.nlisteners += 1
+
+    def set_gateway(self, int default_route, int reject_route):
+        """Gateway listeners: what an unmatched original destination gets, and what a
+        connection that was not redirected gets (a reject route)."""
+        cdef Worker *w = self.live()
+        for route in (default_route, reject_route):
+            if not 0 <= route < <int>w.nroutes:
+                raise ValueError(f"no route {route}")
+        if w.routes[reject_route].kind != ROUTE_REJECT:
+            raise ValueError("reject_route must be a reject route")
+        w.gateway_default = default_route
+        w.gateway_reject = reject_route
+
+    def add_match(self, int route, str network, int port=0):
+        """Gateway: original destinations in `network` (an address or CIDR, IPv4 or IPv6)
+        and `port` (0: any) take `route`. Matches are tried in the order they are added:
+        add the most specific first."""
+        cdef Worker *w = self.live()
+        cdef Match *m
+        net = ipaddress.ip_network(network, strict=False)
+        if not 0 <= route < <int>w.nroutes:
+            raise ValueError(f"no route {route}")
+        if not 0 <= port < 65536:
+            raise ValueError(f"port out of range: {port}")
+        if w.nmatches == w.matches_cap:
+            m = <Match *>realloc(w.matches, (w.matches_cap * 2 + 8) * sizeof(Match))
+            if m == NULL:
+                raise MemoryError()
+            w.matches = m
+            w.matches_cap = w.matches_cap * 2 + 8
+        m = &w.matches[w.nmatches]
+        memset(m, 0, sizeof(Match))
+        m.family = AF_INET if net.version == 4 else AF_INET6
+        m.prefix = net.prefixlen
+        m.port = port
+        m.route = route
+        raw = net.network_address.packed
+        memcpy(m.addr, <char *>raw, len(raw))
+        w.nmatches += 1
 
     def run(self, long timeout_ms):
         """Serve until timeout_ms elapsed or a signal arrived (its Python handler has run
@@ -234,11 +319,11 @@ cdef class Loop:
         """Stop accepting and close the loop's listener fds; relayed connections go on."""
         cdef Worker *w = self.live()
         cdef uint32_t k
-        for k in range(w.nroutes):
-            if w.routes[k].listen_fd >= 0:
-                close(w.routes[k].listen_fd)
-                w.routes[k].listen_fd = -1
-                w.routes[k].registered = 0
+        for k in range(w.nlisteners):
+            if w.listeners[k].fd >= 0:
+                close(w.listeners[k].fd)
+                w.listeners[k].fd = -1
+                w.listeners[k].registered = 0
 
     @property
     def active(self):
@@ -281,8 +366,8 @@ cdef class Loop:
         return snapshot
 
     def pop_errors(self):
-        """Error events since the last call:
-        (connector_id, cause, errno, client, upstream, reason)."""
+        """Error events since the last call: (connector_id, cause, errno, client,
+        upstream, reason, original_destination); the last is "" outside gateway mode."""
         cdef Worker *w = self.live()
         cdef ErrorEvent *e
         cdef Route *r
@@ -294,9 +379,16 @@ cdef class Loop:
                 reason = e.reason.decode(errors="replace")
             else:
                 reason = strerror(e.err).decode() if e.err else ""
+            if e.orig_dst.sin6_family:
+                orig = format_sockaddr(<sockaddr_storage *>&e.orig_dst, sizeof(sockaddr_in6))
+            else:
+                orig = ""
+            if r.kind == ROUTE_UPSTREAM:
+                upstream = format_sockaddr(&r.upstream, r.upstream_len)
+            else:
+                upstream = orig or "-"
             events.append((e.connector_id, CAUSE_NAMES[e.cause], e.err,
-                           format_sockaddr(&e.client, e.client_len),
-                           format_sockaddr(&r.upstream, r.upstream_len), reason))
+                           format_sockaddr(&e.client, e.client_len), upstream, reason, orig))
             w.err_head = (w.err_head + 1) % ERR_RING
             w.err_len -= 1
         return events
@@ -331,9 +423,9 @@ cdef void worker_free(Worker *w) noexcept nogil:
             if w.conns[k].state != CONN_FREE and w.conns[k].state != CONN_CLOSED:
                 conn_close(w, k, True)
         free(w.conns)
-    for k in range(w.nroutes):
-        if w.routes[k].listen_fd >= 0:
-            close(w.routes[k].listen_fd)
+    for k in range(w.nlisteners):
+        if w.listeners[k].fd >= 0:
+            close(w.listeners[k].fd)
     for k in range(w.pipe_pool_len):
         close(w.pipe_pool[2 * k])
         close(w.pipe_pool[2 * k + 1])
@@ -344,6 +436,8 @@ cdef void worker_free(Worker *w) noexcept nogil:
     if w.reserve_fd >= 0:
         close(w.reserve_fd)
     free(w.routes)
+    free(w.listeners)
+    free(w.matches)
     free(w.scratch)
     free(w.buf_pool)
     free(w.pipe_pool)

@@ -35,6 +35,7 @@ cdef struct Conn:
     uint8_t state
     uint8_t queued                # on the run queue
     uint16_t route
+    sockaddr_in6 orig_dst         # gateway mode: where the device meant to go (or zeros)
     SSL *ssl                      # NULL for a plain upstream
     uint8_t tls_dead              # OpenSSL reported a fatal error: no close_notify
     uint8_t ktls                  # the kernel encrypts and decrypts both directions
@@ -74,16 +75,33 @@ cdef struct Counters:
 
 
 cdef struct Route:
-    Counters ctr                  # this route's connections (one route per connector)
+    # Where a connection goes (a connector's upstream, passthrough or reject), and the
+    # counters of the connections that went there.
+    Counters ctr
+    uint8_t kind                  # ROUTE_UPSTREAM, ROUTE_PASSTHROUGH, ROUTE_REJECT
     SSL_CTX *tls_ctx              # NULL: plain upstream
     TLSConf *tls
-    int listen_fd
     uint32_t connector_id
+    socklen_t upstream_len
+    sockaddr_storage upstream
+
+
+cdef struct Listener:
+    int fd
+    int32_t route                 # a route index, or ROUTE_GATEWAY
     uint8_t paused_emfile
     uint8_t registered            # EPOLLIN armed (not paused)
     uint64_t resume_ms
-    socklen_t upstream_len
-    sockaddr_storage upstream
+
+
+cdef struct Match:
+    # Gateway mode: original destinations in (addr/prefix, port) go to `route`; the table
+    # is scanned in order, which the caller makes most specific first.
+    uint8_t family                # AF_INET or AF_INET6
+    uint8_t prefix                # bits of addr that must match
+    uint16_t port                 # 0: any port
+    uint8_t addr[16]
+    uint16_t route
 
 cdef struct WorkerCounters:
     # What belongs to the worker, not to one connector.
@@ -96,6 +114,7 @@ cdef struct WorkerCounters:
 cdef struct ErrorEvent:
     uint32_t connector_id
     uint16_t route
+    sockaddr_in6 orig_dst
     uint8_t cause
     int err
     char reason[REASON_LEN]
@@ -121,6 +140,14 @@ cdef struct Worker:
     Route *routes
     uint32_t nroutes
     uint32_t routes_cap
+    Listener *listeners
+    uint32_t nlisteners
+    uint32_t listeners_cap
+    Match *matches
+    uint32_t nmatches
+    uint32_t matches_cap
+    int32_t gateway_default       # route for an original destination nothing matches
+    int32_t gateway_reject        # route for a connection that was not intercepted
     char *scratch
     char **buf_pool
     uint32_t buf_pool_len

@@ -45,9 +45,30 @@ class Loop:
         """{connector_id: counters of its connections in this worker, with "active"}."""
     def worker_counters(self) -> dict[str, int]:
         """What belongs to the worker rather than a connector (pipes, pauses, drops)."""
-    def pop_errors(self) -> list[tuple[int, str, int, str, str, str]]:
-        """Error events since the last call:
-        (connector_id, cause, errno, client, upstream, reason)."""
+    def pop_errors(self) -> list[tuple[int, str, int, str, str, str, str]]:
+        """Error events since the last call: (connector_id, cause, errno, client,
+        upstream, reason, original_destination); the last is "" outside gateway mode."""
+    def add_upstream(
+        self,
+        connector_id: int,
+        upstream_host: str,
+        upstream_port: int,
+        tls: TLSClientContext | None = None,
+    ) -> int:
+        """A route to a connector's upstream; returns its index."""
+    def add_passthrough(self, connector_id: int) -> int:
+        """A route that relays plain TCP to each connection's original destination."""
+    def add_reject(self, connector_id: int) -> int:
+        """A route that resets each connection and records why (cause no_route)."""
+    def add_listener(self, listen_fd: int, route: int) -> None:
+        """Accept on listen_fd; connections take `route`, or with -1 (gateway) the route
+        their original destination matches."""
+    def set_gateway(self, default_route: int, reject_route: int) -> None:
+        """What an unmatched original destination gets, and what a connection that was
+        not redirected gets (a reject route)."""
+    def add_match(self, route: int, network: str, port: int = 0) -> None:
+        """Original destinations in `network` and `port` (0: any) take `route`; tried in
+        the order added (most specific first)."""
     def close(self) -> None:
         """Abort every connection and release every fd. Idempotent."""
 

@@ -64,6 +64,7 @@ class ErrorRecord(msgspec.Struct, kw_only=True, frozen=True):
     first: float
     last: float
     client: str
+    destination: str = ""  # gateway mode: the device's original destination
     worker: int
     generation: int
 

@@ -69,7 +69,8 @@ def stats(report: StatsReport) -> str:
 def error_record(r: ErrorRecord) -> str:
     when = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(r.last))
     times = f" x{r.count}" if r.count > 1 else ""
+    meant = f", meant for {r.destination}" if r.destination else ""
     return (
         f"{when} {r.connector}: {r.cause}{times}: upstream {r.upstream}: {r.reason}"
-        f" (last client {r.client}, worker {r.worker} g{r.generation})"
+        f" (last client {r.client}{meant}, worker {r.worker} g{r.generation})"
     )

@@ -22,8 +22,9 @@ SEND_HWM = 4  # messages queued towards the supervisor before reports are droppe
 SEND_BUFFER = 16384  # bytes of kernel buffer on the ipc socket (the rest of the queue)
 BYE_LINGER_MS = 1000  # how long the last report may take to leave at exit
 
-# (connector_id, cause, errno, client, upstream, reason), as Loop.pop_errors gives them
-ErrorEvent = tuple[int, str, int, str, str, str]
+# (connector_id, cause, errno, client, upstream, reason, original destination), as
+# Loop.pop_errors gives them
+ErrorEvent = tuple[int, str, int, str, str, str, str]
 
 
 class Reporter:
@@ -54,7 +55,7 @@ class Reporter:
 
     def collect(self, events: list[ErrorEvent]) -> None:
         now = time.time()
-        for connector_id, cause, _err, client, upstream, reason in events:
+        for connector_id, cause, _err, client, upstream, reason, destination in events:
             connector = self.names.get(connector_id, str(connector_id))
             key = (connector, cause, upstream)
             old = self._pending.get(key)
@@ -67,6 +68,7 @@ class Reporter:
                 first=old.first if old else now,
                 last=now,
                 client=client,
+                destination=destination,
                 worker=self.slot,
                 generation=self.generation,
             )

@@ -77,6 +77,7 @@ class Aggregator:
                     first=min(old.first, r.first),
                     last=max(old.last, r.last),
                     client=r.client if r.last >= old.last else old.client,
+                    destination=r.destination,
                     worker=r.worker,
                     generation=r.generation,
                 )

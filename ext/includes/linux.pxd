@@ -54,6 +54,7 @@ cdef extern from "<sys/socket.h>" nogil:
     int getsockopt(int fd, int level, int name, void *val, socklen_t *len)
     int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
     int getpeername(int fd, sockaddr *addr, socklen_t *len)
+    int getsockname(int fd, sockaddr *addr, socklen_t *len)
     int shutdown(int fd, int how)
     ssize_t recv(int fd, void *buf, size_t len, int flags)
     ssize_t send(int fd, const void *buf, size_t len, int flags)
@@ -62,6 +63,8 @@ cdef extern from "<sys/socket.h>" nogil:
 cdef extern from "<netinet/in.h>" nogil:
     enum:
         IPPROTO_TCP
+        SOL_IP
+        SOL_IPV6
     struct in_addr:
         uint32_t s_addr
     struct in6_addr:
@@ -76,6 +79,12 @@ cdef extern from "<netinet/in.h>" nogil:
         in6_addr sin6_addr
     uint16_t htons(uint16_t)
     uint16_t ntohs(uint16_t)
+
+
+cdef extern from "compat.h" nogil:
+    enum:
+        SO_ORIGINAL_DST "RELAYCORE_SO_ORIGINAL_DST"
+        IP6T_SO_ORIGINAL_DST "RELAYCORE_IP6T_SO_ORIGINAL_DST"
 
 
 cdef extern from "<netinet/tcp.h>" nogil:

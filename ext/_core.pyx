@@ -14,7 +14,7 @@ from libc.errno cimport (EAGAIN, ECONNREFUSED, ECONNRESET, EINPROGRESS, EINTR, E
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
 from libc.stdlib cimport calloc, free, malloc, realloc
-from libc.string cimport memcmp, memcpy, memmove, memset, strerror
+from libc.string cimport memcmp, memcpy, memmove, memset, strcmp, strerror
 from posix.fcntl cimport F_GETFL, F_SETFL
 
 from includes.linux cimport *

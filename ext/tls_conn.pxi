@@ -49,6 +49,18 @@ cdef bint tls_pin_ok(TLSConf *conf, SSL *ssl, char *got, size_t got_len) noexcep
     return False
 
 
+cdef void alert_reason(unsigned long e, char *reason, size_t reason_len) noexcept nogil:
+    # e is a queued "alert received" error (reason 1000 + the alert's code). OpenSSL
+    # 3.0's alert names stop before TLS 1.3's (116 is "unknown"); the error's own reason
+    # string has them ("tlsv13 alert certificate required").
+    cdef int code = ERR_GET_REASON(e) - SSL_AD_REASON_OFFSET
+    cdef const char *name = SSL_alert_desc_string_long(code)
+    cdef const char *text = ERR_reason_error_string(e)
+    if strcmp(name, "unknown") == 0 and text != NULL:
+        name = text
+    snprintf(reason, reason_len, "the server sent alert %d: %s", code, name)
+
+
 cdef uint8_t tls_classify(SSL *ssl, int ssl_err, int err, char *reason,
                           size_t reason_len) noexcept nogil:
     # A failed handshake -> (cause, one human line). Leaves the error queue empty.
@@ -74,9 +86,7 @@ cdef uint8_t tls_classify(SSL *ssl, int ssl_err, int err, char *reason,
     elif e and ERR_GET_LIB(e) == ERR_LIB_SSL and SSL_AD_REASON_OFFSET <= r < (
             SSL_AD_REASON_OFFSET + 256):
         # A received alert is queued as reason 1000 + its code.
-        snprintf(reason, reason_len, "the server sent alert %d: %s",
-                 r - SSL_AD_REASON_OFFSET,
-                 SSL_alert_desc_string_long(r - SSL_AD_REASON_OFFSET))
+        alert_reason(e, reason, reason_len)
         cause = CAUSE_TLS_ALERT
     elif e and ERR_GET_LIB(e) == ERR_LIB_SSL and r == SSL_R_UNEXPECTED_EOF_WHILE_READING:
         snprintf(reason, reason_len,
@@ -164,6 +174,8 @@ cdef Py_ssize_t tls_blocked(Worker *w, Conn *c, int d, int ssl_err) noexcept nog
     # wait (ready bit cleared, tls_want set), else -errno (fatal, event recorded).
     cdef ErrorEvent *ev
     cdef unsigned long e
+    cdef int err, r
+    cdef char probe[64]
     if ssl_err == SSL_ERROR_WANT_READ:
         c.ready[SIDE_UPSTREAM] &= ~READY_READ
         c.tls_want[d] = READY_READ
@@ -172,17 +184,33 @@ cdef Py_ssize_t tls_blocked(Worker *w, Conn *c, int d, int ssl_err) noexcept nog
         c.ready[SIDE_UPSTREAM] &= ~READY_WRITE
         c.tls_want[d] = READY_WRITE
         return 0
+    err = errno if ssl_err == SSL_ERROR_SYSCALL and errno else ECONNRESET
     c.tls_dead = 1
-    if ssl_err == SSL_ERROR_SYSCALL:
-        ERR_clear_error()
-        return -(errno if errno else ECONNRESET)
     conn_ctr(w, c).tls_errors += 1
-    ev = error_event(w, c, CAUSE_TLS_ERROR, EPROTO)
+    if ssl_err == SSL_ERROR_SYSCALL:
+        # The server reset us. In TLS 1.3 it often said why first, in an alert our
+        # handshake did not wait for (a refused client certificate arrives after our
+        # Finished): one SSL_read brings that alert into the error queue.
+        ERR_clear_error()
+        SSL_read(c.ssl, probe, sizeof(probe))
     e = ERR_peek_last_error()
-    if ev != NULL and e:
-        ERR_error_string_n(e, ev.reason, REASON_LEN)
+    r = ERR_GET_REASON(e) if e else 0
+    if e and ERR_GET_LIB(e) == ERR_LIB_SSL and SSL_AD_REASON_OFFSET <= r < (
+            SSL_AD_REASON_OFFSET + 256):
+        ev = error_event(w, c, CAUSE_TLS_ALERT, EPROTO)
+        if ev != NULL:
+            alert_reason(e, ev.reason, REASON_LEN)
+    else:
+        ev = error_event(w, c, CAUSE_TLS_ERROR,
+                         err if ssl_err == SSL_ERROR_SYSCALL else EPROTO)
+        if ev != NULL:
+            if ssl_err == SSL_ERROR_SYSCALL:
+                snprintf(ev.reason, REASON_LEN, "the server broke the TLS connection: %s",
+                         strerror(err))
+            elif e:
+                ERR_error_string_n(e, ev.reason, REASON_LEN)
     ERR_clear_error()
-    return -EPROTO
+    return -err if ssl_err == SSL_ERROR_SYSCALL else -EPROTO
 
 
 cdef Py_ssize_t tls_write(Worker *w, Conn *c, char *p, size_t n) noexcept nogil:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 
-from relaycore import __version__, client, demo, protocol, render
+from relaycore import __version__, client, demo, gateway, protocol, render
 from relaycore.config import Relay, config_summary, load_config
 from relaycore.errors import EXIT_UNEXPECTED, ConfigError, RelayError
 from relaycore.logs import set_role, setup_logging
@@ -35,6 +35,23 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     print(f"{args.config}: ok")
     print(config_summary(config))
+    return 0
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    if args.remove:
+        gateway.remove_rules()
+        print(f"removed: nftables table inet {gateway.TABLE}")
+        return 0
+    config = load_config(args.config)
+    if config.gateway is None:
+        raise ConfigError(f"{args.config}: no [gateway] table, so no rules to make")
+    ruleset = gateway.config_rules(config)
+    if not args.apply:
+        print(ruleset, end="")
+        return 0
+    gateway.apply_rules(ruleset)
+    print(f"applied: nftables table inet {gateway.TABLE} ({config.gateway.interface})")
     return 0
 
 
@@ -169,6 +186,17 @@ def build_parser() -> argparse.ArgumentParser:
         if json:
             p.add_argument("--json", action="store_true", help="one JSON object per line")
 
+    p = command(
+        "rules",
+        cmd_rules,
+        "Print the nftables ruleset of the config's [gateway] (passthrough accepted first,"
+        " all other TCP from the device interface redirected to the gateway listener), or"
+        " load it (--apply, atomic and idempotent) or delete it (--remove).",
+    )
+    config_option(p)
+    action = p.add_mutually_exclusive_group()
+    action.add_argument("--apply", action="store_true", help="load the rules with nft -f")
+    action.add_argument("--remove", action="store_true", help="delete relaycore's table")
     running_options(
         command("status", cmd_status, "Show the running relay: workers, capabilities, config.")
     )

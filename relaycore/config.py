@@ -27,6 +27,7 @@ import msgspec.structs
 
 from relaycore.addresses import HostPort, is_dns_name, parse_host_port
 from relaycore.errors import ConfigError
+from relaycore.gateway import Network, parse_match
 
 MAX_WORKERS = 256
 # A week: some bound, because TOML can spell `inf` and a timer in milliseconds cannot hold it.
@@ -40,6 +41,7 @@ Ktls = Literal["auto", "off", "require"]
 # can mean "nothing allowed" or "the defaults" depending on the call.
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 
+_IFNAME = re.compile(r"[A-Za-z0-9_.:-]{1,15}")
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # `sha256/` and the base64 of 32 bytes: 43 characters and one '=' of padding.
 _PIN = re.compile(r"sha256/([A-Za-z0-9+/]{43}=)")
@@ -80,8 +82,9 @@ class Connector(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     """
 
     name: str
-    listen: str
+    listen: str | None = None  # optional when `match` is given (gateway mode)
     upstream: str
+    match: tuple[str, ...] = ()  # gateway mode: original destinations this connector serves
     tls: bool = True
     server_name: str | None = None
     ca: NonEmpty | None = None
@@ -99,10 +102,19 @@ class Connector(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
         if not _NAME.fullmatch(self.name):
             raise ConfigError(f"name: expected 1-64 of A-Z a-z 0-9 _ . -, got {self.name!r}")
         for key, require_ip in (("listen", True), ("upstream", False)):
+            if getattr(self, key) is None:
+                continue
             try:
                 parse_host_port(getattr(self, key), require_ip=require_ip)
             except ValueError as e:
                 raise ConfigError(f"{key}: {e}") from e
+        if self.listen is None and not self.match:
+            raise ConfigError("listen: required unless match is given (gateway mode)")
+        for i, text in enumerate(self.match):
+            try:
+                parse_match(text)
+            except ValueError as e:
+                raise ConfigError(f"match[{i}]: {e}") from e
         if not self.tls:
             # A TLS key next to tls = false is a contradiction: the user meant one of the
             # two, and guessing wrong either sends plain text or drops their setting.
@@ -135,8 +147,12 @@ class Connector(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
                 raise ConfigError(f"pin[{i}]: {pin!r} is also pin[{j}]")
 
     @property
-    def listen_addr(self) -> HostPort:
-        return parse_host_port(self.listen, require_ip=True)
+    def listen_addr(self) -> HostPort | None:
+        return None if self.listen is None else parse_host_port(self.listen, require_ip=True)
+
+    @property
+    def match_networks(self) -> list[tuple[Network, int]]:
+        return [parse_match(text) for text in self.match]
 
     @property
     def upstream_addr(self) -> HostPort:
@@ -170,10 +186,63 @@ class Connector(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
 
 # Every other key means something only for TLS; with the value it has when left out.
-_PLAIN_KEYS = frozenset({"name", "listen", "upstream", "tls"})
+_PLAIN_KEYS = frozenset({"name", "listen", "upstream", "tls", "match"})
 _TLS_DEFAULTS = {
     f.name: f.default for f in msgspec.structs.fields(Connector) if f.name not in _PLAIN_KEYS
 }
+
+
+class Passthrough(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One `[[passthrough]]`: device traffic that bypasses the connectors and reaches its
+    original destination (DNS, ping, a firmware server)."""
+
+    protocol: Literal["icmp", "udp", "tcp"]
+    ip: str | None = None  # an address or CIDR; default: any
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.ip is not None:
+            try:
+                ipaddress.ip_network(self.ip, strict=True)
+            except ValueError as e:
+                raise ConfigError(f"ip: expected an address or CIDR, got {self.ip!r} ({e})") from e
+        if self.protocol == "icmp" and self.port is not None:
+            raise ConfigError("port: icmp has no ports")
+
+    @property
+    def network(self) -> Network | None:
+        return None if self.ip is None else ipaddress.ip_network(self.ip, strict=True)
+
+
+class Gateway(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`[gateway]`: intercept the devices' TCP on `interface` and serve it here."""
+
+    listen: str | tuple[str, ...] = "0.0.0.0:15001"  # one address, or IPv4 and IPv6
+    interface: str
+    default: str = "reject"  # or the name of the connector that gets unmatched traffic
+    manage_rules: bool = False  # `relaycore run` applies the nftables rules, removes them
+
+    def __post_init__(self) -> None:
+        for i, text in enumerate(self.listen_texts):
+            try:
+                parse_host_port(text, require_ip=True)
+            except ValueError as e:
+                where = "listen" if isinstance(self.listen, str) else f"listen[{i}]"
+                raise ConfigError(f"{where}: {e}") from e
+        ports = {parse_host_port(t, require_ip=True).port for t in self.listen_texts}
+        if len(ports) != 1:
+            # One redirect rule (`redirect to :PORT`) serves IPv4 and IPv6 alike.
+            raise ConfigError("listen: every gateway listen address needs the same port")
+        if not _IFNAME.fullmatch(self.interface):
+            raise ConfigError(f"interface: expected an interface name, got {self.interface!r}")
+
+    @property
+    def listen_texts(self) -> tuple[str, ...]:
+        return (self.listen,) if isinstance(self.listen, str) else self.listen
+
+    @property
+    def listen_addrs(self) -> list[HostPort]:
+        return [parse_host_port(t, require_ip=True) for t in self.listen_texts]
 
 
 class Stats(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -207,22 +276,48 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     relay: Relay = msgspec.field(default_factory=Relay)
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
     stats: Stats = msgspec.field(default_factory=Stats)
+    gateway: Gateway | None = None
+    passthrough: tuple[Passthrough, ...] = ()
     connectors: tuple[Connector, ...] = msgspec.field(default=(), name="connector")
 
     def __post_init__(self) -> None:
         if not self.connectors:
             raise ConfigError("connector: at least one [[connector]] table is required")
         names: dict[str, int] = {}
-        listens: dict[HostPort, int] = {}
+        listens: dict[HostPort | None, int] = {}
         for i, c in enumerate(self.connectors):
             if (j := names.setdefault(c.name, i)) != i:
                 raise ConfigError(
                     f"connector[{i}].name: {c.name!r} is also the name of connector[{j}]"
                 )
-            if (j := listens.setdefault(c.listen_addr, i)) != i:
+            if c.listen_addr is not None and (j := listens.setdefault(c.listen_addr, i)) != i:
                 raise ConfigError(
                     f"connector[{i}].listen: {c.listen_addr} is also the listen address"
                     f" of connector[{j}] ({self.connectors[j].name!r})"
+                )
+        self._check_gateway(names, listens)
+
+    def _check_gateway(self, names: dict[str, int], listens: dict[HostPort | None, int]) -> None:
+        matching = [i for i, c in enumerate(self.connectors) if c.match]
+        if self.gateway is None:
+            if matching:
+                raise ConfigError(
+                    f"connector[{matching[0]}].match: needs a [gateway] table (the listener"
+                    " that intercepted connections arrive on)"
+                )
+            if self.passthrough:
+                raise ConfigError("passthrough: needs a [gateway] table")
+            return
+        if self.gateway.default != "reject" and self.gateway.default not in names:
+            raise ConfigError(
+                f"gateway.default: expected 'reject' or a connector name, got"
+                f" {self.gateway.default!r}"
+            )
+        for addr in self.gateway.listen_addrs:
+            if addr in listens:
+                raise ConfigError(
+                    f"gateway.listen: {addr} is also the listen address of"
+                    f" connector[{listens[addr]}]"
                 )
 
 
@@ -319,7 +414,7 @@ def config_summary(cfg: Config) -> str:
     r = cfg.relay
     lines = [f"workers: {r.workers} (up to {r.max_connections} connections each)"]
     lines += [
-        f"{c.name}: {c.listen_addr} -> {c.upstream_addr} ({_describe_tls(c)})"
+        f"{c.name}: {c.listen_addr or 'gateway'} -> {c.upstream_addr} ({_describe_tls(c)})"
         for c in cfg.connectors
     ]
     return "\n".join(lines)

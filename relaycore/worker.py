@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from relaycore import _core
+from relaycore.gateway import PASSTHROUGH
 from relaycore.protocol import SetLogLevel
 from relaycore.reporting import ErrorEvent, Reporter
 
@@ -23,14 +24,29 @@ log = logging.getLogger("relaycore.worker")
 TICK_MS = 200
 
 
+# Names of the gateway's own routes in counters and error events (not valid connector
+# names, so they cannot clash).
+PASSTHROUGH_NAME = "(passthrough)"
+GATEWAY_NAME = "(gateway)"
+
+
 @dataclass(frozen=True)
-class Route:
-    listen_fd: int
+class Upstream:
+    """Connector `connector_id`'s upstream, resolved, with its TLS context (None: plain)."""
+
     connector_id: int
-    connector_name: str
-    upstream_ip: str
-    upstream_port: int
-    tls: _core.TLSClientContext | None  # None: plain TCP to the upstream
+    name: str
+    ip: str
+    port: int
+    tls: _core.TLSClientContext | None
+
+
+@dataclass(frozen=True)
+class GatewaySpec:
+    listen_fds: Sequence[int]
+    # (connector_id or gateway.PASSTHROUGH, network, port), most specific first
+    matches: Sequence[tuple[int, str, int]]
+    default: int | None  # connector_id, or None: reject
 
 
 @dataclass(frozen=True)
@@ -39,7 +55,9 @@ class WorkerSpec:
 
     slot: int
     generation: int
-    routes: Sequence[Route]
+    upstreams: Sequence[Upstream]  # index = connector_id
+    listeners: Sequence[tuple[int, int]]  # (listen fd, connector_id)
+    gateway: GatewaySpec | None
     max_connections: int
     splice: str
     connect_timeout_ms: int
@@ -48,6 +66,11 @@ class WorkerSpec:
     drain_timeout_s: float
     run_dir: str
     stats_interval_s: float  # 0: no reports; the worker logs its error events itself
+
+    @property
+    def listen_fds(self) -> list[int]:
+        gateway = list(self.gateway.listen_fds) if self.gateway is not None else []
+        return [fd for fd, _ in self.listeners] + gateway
 
 
 def serve(spec: WorkerSpec, ready_fd: int) -> None:
@@ -80,9 +103,7 @@ def _serve(spec: WorkerSpec, ready_fd: int) -> None:
         handshake_timeout_ms=spec.handshake_timeout_ms,
         idle_timeout_ms=spec.idle_timeout_ms,
     )
-    names = {r.connector_id: r.connector_name for r in spec.routes}
-    for r in spec.routes:
-        loop.add_route(r.listen_fd, r.connector_id, r.upstream_ip, r.upstream_port, r.tls)
+    names = _add_routes(loop, spec)
     reporter = None
     if spec.stats_interval_s > 0:
         reporter = Reporter(spec.run_dir, spec.slot, spec.generation, names, spec.stats_interval_s)
@@ -126,6 +147,30 @@ def _serve(spec: WorkerSpec, ready_fd: int) -> None:
         counters["bytes_out"],
         counters["bytes_spliced"],
     )
+
+
+def _add_routes(loop: _core.Loop, spec: WorkerSpec) -> dict[int, str]:
+    """Give the loop its routes and listeners; returns the name of each connector id."""
+    names = {u.connector_id: u.name for u in spec.upstreams}
+    route = {
+        u.connector_id: loop.add_upstream(u.connector_id, u.ip, u.port, u.tls)
+        for u in spec.upstreams
+    }
+    if spec.gateway is not None:
+        passthrough_id, gateway_id = len(spec.upstreams), len(spec.upstreams) + 1
+        names[passthrough_id] = PASSTHROUGH_NAME
+        names[gateway_id] = GATEWAY_NAME
+        route[PASSTHROUGH] = loop.add_passthrough(passthrough_id)
+        reject = loop.add_reject(gateway_id)
+        g = spec.gateway
+        loop.set_gateway(reject if g.default is None else route[g.default], reject)
+        for target, network, port in g.matches:
+            loop.add_match(route[target], network, port)
+        for fd in g.listen_fds:
+            loop.add_listener(fd, -1)
+    for fd, connector_id in spec.listeners:
+        loop.add_listener(fd, route[connector_id])
+    return names
 
 
 def _worker_counters(loop: _core.Loop, reporter: Reporter) -> dict[str, int]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from relaycore import logs, protocol, tls, worker
+from relaycore import gateway, logs, protocol, tls, worker
 from relaycore.addresses import HostPort, parse_host_port
 from relaycore.capabilities import ktls_unavailable
 from relaycore.config import Config, load_config
@@ -86,6 +86,7 @@ class Supervisor:
         self._make_run_dir(config.relay.run_dir)
         self._install_signals()
         try:
+            self._manage_rules(None, config)
             self.plane = ControlPlane(config.relay.run_dir, config.stats.publish)
             if config.stats.prometheus is not None:
                 self.metrics = MetricsServer(
@@ -102,6 +103,7 @@ class Supervisor:
             self._kill_all(signal.SIGKILL)
             raise
         finally:
+            self._remove_rules(self.current.config)
             self.listeners.close()
             if self.metrics is not None:
                 self.metrics.close()
@@ -161,7 +163,7 @@ class Supervisor:
     def _build(self, config: Config, number: int) -> tuple[Generation, list[ListenerKey]]:
         """Bind what the config needs and fix every worker's spec. Returns the generation
         and the listeners it bound anew. Raises StartupError."""
-        addrs = [c.listen_addr for c in config.connectors]
+        addrs = _listen_addrs(config)
         workers = config.relay.workers
         upstreams = [_resolve(c.name, c.upstream_addr) for c in config.connectors]
         contexts = [
@@ -171,22 +173,33 @@ class Supervisor:
         added = self.listeners.ensure(addrs, workers)
         tls.warn_insecure(config.connectors)
         gen = Generation(number, config)
+        names = [c.name for c in config.connectors]
+        upstream_specs = [
+            worker.Upstream(k, c.name, upstreams[k][0], upstreams[k][1], contexts[k])
+            for k, c in enumerate(config.connectors)
+        ]
         for slot in range(workers):
-            routes = [
-                worker.Route(
-                    listen_fd=self.listeners.fd(c.listen_addr, slot),
-                    connector_id=k,
-                    connector_name=c.name,
-                    upstream_ip=upstreams[k][0],
-                    upstream_port=upstreams[k][1],
-                    tls=contexts[k],
+            gateway_spec = None
+            if config.gateway is not None:
+                gateway_spec = worker.GatewaySpec(
+                    listen_fds=[self.listeners.fd(a, slot) for a in config.gateway.listen_addrs],
+                    matches=[
+                        (m.target, str(m.network), m.port) for m in gateway.match_rules(config)
+                    ],
+                    default=None
+                    if config.gateway.default == "reject"
+                    else names.index(config.gateway.default),
                 )
-                for k, c in enumerate(config.connectors)
-            ]
             gen.specs[slot] = worker.WorkerSpec(
                 slot=slot,
                 generation=number,
-                routes=routes,
+                upstreams=upstream_specs,
+                listeners=[
+                    (self.listeners.fd(c.listen_addr, slot), k)
+                    for k, c in enumerate(config.connectors)
+                    if c.listen_addr is not None
+                ],
+                gateway=gateway_spec,
                 max_connections=config.relay.max_connections,
                 splice=config.relay.splice,
                 connect_timeout_ms=round(config.timeouts.connect_s * 1000),
@@ -213,6 +226,7 @@ class Supervisor:
             if config.relay.run_dir != old.config.relay.run_dir:
                 raise ConfigError("relay.run_dir: cannot change on reload (restart instead)")
             gen, added = self._build(config, old.number + 1)
+            self._manage_rules(old.config, config)
         except (ConfigError, StartupError) as e:
             log.error("reload rejected, generation %d stays: %s", old.number, e)
             return str(e)
@@ -230,7 +244,7 @@ class Supervisor:
                 c.draining = True
                 self.aggregator.draining(c.pid)
                 _kill(c.pid, signal.SIGTERM)
-        addrs = [c.listen_addr for c in config.connectors]
+        addrs = _listen_addrs(config)
         # The old workers keep their own copies until they stop accepting.
         self.listeners.close(self.listeners.unused(addrs, config.relay.workers))
         self.respawn_at.clear()
@@ -276,7 +290,7 @@ class Supervisor:
                 signal.signal(signum, signal.SIG_DFL)
             # Everything but stdio, this worker's listeners and its ready pipe: the
             # supervisor's ZeroMQ sockets, the run_dir lock, other workers' pipes.
-            keep = sorted({0, 1, 2, ready_w, *(r.listen_fd for r in spec.routes)})
+            keep = sorted({0, 1, 2, ready_w, *spec.listen_fds})
             for low, high in zip(keep, [*keep[1:], os.sysconf("SC_OPEN_MAX")], strict=True):
                 os.closerange(low + 1, high)
             logs.set_role(f"worker {spec.slot} g{spec.generation}")
@@ -451,6 +465,28 @@ class Supervisor:
         self.aggregator.retire(time.time())
         self.plane.publish(protocol.TOPIC_STATS, self._stats())
 
+    # -- gateway rules -----------------------------------------------------------------
+
+    def _manage_rules(self, old: Config | None, new: Config) -> None:
+        """Load the new config's nftables rules if it manages them (and drop the old
+        ones if it no longer does). Raises StartupError with nft's words."""
+        try:
+            if new.gateway is not None and new.gateway.manage_rules:
+                gateway.apply_rules(gateway.config_rules(new))
+                log.info("nftables rules applied (table inet %s)", gateway.TABLE)
+            elif old is not None and old.gateway is not None and old.gateway.manage_rules:
+                gateway.remove_rules()
+        except RuntimeError as e:
+            raise StartupError(f"gateway rules: {e}") from e
+
+    def _remove_rules(self, config: Config) -> None:
+        if config.gateway is not None and config.gateway.manage_rules:
+            try:
+                gateway.remove_rules()
+                log.info("nftables rules removed")
+            except RuntimeError as e:
+                log.error("could not remove the gateway rules: %s", e)
+
     def _make_run_dir(self, path: str) -> None:
         # Owner only: the control sockets that will live here carry admin commands.
         try:
@@ -466,6 +502,13 @@ class Supervisor:
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.pending.append(signum)
+
+
+def _listen_addrs(config: Config) -> list[HostPort]:
+    addrs = [c.listen_addr for c in config.connectors if c.listen_addr is not None]
+    if config.gateway is not None:
+        addrs += config.gateway.listen_addrs
+    return addrs
 
 
 def _resolve(name: str, addr: HostPort) -> tuple[str, int]:

@@ -194,7 +194,7 @@ def test_default_workers_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
         ),
         pytest.param(
             connector(listen=None),
-            "connector[0].listen: required key is missing",
+            "connector[0].listen: required unless match is given (gateway mode)",
             id="missing-listen",
         ),
         pytest.param(

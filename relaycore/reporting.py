@@ -19,7 +19,7 @@ from relaycore import protocol
 from relaycore.protocol import CounterReport, ErrorBatch, ErrorRecord, WorkerBye, WorkerHello
 
 SEND_HWM = 4  # messages queued towards the supervisor before reports are dropped
-SEND_BUFFER = 16384  # bytes of kernel buffer on the ipc socket (the rest of the queue)
+SEND_BUFFER = 4096  # bytes of kernel buffer on the ipc socket: about 8 reports queued
 BYE_LINGER_MS = 1000  # how long the last report may take to leave at exit
 
 # (connector_id, cause, errno, client, upstream, reason, original destination), as

@@ -110,10 +110,12 @@ def _serve(spec: WorkerSpec, ready_fd: int) -> None:
     # Ready only once everything the worker holds exists (its fds included).
     os.write(ready_fd, b"r")
     os.close(ready_fd)
+    # Python's turn comes every tick; a report interval shorter than that shortens it.
+    tick_ms = min(TICK_MS, max(10, round(spec.stats_interval_s * 1000))) if reporter else TICK_MS
     deadline = None
     try:
         while True:
-            loop.run(TICK_MS)
+            loop.run(tick_ms)
             if reporter is None:
                 _log_errors(loop.pop_errors(), names)
             else:

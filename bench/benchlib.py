@@ -11,35 +11,67 @@ from pathlib import Path
 import pytest
 
 HOST = "127.0.0.1"
-PATHS = ("direct", "copy", "splice")
+# direct: no relay; copy, splice: plain connectors; tls: TLS connectors to TLS peers.
+PATHS = ("direct", "copy", "splice", "tls")
 SPLICE = {"copy": "off", "splice": "always"}
+# The name in the bench certificate: the TLS connectors' server_name (and SNI).
+TLS_SERVER_NAME = "localhost"
 # Kernel-level socket timeouts (SO_RCVTIMEO/SO_SNDTIMEO) bound every round without the
 # extra poll() per call that a Python socket timeout costs.
 IO_TIMEOUT_S = 30
+TIMEVAL = IO_TIMEOUT_S.to_bytes(8, "little") + bytes(8)  # struct timeval {30 s, 0 us}
+# Lines about the TLS runs (protocol, cipher, resumed handshakes), printed under the
+# summary table by conftest.py.
+TLS_NOTES: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
-class Endpoints:
-    """Where a benchmark's client connects for one path."""
+class PeerStats:
+    """A TLS peer's counters since it started (all zero for a plain peer)."""
 
-    path: str
-    sink: tuple[str, int]
-    echo: tuple[str, int]
+    handshakes: int
+    resumed: int
+    protocol: str
+    cipher: str
 
 
 class Peer:
-    """bench/peer.c running as `peer sink` or `peer echo`; it exits when its stdin closes."""
+    """bench/peer.c running as `peer sink|echo [--tls CERT KEY [--no-tickets]]`; it exits
+    when its stdin closes. `stats()` asks it for its TLS handshake counters."""
 
-    def __init__(self, binary: Path, mode: str) -> None:
-        self.proc = subprocess.Popen(
-            [str(binary), mode], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
+    def __init__(
+        self,
+        binary: Path,
+        mode: str,
+        tls: tuple[Path, Path] | None = None,
+        *,
+        tickets: bool = True,
+    ) -> None:
+        self.mode = mode
+        self.tls = tls is not None
+        args = [str(binary), mode]
+        if tls is not None:
+            args += ["--tls", str(tls[0]), str(tls[1])]
+            if not tickets:
+                args.append("--no-tickets")
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line.strip().isdigit():
             self.close()
-            pytest.fail(f"bench peer {mode} did not print its port (got {line!r})")
+            pytest.fail(f"bench peer {' '.join(args[1:])} did not print its port (got {line!r})")
         self.address = (HOST, int(line))
+
+    def stats(self) -> PeerStats:
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.proc.stdin.write("stats\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        words = line.split()
+        if len(words) != 8 or words[0] != "handshakes":
+            pytest.fail(f"bench peer {self.mode}: bad answer to stats: {line!r}")
+        return PeerStats(int(words[1]), int(words[3]), words[5], words[7])
 
     def close(self) -> None:
         for stream in (self.proc.stdin, self.proc.stdout):
@@ -52,14 +84,37 @@ class Peer:
             self.proc.wait()
 
 
-def relay_config(splice: str, run_dir: Path, routes: dict[str, tuple[int, tuple[str, int]]]) -> str:
+@dataclass(frozen=True)
+class Endpoints:
+    """Where a benchmark's client connects for one path, and the peers behind it."""
+
+    path: str
+    sink: tuple[str, int]
+    echo: tuple[str, int]
+    sink_peer: Peer
+    echo_peer: Peer
+    # tls path only: a connector to a TLS echo peer that issues no session tickets.
+    echo_full: tuple[str, int] | None = None
+    echo_full_peer: Peer | None = None
+
+
+def relay_config(
+    splice: str | None,
+    run_dir: Path,
+    routes: dict[str, tuple[int, tuple[str, int]]],
+    ca: Path | None = None,
+) -> str:
+    """workers = 1 and one connector per route (name -> (listen port, upstream)): plain,
+    or TLS verified against `ca` and TLS_SERVER_NAME when `ca` is given. `splice` None
+    leaves the default ("auto")."""
     lines = [
         "[relay]",
         "workers = 1",
         f"run_dir = {json.dumps(str(run_dir))}",
-        f'splice = "{splice}"',
         "drain_timeout_s = 5",
     ]
+    if splice is not None:
+        lines.append(f'splice = "{splice}"')
     for name, (port, upstream) in routes.items():
         lines += [
             "",
@@ -67,16 +122,18 @@ def relay_config(splice: str, run_dir: Path, routes: dict[str, tuple[int, tuple[
             f'name = "{name}"',
             f'listen = "{HOST}:{port}"',
             f'upstream = "{upstream[0]}:{upstream[1]}"',
-            "tls = false",
         ]
+        if ca is None:
+            lines.append("tls = false")
+        else:
+            lines += [f'server_name = "{TLS_SERVER_NAME}"', f"ca = {json.dumps(str(ca))}"]
     return "\n".join(lines) + "\n"
 
 
 def connect(address: tuple[str, int]) -> socket.socket:
     """A blocking client socket with kernel-level timeouts and TCP_NODELAY."""
     sock = socket.create_connection(address)
-    timeval = IO_TIMEOUT_S.to_bytes(8, "little") + bytes(8)  # struct timeval {30 s, 0 us}
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, TIMEVAL)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, TIMEVAL)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock

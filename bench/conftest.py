@@ -2,15 +2,23 @@
 
 Every benchmark runs once per `path`:
   direct   the client talks to the upstream peer itself: the ceiling of this machine
-  copy     through a real `relaycore run` subprocess, workers=1, splice = "off"
+  copy     through a real `relaycore run` subprocess, workers=1, plain connectors,
+           splice = "off"
   splice   the same with splice = "always" (every direction through a pipe)
+  tls      the same with TLS connectors (splice left at its default): the client still
+           speaks plain TCP, the relay speaks TLS to TLS peers, verified against a bench
+           CA made with the openssl command line and the name "localhost"
 
-The upstream peers are bench/peer.c (a sink and an echo server, built here with `cc`), so
-that the far end is never what is measured. Everything stays on 127.0.0.1. The relay runs
-the way an operator runs it, from a config file, and must stop with exit code 0.
+The upstream peers are bench/peer.c (a sink and an echo server, plain or TLS, built here
+with `cc ... -lssl -lcrypto`), so that the far end is never what is measured. Everything
+stays on 127.0.0.1. The relay runs the way an operator runs it, from a config file, and
+must stop with exit code 0.
 
 Benchmarks report their rate (median round) through `record_rate`; the table at the end of
-the session puts each relayed path beside the direct one.
+the session puts each relayed path beside the direct one, and the TLS path beside the
+plain relay (a direct TLS path would need a TLS client, and a Python one would measure
+itself: see bench/README.md). TLS details (protocol, cipher, resumed handshakes) are noted
+in `TLS_NOTES` and printed under the table.
 """
 
 from __future__ import annotations
@@ -22,8 +30,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from benchlib import HOST, PATHS, SPLICE, Endpoints, Peer, relay_config
+from benchlib import (
+    HOST,
+    PATHS,
+    SPLICE,
+    TLS_NOTES,
+    TLS_SERVER_NAME,
+    Endpoints,
+    Peer,
+    relay_config,
+)
 
+from relaycore._demo_pki import DemoPki, make_demo_pki
 from relaycore.demo import RelayProcess, free_port
 from relaycore.errors import StartupError
 
@@ -45,19 +63,38 @@ def peer_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.fail(f"{source} is missing (a `*.c` rule in .gitignore needs `!bench/peer.c`)")
     out = tmp_path_factory.mktemp("peer") / "peer"
     build = subprocess.run(
-        [cc, "-O2", "-Wall", "-o", str(out), str(source)], capture_output=True, text=True
+        [cc, "-O2", "-Wall", "-o", str(out), str(source), "-lssl", "-lcrypto"],
+        capture_output=True,
+        text=True,
     )
     if build.returncode != 0:
-        pytest.fail(f"cc {source.name} failed:\n{build.stderr}")
+        pytest.fail(
+            f"cc {source.name} failed (it needs libssl-dev: apt-get install libssl-dev):\n"
+            f"{build.stderr}"
+        )
     return out
 
 
 @pytest.fixture(scope="session")
-def peers(peer_binary: Path) -> Iterator[dict[str, Peer]]:
+def bench_pki(tmp_path_factory: pytest.TempPathFactory) -> DemoPki:
+    """A throwaway CA and a certificate for TLS_SERVER_NAME, made with the openssl CLI."""
+    try:
+        return make_demo_pki(tmp_path_factory.mktemp("pki"), TLS_SERVER_NAME)
+    except StartupError as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="session")
+def peers(peer_binary: Path, bench_pki: DemoPki) -> Iterator[dict[str, Peer]]:
+    """sink, echo (plain); tls-sink, tls-echo (TLS 1.3, TLS_AES_128_GCM_SHA256, session
+    tickets); tls-echo-full (the same without tickets: every handshake a full one)."""
     started: dict[str, Peer] = {}
     try:
+        tls = (bench_pki.cert, bench_pki.key)
         for mode in ("sink", "echo"):
             started[mode] = Peer(peer_binary, mode)
+            started[f"tls-{mode}"] = Peer(peer_binary, mode, tls=tls)
+        started["tls-echo-full"] = Peer(peer_binary, "echo", tls=tls, tickets=False)
         yield started
     finally:
         for peer in started.values():
@@ -69,23 +106,35 @@ def peers(peer_binary: Path) -> Iterator[dict[str, Peer]]:
 def endpoints(
     request: pytest.FixtureRequest,
     peers: dict[str, Peer],
+    bench_pki: DemoPki,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Endpoints]:
     path: str = request.param
     if path == "direct":
-        yield Endpoints(path, peers["sink"].address, peers["echo"].address)
+        yield Endpoints(
+            path, peers["sink"].address, peers["echo"].address, peers["sink"], peers["echo"]
+        )
         return
+    tls = path == "tls"
+    upstream = {name: peers[f"tls-{name}" if tls else name] for name in ("sink", "echo")}
+    if tls:
+        upstream["echo-full"] = peers["tls-echo-full"]
     tmp = tmp_path_factory.mktemp(f"relay-{path}")
-    ports = {"sink": free_port(), "echo": free_port()}
+    ports = {name: free_port() for name in upstream}
     config = tmp / "relay.toml"
     config.write_text(
         relay_config(
-            SPLICE[path],
+            SPLICE.get(path),
             tmp / "run",
-            {name: (ports[name], peers[name].address) for name in ("sink", "echo")},
+            {name: (ports[name], peer.address) for name, peer in upstream.items()},
+            ca=bench_pki.ca if tls else None,
         )
     )
     relay = RelayProcess(config)
+    problems: list[str] = []
+    relay.on_line = lambda line: (
+        problems.append(line) if " WARNING " in line or " ERROR " in line else None
+    )
     relay.start()
     try:
         try:
@@ -93,23 +142,46 @@ def endpoints(
         except StartupError as exc:
             tail = "\n".join(relay.tail())
             pytest.fail(f"relay ({path}) did not start: {exc}\n{tail}")
-        yield Endpoints(path, (HOST, ports["sink"]), (HOST, ports["echo"]))
+        yield Endpoints(
+            path,
+            (HOST, ports["sink"]),
+            (HOST, ports["echo"]),
+            upstream["sink"],
+            upstream["echo"],
+            echo_full=(HOST, ports["echo-full"]) if tls else None,
+            echo_full_peer=upstream.get("echo-full"),
+        )
     finally:
         code = relay.stop(RELAY_STOP_TIMEOUT_S)
     if code != 0:
         tail = "\n".join(relay.tail())
         pytest.fail(f"relay ({path}) exited with code {code} on SIGTERM, not 0:\n{tail}")
+    if problems:
+        pytest.fail(f"relay ({path}) logged problems:\n" + "\n".join(problems[:10]))
 
 
 @pytest.fixture
-def record_rate(request: pytest.FixtureRequest) -> Callable[[Any, str, str, float], None]:
-    """record_rate(benchmark, metric, unit, units_per_round): rate of the median round."""
+def record_rate(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """record_rate(benchmark, metric, unit, units_per_round, peer=None): rate of the
+    median round. On the tls path, `peer` (the TLS peer the round talked to) adds the
+    negotiated protocol and cipher to extra_info."""
     path: str = request.getfixturevalue("endpoints").path
 
-    def record(benchmark: Any, metric: str, unit: str, per_round: float) -> None:
+    def record(
+        benchmark: Any, metric: str, unit: str, per_round: float, peer: Peer | None = None
+    ) -> None:
         benchmark.extra_info["path"] = path
         if path in SPLICE:
             benchmark.extra_info["splice"] = SPLICE[path]
+        if peer is not None and peer.tls:
+            stats = peer.stats()
+            benchmark.extra_info["tls_protocol"] = stats.protocol
+            benchmark.extra_info["tls_cipher"] = stats.cipher
+            TLS_NOTES["negotiated"] = (
+                f"relay TLS: the relay's TLS legs negotiated {stats.protocol}"
+                f" {stats.cipher} with the peer (user-space TLS: relaycore uses kTLS for"
+                " TLS 1.2 only)"
+            )
         if benchmark.stats is None:  # --benchmark-disable: one unmeasured run
             return
         rate = per_round / benchmark.stats.stats.median
@@ -120,26 +192,34 @@ def record_rate(request: pytest.FixtureRequest) -> Callable[[Any, str, str, floa
     return record
 
 
+def _cell(rate: float | None, width: int, fmt: str = ",.0f") -> str:
+    return f"{rate:>{width}{fmt}}" if rate is not None else f"{'-':>{width}}"
+
+
+def _ratio(a: float | None, b: float | None, width: int) -> str:
+    return f"{a / b:>{width}.2f}" if a is not None and b else f"{'-':>{width}}"
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not RESULTS:
+    if not RESULTS and not TLS_NOTES:
         return
     metrics = list(dict.fromkeys(metric for metric, _ in RESULTS))
     write = terminalreporter.write_line
     terminalreporter.section("relay vs direct (median round, loopback)")
+    widths = (12, 12, 14, 12)
     write(
-        f"{'benchmark':<42}{'direct':>12}{'relay copy':>12}{'relay splice':>14}"
-        f"{'copy/direct':>13}{'splice/direct':>15}"
+        f"{'benchmark':<48}{'direct':>12}{'relay copy':>12}{'relay splice':>14}"
+        f"{'relay TLS':>12}{'copy/direct':>13}{'splice/direct':>15}{'TLS/copy':>10}"
     )
     for metric in metrics:
         rates = {path: RESULTS.get((metric, path)) for path in PATHS}
-        cells = "".join(
-            f"{rate:>{w},.0f}" if rate is not None else f"{'-':>{w}}"
-            for rate, w in zip(rates.values(), (12, 12, 14), strict=True)
+        cells = "".join(_cell(rate, w) for rate, w in zip(rates.values(), widths, strict=True))
+        ratios = (
+            _ratio(rates["copy"], rates["direct"], 13)
+            + _ratio(rates["splice"], rates["direct"], 15)
+            + _ratio(rates["tls"], rates["copy"], 10)
         )
-        direct = rates["direct"]
-        ratios = "".join(
-            f"{rate / direct:>{w}.2f}" if rate is not None and direct else f"{'-':>{w}}"
-            for rate, w in ((rates["copy"], 13), (rates["splice"], 15))
-        )
-        write(f"{metric + ' (' + UNITS[metric] + ')':<42}{cells}{ratios}")
+        write(f"{metric + ' (' + UNITS[metric] + ')':<48}{cells}{ratios}")
+    for note in TLS_NOTES.values():
+        write(note)

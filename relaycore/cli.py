@@ -229,8 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "demo",
         demo.run,
-        "Run the relay on its embedded default config with a local echo server and a few"
-        " simulated devices, and show what happened.",
+        "Run the relay on its embedded default config: a local HTTPS server with a"
+        " throwaway CA, simulated devices sending plain HTTP through a TLS connector, and"
+        " what the server received.",
     )
     demo.add_arguments(p)
     return parser

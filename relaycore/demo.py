@@ -1,78 +1,98 @@
-"""`relaycore demo`: the relay on its embedded default config, with devices to talk to.
+"""`relaycore demo`: the TLS connector at work, between simulated devices and an HTTPS server.
 
-Everything stays on 127.0.0.1. The demo starts an echo server that stands in for a
-customer's server, writes a config whose one connector relays a free port to it, and runs
-`relaycore run -c` on that config as a child process: the same foreground command an
-operator runs. Once the relay logs `ready generation=1`, a few simulated devices push JSON
-telemetry lines through it, each checking that every line comes back byte for byte. Then
-the relay stays up for the user to try with nc, until Ctrl-C or `--duration` seconds.
+Everything stays on 127.0.0.1. The demo makes a throwaway CA and a certificate for
+`localhost` with the openssl command line, starts an HTTPS server with that certificate
+(it stands in for a customer's server and records what it receives), and writes a config
+whose one connector accepts plain TCP and speaks verified TLS to that server
+(`server_name = "localhost"`, `ca` = the throwaway CA). It runs `relaycore run -c` on that
+config as a child process: the same foreground command an operator runs. Once the relay
+logs `ready generation=1`, a few simulated devices send plain-HTTP telemetry through it,
+some requests on kept-alive connections and some on new connections (whose TLS legs the
+relay resumes with the server's session tickets). The demo prints what each device saw
+and what the server received: SNI, TLS version and cipher, resumed handshakes, a request.
+Then the relay stays up for the user to try with curl, until Ctrl-C or `--duration`.
 
 The child runs in its own session so that a Ctrl-C reaches only the demo, which then stops
 the relay the way an operator would (SIGTERM: drain, exit 0) and can tell a clean stop
 from a failed one. On every way out (success, failure, Ctrl-C, SIGTERM, SIGHUP) the relay,
-its workers and the temp dir go with the demo. `RelayProcess` is also what bench/ uses to
-run the relay under measurement.
+its workers, the HTTPS server and the temp dir go with the demo. `RelayProcess` is also
+what bench/ uses to run the relay under measurement.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import http.client
 import json
 import os
 import random
-import selectors
 import shutil
 import signal
 import socket
+import socketserver
+import ssl
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+from relaycore._demo_pki import DemoPki, make_demo_pki
 from relaycore.errors import EXIT_OK, RelayError, StartupError
 
 HOST = "127.0.0.1"
+SERVER_NAME = "localhost"
 READY_MARK = "ready generation="
 START_TIMEOUT_S = 30.0
 DEVICE_TIMEOUT_S = 10.0
-# Short, so that Ctrl-C returns quickly even with a user's nc session still open.
-DRAIN_TIMEOUT_S = 5
+# Short, so that Ctrl-C returns quickly even with a user's keep-alive connection open.
+DRAIN_TIMEOUT_S = 2
 EXIT_INTERRUPTED = 130
+MAX_BODY = 1 << 20
 
-# The embedded default: the documented example config, on free loopback ports.
+# The embedded default: one TLS connector, on free loopback ports, trusting the demo's CA.
 DEFAULT_CONFIG = """\
 # Written by `relaycore demo`; removed when the demo exits.
 [relay]
 workers = {workers}
 run_dir = {run_dir}
-splice = "auto"
-max_connections = 10000
 drain_timeout_s = {drain_timeout_s}
 
 [timeouts]
 connect_s = 10
+handshake_s = 10
 idle_s = 900
 
+# Devices speak plain TCP (here HTTP) to `listen`. The relay speaks TLS to `upstream` and
+# checks the server's certificate against `ca` and the name `server_name` (also the SNI).
 [[connector]]
-name = "demo"
+name = "demo-api"
 listen = "{listen}"
 upstream = "{upstream}"
-tls = false
+server_name = {server_name}
+ca = {ca}
 """
 
 
 def render_config(
-    listen: tuple[str, int], upstream: tuple[str, int], run_dir: Path, workers: int = 2
+    listen: tuple[str, int],
+    upstream: tuple[str, int],
+    ca: Path,
+    run_dir: Path,
+    *,
+    server_name: str = SERVER_NAME,
+    workers: int = 2,
 ) -> str:
-    """The demo's config text: one plain connector from `listen` to `upstream`."""
+    """The demo's config text: one TLS connector from `listen` to `upstream`."""
     return DEFAULT_CONFIG.format(
         workers=workers,
         # A JSON string is a valid TOML basic string for any path.
@@ -80,6 +100,8 @@ def render_config(
         drain_timeout_s=DRAIN_TIMEOUT_S,
         listen=f"{listen[0]}:{listen[1]}",
         upstream=f"{upstream[0]}:{upstream[1]}",
+        server_name=json.dumps(server_name),
+        ca=json.dumps(str(ca)),
     )
 
 
@@ -241,114 +263,213 @@ def _suppress_lookup() -> Iterator[None]:
         pass
 
 
-@dataclass(eq=False)
-class _EchoConn:
-    sock: socket.socket
+# ---------------------------------------------------------------------------------------
+# The HTTPS server: the customer's server stand-in, recording what reaches it.
+
+
+@dataclass(frozen=True)
+class TlsLeg:
+    """One TLS connection the server accepted: one upstream leg the relay opened."""
+
+    number: int
     peer: str
-    out: bytearray = field(default_factory=bytearray)
-    echoed: int = 0
-    eof: bool = False
+    sni: str | None
+    version: str
+    cipher: str
+    resumed: bool
 
 
-class EchoServer:
-    """The upstream stand-in: echoes every byte back. One selectors loop in a thread.
+@dataclass(frozen=True)
+class Received:
+    """One HTTP request as the server read it, on the TLS connection `leg`."""
 
-    It reads a connection only while it has nothing left to write back to it, so a client
-    that stops reading holds at most one recv of memory here.
+    leg: TlsLeg
+    request_line: str
+    method: str
+    path: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive
+    server_version = "relaycore-demo-upstream/1"
+    sys_version = ""
+    # Headers and body leave in one write; no Nagle wait between TLS records.
+    wbufsize = -1
+    disable_nagle_algorithm = True
+    timeout = 300
+    server: _HttpsServer
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
+
+    def _answer(self) -> None:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            self.send_error(400, "bad Content-Length")
+            return
+        if length > MAX_BODY:
+            self.send_error(413, f"the demo server takes bodies up to {MAX_BODY} bytes")
+            return
+        body = self.rfile.read(length) if length > 0 else b""
+        leg = self.server.upstream.leg_of(self.connection)
+        got = Received(
+            leg=leg,
+            request_line=self.requestline,
+            method=self.command,
+            path=self.path,
+            headers=list(self.headers.items()),
+            body=body,
+        )
+        self.server.upstream.record(got)
+        reply = {
+            "ok": True,
+            "server": "relaycore demo HTTPS server",
+            "got": {"method": got.method, "path": got.path, "body_bytes": len(body)},
+            "tls": {
+                "sni": leg.sni,
+                "version": leg.version,
+                "cipher": leg.cipher,
+                "resumed": leg.resumed,
+            },
+        }
+        data = json.dumps(reply).encode() + b"\n"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the demo prints what it wants to show itself
+
+
+class _HttpsServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, address: tuple[str, int], upstream: HttpsUpstream) -> None:
+        self.upstream = upstream
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer's would look up the host's FQDN, which can stall on a broken resolver.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = HOST, int(self.server_address[1])
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # In the connection's own thread, so a slow handshake never holds up accept().
+        self.upstream.serve_connection(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        self.upstream.tell(f"connection from {client_address[0]}:{client_address[1]}: {exc}")
+
+
+class HttpsUpstream:
+    """An HTTPS server on 127.0.0.1 with the demo's certificate, in threads.
+
+    For each TLS connection it notes the SNI (sni_callback), the version, the cipher and
+    whether the session was resumed; for each request, the request line, the headers and
+    the body. It answers every request with a small JSON body that says what it got.
     """
 
-    def __init__(self, host: str = HOST) -> None:
-        self._listener = socket.create_server((host, 0))
-        self._listener.setblocking(False)
-        self.address: tuple[str, int] = self._listener.getsockname()[:2]
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._sel = selectors.DefaultSelector()
-        self._conns: set[_EchoConn] = set()
-        self._idle = threading.Condition()
-        self._thread = threading.Thread(target=self._serve, name="demo-echo", daemon=True)
+    def __init__(self, pki: DemoPki, host: str = HOST) -> None:
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.context.load_cert_chain(pki.cert, pki.key)
+        self.context.sni_callback = self._on_sni
+        self._sni: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDictionary()
+        self._legs_by_sock: weakref.WeakKeyDictionary[Any, TlsLeg] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+        self.legs: list[TlsLeg] = []
+        self.requests: list[Received] = []
+        self.on_request: Callable[[Received], None] | None = None
         self.on_event: Callable[[str], None] | None = None
+        self._open: set[ssl.SSLSocket] = set()
+        self._server = _HttpsServer((host, 0), self)
+        self.address: tuple[str, int] = self._server.server_address[:2]  # type: ignore[assignment]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.2,), name="demo-https", daemon=True
+        )
 
     def start(self) -> None:
-        self._sel.register(self._listener, selectors.EVENT_READ, None)
-        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._thread.start()
 
     def close(self) -> None:
         if self._thread.is_alive():
-            self._wake_w.send(b"x")
+            self._server.shutdown()
             self._thread.join(timeout=5.0)
-        for conn in list(self._conns):
-            conn.sock.close()
-        self._conns.clear()
-        self._sel.close()
-        for s in (self._listener, self._wake_r, self._wake_w):
-            s.close()
+        self._server.server_close()
+        with self._lock:
+            still_open = list(self._open)
+        for sock in still_open:
+            sock.close()
 
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until no connection is open; False if some still are after timeout."""
-        with self._idle:
-            return self._idle.wait_for(lambda: not self._conns, timeout)
-
-    def _tell(self, message: str) -> None:
+    def tell(self, message: str) -> None:
         callback = self.on_event
         if callback is not None:
             callback(message)
 
-    def _serve(self) -> None:
-        while True:
-            for key, events in self._sel.select():
-                if key.data == "wake":
-                    return
-                if key.data is None:
-                    self._accept()
-                else:
-                    assert isinstance(key.data, _EchoConn)
-                    self._service(key.data, events)
+    def snapshot(self) -> tuple[list[TlsLeg], list[Received]]:
+        with self._lock:
+            return list(self.legs), list(self.requests)
 
-    def _accept(self) -> None:
+    def record(self, got: Received) -> None:
+        with self._lock:
+            self.requests.append(got)
+        callback = self.on_request
+        if callback is not None:
+            callback(got)
+
+    def leg_of(self, sock: Any) -> TlsLeg:
+        return self._legs_by_sock[sock]
+
+    def _on_sni(self, sock: Any, server_name: str | None, context: ssl.SSLContext) -> None:
+        self._sni[sock] = server_name
+
+    def serve_connection(self, raw: socket.socket, client_address: Any) -> None:
+        peer = f"{client_address[0]}:{client_address[1]}"
+        raw.settimeout(DEVICE_TIMEOUT_S)
         try:
-            sock, addr = self._listener.accept()
-        except BlockingIOError:
+            tls = self.context.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            self.tell(f"TLS handshake with {peer} failed: {exc}")
             return
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = _EchoConn(sock, f"{addr[0]}:{addr[1]}")
-        with self._idle:
-            self._conns.add(conn)
-        self._sel.register(sock, selectors.EVENT_READ, conn)
-        self._tell(f"connection from {conn.peer} (the relay's upstream leg)")
-
-    def _service(self, conn: _EchoConn, events: int) -> None:
+        with self._lock:
+            cipher = tls.cipher()
+            leg = TlsLeg(
+                number=len(self.legs) + 1,
+                peer=peer,
+                sni=self._sni.get(tls),
+                version=tls.version() or "?",
+                cipher=cipher[0] if cipher else "?",
+                resumed=bool(tls.session_reused),
+            )
+            self.legs.append(leg)
+            self._legs_by_sock[tls] = leg
+            self._open.add(tls)
         try:
-            if events & selectors.EVENT_READ and not conn.out:
-                data = conn.sock.recv(65536)
-                if data:
-                    conn.out += data
-                else:
-                    conn.eof = True
-            if conn.out:
-                n = conn.sock.send(conn.out)
-                del conn.out[:n]
-                conn.echoed += n
-        except BlockingIOError:
+            tls.settimeout(None)  # the handler sets its own
+            _Handler(tls, client_address, self._server)
+            # The relay sent close_notify when its device closed: answer with ours (the
+            # relay would otherwise report a response that may be truncated).
+            tls.settimeout(2.0)
+            tls.unwrap()
+        except (ssl.SSLError, OSError):
             pass
-        except OSError as exc:
-            self._drop(conn, f"ended ({exc.strerror or exc})")
-            return
-        if conn.eof and not conn.out:
-            self._drop(conn, "closed")
-            return
-        self._sel.modify(
-            conn.sock, selectors.EVENT_WRITE if conn.out else selectors.EVENT_READ, conn
-        )
+        finally:
+            with self._lock:
+                self._open.discard(tls)
+            tls.close()
 
-    def _drop(self, conn: _EchoConn, why: str) -> None:
-        self._sel.unregister(conn.sock)
-        conn.sock.close()
-        with self._idle:
-            self._conns.discard(conn)
-            self._idle.notify_all()
-        self._tell(f"connection from {conn.peer} {why} after echoing {conn.echoed:,} bytes")
+
+# ---------------------------------------------------------------------------------------
+# The devices: plain HTTP through the relay.
 
 
 @dataclass
@@ -356,79 +477,120 @@ class DeviceReport:
     """What one simulated device saw."""
 
     name: str
-    sent: int = 0
-    echoed: int = 0
-    bytes_out: int = 0
-    bytes_in: int = 0
-    rtts_ms: list[float] = field(default_factory=list)
+    connections: int = 0
+    requests: int = 0
+    ok: int = 0
+    resumed: int = 0
+    first_full_ms: list[float] = field(default_factory=list)
+    first_resumed_ms: list[float] = field(default_factory=list)
+    kept_ms: list[float] = field(default_factory=list)
     error: str | None = None
 
+    @property
+    def first_ms(self) -> list[float]:
+        return self.first_full_ms + self.first_resumed_ms
 
-def run_device(index: int, relay: tuple[str, int], messages: int) -> DeviceReport:
-    """One device: a connection to the relay, `messages` telemetry lines, each echo checked."""
+
+def telemetry(name: str, seq: int, temp_c: float) -> bytes:
+    return json.dumps({"device": name, "seq": seq, "temp_c": temp_c}).encode()
+
+
+def _check_answer(status: int, data: bytes, sent: int) -> dict[str, Any]:
+    """The server's JSON answer, or ValueError saying what is wrong with it."""
+    text = data.decode(errors="replace").strip()
+    if status != 200:
+        raise ValueError(f"HTTP {status} from the server: {text[:200]}")
+    try:
+        answer = json.loads(text)
+        got = answer["got"]["body_bytes"]
+        tls = answer["tls"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"not the demo server's JSON answer: {text[:200]!r}") from exc
+    if got != sent:
+        raise ValueError(f"sent {sent} body bytes, the server got {got}")
+    if not isinstance(tls, dict):
+        raise ValueError(f"not the demo server's JSON answer: {text[:200]!r}")
+    return tls
+
+
+def run_device(index: int, relay: tuple[str, int], connections: int, requests: int) -> DeviceReport:
+    """One device: `connections` connections to the relay, one after the other, each
+    with `requests` POST /telemetry on it (HTTP/1.1 keep-alive), each answer checked."""
     report = DeviceReport(f"dev-{index}")
     temps = random.Random(index)
     temp = 19.0 + index
+    seq = 0
     try:
-        with socket.create_connection(relay, timeout=DEVICE_TIMEOUT_S) as sock:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with sock.makefile("rb") as reader:
-                for seq in range(messages):
+        for _ in range(connections):
+            conn = http.client.HTTPConnection(relay[0], relay[1], timeout=DEVICE_TIMEOUT_S)
+            report.connections += 1
+            try:
+                for r in range(requests):
                     temp = round(temp + temps.uniform(-0.3, 0.3), 1)
-                    line = json.dumps({"device": report.name, "seq": seq, "temp_c": temp})
-                    payload = line.encode() + b"\n"
+                    body = telemetry(report.name, seq, temp)
+                    seq += 1
                     t0 = time.perf_counter()
-                    sock.sendall(payload)
-                    report.sent += 1
-                    report.bytes_out += len(payload)
-                    echo = reader.readline()
-                    report.rtts_ms.append((time.perf_counter() - t0) * 1000.0)
-                    report.bytes_in += len(echo)
-                    if echo != payload:
-                        got = echo.decode(errors="replace").rstrip("\n") or "EOF"
-                        report.error = f"seq {seq}: sent {line}, got back {got}"
-                        break
-                    report.echoed += 1
-    except OSError as exc:
-        report.error = f"after {report.sent} messages: {exc.strerror or exc}"
+                    # The first request also connects: relay connect + TLS handshake.
+                    conn.request("POST", "/telemetry", body, {"Content-Type": "application/json"})
+                    report.requests += 1
+                    response = conn.getresponse()
+                    data = response.read()
+                    ms = (time.perf_counter() - t0) * 1000.0
+                    tls = _check_answer(response.status, data, len(body))
+                    if r > 0:
+                        report.kept_ms.append(ms)
+                    elif tls.get("resumed"):
+                        report.resumed += 1
+                        report.first_resumed_ms.append(ms)
+                    else:
+                        report.first_full_ms.append(ms)
+                    report.ok += 1
+            finally:
+                conn.close()
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        what = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        report.error = f"request {report.requests}: {what or type(exc).__name__}"
     return report
 
 
+def _avg(values: list[float]) -> str:
+    return f"{sum(values) / len(values):.2f}" if values else "-"
+
+
 def _format_reports(reports: list[DeviceReport]) -> list[str]:
-    head = (
-        f"  {'device':<8}{'sent':>6}{'echoed':>8}{'bytes out':>11}{'bytes in':>10}"
-        f"{'round trip ms: min':>21}{'avg':>7}{'max':>7}"
+    widths = (8, 7, 10, 5, 10, 17, 17)
+    head = ("device", "conns", "requests", "ok", "resumed", "1st request ms", "kept-alive ms")
+
+    def line(cells: tuple[str, ...]) -> str:
+        first = f"  {cells[0]:<{widths[0]}}"
+        return first + "".join(f"{c:>{w}}" for c, w in zip(cells[1:], widths[1:], strict=True))
+
+    def row(r: DeviceReport) -> str:
+        resumed = f"{r.resumed}/{len(r.first_ms)}"
+        cells = (r.name, str(r.connections), str(r.requests), str(r.ok), resumed)
+        return line((*cells, _avg(r.first_ms), _avg(r.kept_ms)))
+
+    total = DeviceReport(
+        "total",
+        connections=sum(r.connections for r in reports),
+        requests=sum(r.requests for r in reports),
+        ok=sum(r.ok for r in reports),
+        resumed=sum(r.resumed for r in reports),
+        first_full_ms=[t for r in reports for t in r.first_full_ms],
+        first_resumed_ms=[t for r in reports for t in r.first_resumed_ms],
+        kept_ms=[t for r in reports for t in r.kept_ms],
     )
-    rows = [head]
-
-    def row(name: str, sent: int, echoed: int, out: int, inn: int, rtts: list[float]) -> str:
-        if rtts:
-            lo, avg, hi = min(rtts), sum(rtts) / len(rtts), max(rtts)
-            times = f"{lo:>21.2f}{avg:>7.2f}{hi:>7.2f}"
-        else:
-            times = f"{'-':>21}{'-':>7}{'-':>7}"
-        return f"  {name:<8}{sent:>6}{echoed:>8}{out:>11,}{inn:>10,}{times}"
-
-    rows.extend(row(r.name, r.sent, r.echoed, r.bytes_out, r.bytes_in, r.rtts_ms) for r in reports)
-    rows.append(
-        row(
-            "total",
-            sum(r.sent for r in reports),
-            sum(r.echoed for r in reports),
-            sum(r.bytes_out for r in reports),
-            sum(r.bytes_in for r in reports),
-            [t for r in reports for t in r.rtts_ms],
-        )
-    )
-    return rows
+    return [line(head), *(row(r) for r in reports), row(total)]
 
 
-def drive_devices(relay: tuple[str, int], devices: int, messages: int) -> list[DeviceReport]:
-    """All devices at once, one thread each; raises RelayError if any echo was wrong."""
+def drive_devices(
+    relay: tuple[str, int], devices: int, connections: int, requests: int
+) -> list[DeviceReport]:
+    """All devices at once, one thread each; raises RelayError if any answer was wrong."""
     reports: list[DeviceReport | None] = [None] * devices
 
     def one(i: int) -> None:
-        reports[i] = run_device(i + 1, relay, messages)
+        reports[i] = run_device(i + 1, relay, connections, requests)
 
     threads = [
         threading.Thread(target=one, args=(i,), name=f"dev-{i + 1}", daemon=True)
@@ -436,12 +598,12 @@ def drive_devices(relay: tuple[str, int], devices: int, messages: int) -> list[D
     ]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + DEVICE_TIMEOUT_S + messages * 0.1
+    deadline = time.monotonic() + DEVICE_TIMEOUT_S + connections * requests * 0.1
     for t in threads:
         t.join(timeout=max(0.0, deadline - time.monotonic()))
     done = [r for r in reports if r is not None]
     if len(done) < devices:
-        raise RelayError(f"{devices - len(done)} device(s) still waiting for echoes at deadline")
+        raise RelayError(f"{devices - len(done)} device(s) still waiting for answers at deadline")
     for line in _format_reports(done):
         _say(line)
     failed = [r for r in done if r.error]
@@ -450,11 +612,81 @@ def drive_devices(relay: tuple[str, int], devices: int, messages: int) -> list[D
     return done
 
 
+def _explain_columns() -> None:
+    _say("  resumed         connections whose TLS leg, relay to server, resumed a session")
+    _say("  1st request ms  the relay first connects to the server and does the TLS handshake")
+    _say("  kept-alive ms   later requests on the same connection: they only cross the relay")
+    _say("  (times include this demo's own Python devices and server, in one process)")
+
+
+def _describe_received(upstream: HttpsUpstream) -> None:
+    legs, got = upstream.snapshot()
+    resumed = sum(1 for leg in legs if leg.resumed)
+    peers = sorted({leg.peer.rsplit(":", 1)[0] for leg in legs})
+    host, port = upstream.address
+    _say(f"What the HTTPS server on {host}:{port} received (from the relay, not the devices):")
+    _say(
+        f"  TLS connections  {len(legs)} from {', '.join(peers) or '-'},"
+        f" {resumed} of them resumed with a session ticket"
+    )
+    snis = collections.Counter(leg.sni or "(none)" for leg in legs)
+    _say("  SNI              " + ", ".join(f"{n} on {c}" for n, c in snis.most_common()))
+    suites = collections.Counter(f"{leg.version} {leg.cipher}" for leg in legs)
+    _say("  TLS              " + ", ".join(f"{s} on {c}" for s, c in suites.most_common()))
+    lines = collections.Counter(f"{r.method} {r.path}" for r in got)
+    _say(
+        f"  requests         {len(got)}: "
+        + ", ".join(f"{c} x {what}" for what, c in lines.most_common())
+    )
+    if got:
+        sample = got[0]
+        _say(f"  a request as the server read it (TLS connection {sample.leg.number}):")
+        _say(f"    {sample.request_line}")
+        for name, value in sample.headers:
+            _say(f"    {name}: {value}")
+        _say("    ")
+        _say(f"    {sample.body.decode(errors='replace')}")
+    _say("  The bytes are the device's own (its Host header names the relay); the TLS,")
+    _say("  the SNI and the check of the server's certificate are the relay's.")
+    full = len(legs) - resumed
+    if full and resumed:
+        _say(f"  The {full} full handshakes are the relay's first connections: each worker")
+        _say("  keeps its own sessions, and had none from the server yet.")
+
+
+def _relay_explains(relay: RelayProcess, wait_s: float = 1.5) -> str:
+    """The relay's latest warning, as '; the relay logged: ...', or ''. The relay logs a
+    failed connection within a tick of it, so this waits up to `wait_s` for one."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        for line in reversed(relay.tail(20)):
+            for level in (" ERROR ", " WARNING "):
+                if level in line:
+                    return f"; the relay logged: {line.split(level, 1)[1].strip()}"
+        if time.monotonic() >= deadline:
+            return ""
+        time.sleep(0.1)
+
+
+def _show_request(got: Received) -> None:
+    leg = got.leg
+    body = got.body.decode(errors="replace")
+    if len(body) > 60:
+        body = body[:57] + "..."
+    host = dict((k.lower(), v) for k, v in got.headers).get("host", "-")
+    resumed = "resumed" if leg.resumed else "full handshake"
+    _say(
+        f"  server | {got.request_line} (Host {host}) on TLS connection {leg.number}:"
+        f" SNI {leg.sni or '(none)'}, {leg.version} {leg.cipher}, {resumed}"
+        + (f", body {body}" if body else "")
+    )
+
+
 _say_lock = threading.Lock()
 
 
 def _say(line: str = "") -> None:
-    # Device, echo and relay-log threads print too: one whole line at a time.
+    # Device, server and relay-log threads print too: one whole line at a time.
     with _say_lock:
         print(line, flush=True)
 
@@ -469,8 +701,17 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+DESCRIPTION = (
+    "Run the relay on its embedded default config: one TLS connector from a local port to a"
+    " local HTTPS server whose certificate comes from a throwaway CA. Simulated devices send"
+    " plain HTTP through it; the demo shows what they got back and what the server"
+    " received (SNI, TLS version and cipher, resumed sessions, the requests)."
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `relaycore demo`."""
+    parser.description = DESCRIPTION
     parser.add_argument(
         "--duration",
         type=float,
@@ -482,11 +723,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--devices", type=int, default=5, metavar="N", help="simulated devices (default 5)"
     )
     parser.add_argument(
-        "--messages",
+        "--connections",
         type=int,
-        default=20,
+        default=3,
         metavar="N",
-        help="telemetry lines each device sends (default 20)",
+        help="connections each device opens to the relay, one after the other (default 3)",
+    )
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=2,
+        metavar="N",
+        help="POST /telemetry requests on each connection, kept alive (default 2)",
     )
     parser.add_argument(
         "--relay-log",
@@ -498,12 +746,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """`relaycore demo`: returns the exit code."""
     duration: float | None = args.duration
-    if duration is not None and duration < 0:
-        print("relaycore: error: --duration must be >= 0", file=sys.stderr)
+    if duration is not None and not 0 <= duration < float("inf"):
+        print("relaycore: error: --duration must be a number >= 0", file=sys.stderr)
         return 2
-    if args.devices < 1 or args.messages < 1:
-        print("relaycore: error: --devices and --messages must be >= 1", file=sys.stderr)
-        return 2
+    for name, most in (("devices", 200), ("connections", 1000), ("requests", 1000)):
+        if not 1 <= getattr(args, name) <= most:
+            print(f"relaycore: error: --{name} must be 1..{most}", file=sys.stderr)
+            return 2
     _stop_signal.clear()
     in_main = threading.current_thread() is threading.main_thread()
     previous: dict[signal.Signals, Any] = {}
@@ -521,12 +770,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, duration: float | None, stack: ExitStack) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="relaycore-demo-"))
     stack.callback(shutil.rmtree, tmp, ignore_errors=True)
-    echo = EchoServer()
-    stack.callback(echo.close)
-    echo.start()
-    listen = (HOST, free_port())
     config = tmp / "relay.toml"
-    config.write_text(render_config(listen, echo.address, tmp / "run"))
     relay = RelayProcess(config)
     waiting = False
 
@@ -541,16 +785,28 @@ def _run(args: argparse.Namespace, duration: float | None, stack: ExitStack) -> 
         _say("relay stopped cleanly (exit code 0).")
 
     def log_line(line: str) -> None:
-        _say(f"  relay | {line}")
+        _say(f"  relay  | {line}")
 
-    _say("relaycore demo: a relay between simulated devices and an echo server, on 127.0.0.1")
-    _say()
-    _say(f"upstream  echo server on {echo.address[0]}:{echo.address[1]} (your server's stand-in)")
-    _say(f"config    {config}:")
-    for line in config.read_text().splitlines():
-        _say(f"            {line}")
-    _say(f"relay     python -m {' '.join(relay.command[2:])}")
     try:
+        _say("relaycore demo: simulated devices speak plain HTTP to the relay, and the relay")
+        _say("speaks verified TLS to an HTTPS server. Everything runs on 127.0.0.1.")
+        _say()
+        pki = make_demo_pki(tmp / "pki", SERVER_NAME)
+        _say(f"CA        a throwaway CA, made with openssl: {pki.ca}")
+        upstream = HttpsUpstream(pki)
+        stack.callback(upstream.close)
+        upstream.start()
+        host, port = upstream.address
+        _say(
+            f"upstream  HTTPS server on {host}:{port} (your server's stand-in), certificate"
+            f" for {SERVER_NAME!r} from that CA"
+        )
+        listen = (HOST, free_port())
+        config.write_text(render_config(listen, upstream.address, pki.ca, tmp / "run"))
+        _say(f"config    {config}:")
+        for line in config.read_text().splitlines():
+            _say(f"            {line}")
+        _say(f"relay     python -m {' '.join(relay.command[2:])}")
         if args.relay_log:
             relay.on_line = log_line
         relay.start()
@@ -560,26 +816,34 @@ def _run(args: argparse.Namespace, duration: float | None, stack: ExitStack) -> 
         _say(f"          ready after {took:.2f} s: {ready}")
         _say()
         _say(
-            f"{args.devices} devices, each sending {args.messages} JSON telemetry lines "
-            f"to {listen[0]}:{listen[1]} and reading each echo:"
+            f"{args.devices} devices, each opening {args.connections} connection(s) to the relay"
+            f" on {listen[0]}:{listen[1]},"
         )
-        sample = json.dumps({"device": "dev-1", "seq": 0, "temp_c": 21.4})
-        _say(f"  e.g. {sample}")
+        _say(f"one after the other, and sending {args.requests} request(s) on each:")
+        _say(f"  POST /telemetry  {telemetry('dev-1', 0, 20.1).decode()}")
         _say()
-        reports = drive_devices(listen, args.devices, args.messages)
-        total = sum(r.echoed for r in reports)
+        try:
+            reports = drive_devices(listen, args.devices, args.connections, args.requests)
+        except RelayError as err:
+            raise RelayError(f"{err}{_relay_explains(relay)}") from err
+        total = sum(r.ok for r in reports)
         _say()
-        _say(f"All {total} messages came back byte for byte through the relay.")
+        _explain_columns()
         _say()
-        # The upstream legs close a moment after the devices' legs; let them, so that
-        # what is printed from now on is about the user's own connections.
-        echo.wait_idle(timeout=5.0)
+        _say(f"All {total} requests were answered 200 by the HTTPS server through the relay.")
+        _say()
+        _describe_received(upstream)
+        _say()
         relay.on_line = log_line
-        echo.on_event = lambda message: _say(f"  echo  | {message}")
-        _say(f"The relay keeps running. Try it yourself: nc {listen[0]} {listen[1]}")
-        _say("  (type a line and press Enter: it comes back through the relay)")
-        if shutil.which("nc") is None:
-            _say("  (nc is in the Debian package netcat-openbsd)")
+        upstream.on_request = _show_request
+        upstream.on_event = lambda message: _say(f"  server | {message}")
+        _say("The relay keeps running. Try it yourself (plain HTTP to the relay; it speaks")
+        _say("HTTPS to the server, which answers with what it got, in JSON):")
+        _say(f"  curl http://{listen[0]}:{listen[1]}/hello")
+        _say(f"  curl -d '{{\"temp_c\": 21.5}}' http://{listen[0]}:{listen[1]}/telemetry")
+        if shutil.which("curl") is None:
+            _say("  (curl is in the Debian package curl)")
+        _say('Each request that reaches the server is shown as "server |".')
         waiting = True
         if duration is None:
             _say("Press Ctrl-C to stop.")

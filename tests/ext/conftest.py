@@ -1,9 +1,11 @@
 """tests/ext: the compiled Loop in a thread of the test process, relaying loopback TCP.
 
-`splice` parametrizes the behavioural suite over the data paths: "off" (copy through the
-scratch buffer) and "always" (every direction through a pipe). `make_relay` starts a
-LoopThread and, when the test ends, checks the loop is quiescent: no connection open, the
-pipe pool no bigger than allowed, and `pipes_open` matching the pipe fds actually open.
+`path` parametrizes the behavioural suite over the data paths: "copy" (splice "off": copy
+through the scratch buffer), "splice" (splice "always": every direction through a pipe)
+and "tls" (splice "off", the upstream speaks TLS 1.3: every byte through SSL_write and
+SSL_read). `make_relay` starts a LoopThread and, when the test ends, checks the loop is
+quiescent: no connection open, the pipe pool no bigger than allowed, and `pipes_open`
+matching the pipe fds actually open.
 """
 
 from __future__ import annotations
@@ -12,15 +14,33 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from support.relay import SPLICE_UNAVAILABLE, LoopThread, pipe_fds
+from support.pki import make_pki
+from support.relay import (
+    SERVER_NAME,
+    SPLICE_UNAVAILABLE,
+    DataPath,
+    LoopThread,
+    TLSFiles,
+    pipe_fds,
+)
 
 
-@pytest.fixture(params=["off", "always"])
-def splice(request: pytest.FixtureRequest) -> str:
-    mode: str = request.param
-    if mode != "off" and SPLICE_UNAVAILABLE:
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    pki = make_pki(tmp_path_factory.mktemp("pki"))
+    return TLSFiles(
+        pki=pki,
+        server=pki.issue("upstream", dns=[SERVER_NAME], ips=["127.0.0.1"]),
+        client=pki.issue("device-7", client=True),
+    )
+
+
+@pytest.fixture(params=["copy", "splice", "tls"])
+def path(request: pytest.FixtureRequest, tls_files: TLSFiles) -> DataPath:
+    name: str = request.param
+    if name == "splice" and SPLICE_UNAVAILABLE:
         pytest.skip(SPLICE_UNAVAILABLE)
-    return mode
+    return DataPath(name, tls_files)
 
 
 @pytest.fixture

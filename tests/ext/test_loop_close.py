@@ -1,5 +1,8 @@
 """Half-close and abortive close, per data path: EOF is forwarded only after every byte
-before it, the other direction keeps flowing, and a reset arrives as a reset."""
+before it, the other direction keeps flowing, and a reset arrives as a reset.
+
+Over TLS (1.3, where a half-close is well defined) the device's FIN reaches the upstream
+as close_notify then FIN, and the upstream's close_notify reaches the device as a FIN."""
 
 from __future__ import annotations
 
@@ -18,11 +21,11 @@ REPLY = MiB
 
 
 @pytest.mark.parametrize("size", HALF_CLOSE_SIZES)
-def test_client_half_close(make_relay, splice, size):
+def test_client_half_close(make_relay, path, size):
     """Client sends then SHUT_WR: the upstream sees EOF only after all bytes (its digest is
     of all of them), its reply written after that EOF arrives whole, then the client's EOF."""
-    with SinkServer(extra_reply=REPLY, reply_seed=7) as up:
-        relay = make_relay(up.port, splice=splice)
+    with SinkServer(extra_reply=REPLY, reply_seed=7, **path.upstream()) as up:
+        relay = make_relay(up.port, **path.relay())
         with connect(relay.port) as sock:
             result = exchange(sock, RandomStream(size, seed=size + 3), head_len=32, timeout=50)
         [rec] = up.wait_connections(1)
@@ -33,20 +36,23 @@ def test_client_half_close(make_relay, splice, size):
     assert rec.error is None, f"upstream saw {rec.error}"
     assert rec.received == size, "upstream saw EOF before all bytes"
     assert rec.received_digest() == result.sent_digest
+    if path.tls:
+        assert rec.close_notify, "the device's FIN reached the upstream without close_notify"
+        assert rec.tcp_eof, rec
     assert result.head == bytes.fromhex(result.sent_digest)
     assert result.received == 32 + REPLY, "reply sent after the half-close was cut"
     assert result.digest == stream_digest(REPLY, 7)
     assert result.eof
-    assert_data_path(counters, splice, bytes_in=size, bytes_out=32 + REPLY)
+    assert_data_path(counters, path.name, bytes_in=size, bytes_out=32 + REPLY, conns=1)
 
 
 @pytest.mark.parametrize("size", HALF_CLOSE_SIZES)
-def test_upstream_half_close(make_relay, splice, size):
+def test_upstream_half_close(make_relay, path, size):
     """The upstream sends then SHUT_WR: the client reads everything then EOF, and what the
     client sends afterwards still reaches the upstream."""
     down = MiB
-    with SourceServer(down, seed=11) as up:
-        relay = make_relay(up.port, splice=splice)
+    with SourceServer(down, seed=11, **path.upstream()) as up:
+        relay = make_relay(up.port, **path.relay())
         with connect(relay.port) as sock:
             first = exchange(sock, None, timeout=20)
             assert first.error is None, first
@@ -65,17 +71,20 @@ def test_upstream_half_close(make_relay, splice, size):
     assert rec.eof, f"upstream saw {rec.error}"
     assert rec.received == size, "client bytes after the upstream's FIN were lost"
     assert rec.received_digest() == second.sent_digest
+    if path.tls:
+        assert rec.close_notify, "the device's FIN reached the upstream without close_notify"
+        assert rec.tcp_eof, rec
     assert outcome == "eof", f"client connection ended with {outcome}"
-    assert_data_path(counters, splice, bytes_in=size, bytes_out=down)
+    assert_data_path(counters, path.name, bytes_in=size, bytes_out=down, conns=1)
 
 
-def test_half_close_with_bytes_in_flight(make_relay, splice):
+def test_half_close_with_bytes_in_flight(make_relay, path):
     """The client's FIN reaches the relay while the relay still holds bytes the upstream is
     not reading (buffer or pipe full): the FIN must wait for them, nothing is truncated."""
     size = 128 * KiB + 1
     gate = threading.Event()
-    with SinkServer(gate=gate) as up:
-        relay = make_relay(up.port, splice=splice)
+    with SinkServer(gate=gate, **path.upstream()) as up:
+        relay = make_relay(up.port, **path.relay())
         with connect(relay.port) as sock:
             try:
                 sent = exchange(sock, RandomStream(size, seed=21), read=False, timeout=10)
@@ -91,12 +100,13 @@ def test_half_close_with_bytes_in_flight(make_relay, splice):
     assert rec.received == size, "EOF overtook bytes still in the relay"
     assert reply.head == bytes.fromhex(sent.sent_digest)
     assert reply.eof
-    assert_data_path(counters, splice, bytes_in=size, bytes_out=32)
+    assert rec.close_notify == path.tls, rec
+    assert_data_path(counters, path.name, bytes_in=size, bytes_out=32, conns=1)
 
 
-def test_upstream_reset_reaches_client_as_reset(make_relay, splice):
-    with ResetServer(after_bytes=4) as up:
-        relay = make_relay(up.port, splice=splice)
+def test_upstream_reset_reaches_client_as_reset(make_relay, path):
+    with ResetServer(after_bytes=4, **path.upstream()) as up:
+        relay = make_relay(up.port, **path.relay())
         with connect(relay.port) as sock:
             sock.sendall(b"ping")
             outcome = wait_closed(sock, 5)
@@ -108,12 +118,12 @@ def test_upstream_reset_reaches_client_as_reset(make_relay, splice):
     assert counters["resets"] >= 1, counters
 
 
-def test_upstream_reset_mid_stream(make_relay, splice):
+def test_upstream_reset_mid_stream(make_relay, path):
     """The upstream sends 1 MiB then RSTs: the client gets a byte-exact prefix of the stream
     and then ECONNRESET, never a clean EOF."""
     size = MiB
-    with ResetServer(after_bytes=4, send_bytes=size, seed=31) as up:
-        relay = make_relay(up.port, splice=splice)
+    with ResetServer(after_bytes=4, send_bytes=size, seed=31, **path.upstream()) as up:
+        relay = make_relay(up.port, **path.relay())
         with connect(relay.port) as sock:
             sock.sendall(b"ping")
             result = exchange(sock, None, timeout=20)
@@ -129,9 +139,9 @@ def test_upstream_reset_mid_stream(make_relay, splice):
     assert counters["resets"] >= 1, counters
 
 
-def test_client_reset_reaches_upstream_as_reset(make_relay, splice):
-    with EchoServer() as up:
-        relay = make_relay(up.port, splice=splice)
+def test_client_reset_reaches_upstream_as_reset(make_relay, path):
+    with EchoServer(**path.upstream()) as up:
+        relay = make_relay(up.port, **path.relay())
         sock = connect(relay.port)
         try:
             ping(sock)

@@ -12,9 +12,9 @@ from support.servers import EchoServer
 pytestmark = pytest.mark.timeout(60)
 
 
-def test_max_connections_queues_the_next(make_relay, splice):
-    with EchoServer() as up:
-        relay = make_relay(up.port, splice=splice, max_connections=5)
+def test_max_connections_queues_the_next(make_relay, path):
+    with EchoServer(**path.upstream()) as up:
+        relay = make_relay(up.port, **path.relay(max_connections=5))
         with contextlib.ExitStack() as stack:
             held = [stack.enter_context(connect(relay.port)) for _ in range(5)]
             for i, sock in enumerate(held):

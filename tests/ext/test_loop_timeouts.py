@@ -18,9 +18,9 @@ pytestmark = pytest.mark.timeout(60)
 CLOSED = ("eof", "ECONNRESET")
 
 
-def test_connect_refused(make_relay, splice):
+def test_connect_refused(make_relay, path):
     with refused_port() as port:
-        relay = make_relay(port, splice=splice)
+        relay = make_relay(port, **path.relay())
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             sock.bind((HOST, 0))
@@ -42,15 +42,16 @@ def test_connect_refused(make_relay, splice):
     assert elapsed < 1.0, f"client closed {elapsed:.2f}s after a refused connect"
     assert counters["connect_refused"] == 1, counters
     assert counters["connect_timeout"] == counters["connect_failed"] == 0, counters
+    assert counters["handshakes"] == counters["tls_failed"] == 0, counters
     connector_id, cause, err, client, upstream = event[:5]
     assert (connector_id, cause, err) == (0, "connect_refused", errno.ECONNREFUSED), event
     assert str(client_port) in client, event
     assert str(port) in upstream, event
 
 
-def test_connect_timeout(make_relay, splice):
+def test_connect_timeout(make_relay, path):
     with BlackholeListener() as hole:
-        relay = make_relay(hole.port, splice=splice, connect_timeout_ms=300)
+        relay = make_relay(hole.port, **path.relay(connect_timeout_ms=300))
         with connect(relay.port) as sock:
             start = time.monotonic()
             outcome = wait_closed(sock, 10)
@@ -61,15 +62,16 @@ def test_connect_timeout(make_relay, splice):
     assert 0.2 <= elapsed < 2.0, f"client closed {elapsed:.2f}s after connect, timeout 0.3s"
     assert counters["connect_timeout"] == 1, counters
     assert counters["connect_refused"] == 0, counters
+    assert counters["handshakes"] == counters["handshake_timeout"] == 0, counters
     assert event[:2] == (0, "connect_timeout"), event
     assert str(hole.port) in event[4], event
 
 
-def test_idle_timeout(make_relay, splice):
+def test_idle_timeout(make_relay, path):
     """Two relayed connections, idle_timeout 300 ms: the idle one is closed on both sides;
     the one that pings every 100 ms for 1.5 s stays open."""
-    with EchoServer() as up:
-        relay = make_relay(up.port, splice=splice, idle_timeout_ms=300)
+    with EchoServer(**path.upstream()) as up:
+        relay = make_relay(up.port, **path.relay(idle_timeout_ms=300))
         with connect(relay.port) as idle, connect(relay.port) as busy:
             ping(idle)
             [rec_idle] = up.wait_connections(1)
@@ -98,6 +100,13 @@ def test_idle_timeout(make_relay, splice):
     assert outcome in CLOSED
     assert closed_after is not None, closed_after
     assert closed_after < 3.0, closed_after
-    assert rec_idle.eof or rec_idle.error == "ECONNRESET", rec_idle
+    if path.tls:
+        # RFC 8446 6.1: a party MUST send close_notify before closing its write side
+        # (unless it sent an error alert): a bare FIN reads as a truncated stream.
+        assert rec_idle.close_notify or rec_idle.error == "ECONNRESET", (
+            f"the idle close reached the TLS upstream as {rec_idle.error}, no close_notify"
+        )
+    else:
+        assert rec_idle.eof or rec_idle.error == "ECONNRESET", rec_idle
     assert counters["idle_timeout"] == 1, counters
     assert counters["active"] == 1, counters

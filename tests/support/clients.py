@@ -198,6 +198,24 @@ def wait_closed(sock: socket.socket, timeout: float) -> str:
             return "eof"
 
 
+def connect_until_closed(port: int, timeout: float = 5.0) -> tuple[str, float]:
+    """Connect as a device that sends nothing and wait for the relay to close: the outcome
+    (as wait_closed says it; "open" if still open at the deadline) and the seconds from
+    connect to close."""
+    start = time.monotonic()
+    try:
+        sock = connect(port, timeout=timeout)
+    except ConnectionResetError:
+        # The relay's RST can beat connect()'s own SO_ERROR check on loopback.
+        return errno.errorcode[errno.ECONNRESET], time.monotonic() - start
+    with sock:
+        try:
+            outcome = wait_closed(sock, timeout)
+        except TimeoutError:
+            outcome = "open"
+        return outcome, time.monotonic() - start
+
+
 def is_reset(outcome: str) -> bool:
     return outcome == errno.errorcode[errno.ECONNRESET]
 

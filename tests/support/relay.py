@@ -25,7 +25,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from .servers import HOST
+from .pki import Issued, Pki
+from .servers import HOST, set_bufsize, tls_server_context
 
 T = TypeVar("T")
 
@@ -46,7 +47,8 @@ def pipe_fds() -> int:
 
 class LoopThread:
     """relaycore._core.Loop(**loop_kwargs) relaying 127.0.0.1:<.port> (a fresh listener,
-    route 0) to upstream_host:upstream_port, served by a daemon thread until stop()."""
+    route 0) to upstream_host:upstream_port, over TLS made with `tls` (a TLSClientContext)
+    when given, served by a daemon thread until stop()."""
 
     def __init__(
         self,
@@ -54,20 +56,28 @@ class LoopThread:
         *,
         upstream_host: str = HOST,
         backlog: int = 128,
+        tls: Any = None,
+        device_bufsize: int | None = None,
         **loop_kwargs: Any,
     ) -> None:
+        """`device_bufsize`: SO_SNDBUF and SO_RCVBUF of the relay's sockets to its devices
+        (set on the listener, whose accepted sockets inherit them, locked: no autotuning),
+        so that a slow device fills the relay's side after a few KiB, not a few MiB."""
         from relaycore._core import Loop
 
+        self.tls = tls
         self.loop_kwargs = dict(loop_kwargs)
         self.errors: list[tuple[Any, ...]] = []
         self.loop = Loop(**loop_kwargs)
         lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if device_bufsize is not None:
+                set_bufsize(lsock, device_bufsize)
             lsock.bind((HOST, 0))
             lsock.listen(backlog)
             self.port: int = lsock.getsockname()[1]
-            self.loop.add_route(lsock.detach(), 0, upstream_host, upstream_port)
+            self.loop.add_route(lsock.detach(), 0, upstream_host, upstream_port, tls=tls)
         except BaseException:
             lsock.close()
             self.loop.close()
@@ -352,16 +362,76 @@ def relay_process(
         stdout.close()
 
 
+# -- data paths ----------------------------------------------------------------------------
+
+# The data paths of the behavioural suite (tests/ext), and the Loop's splice mode for each.
+PATH_SPLICE = {"copy": "off", "splice": "always", "tls": "off"}
+SERVER_NAME = "relay.test"
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """The session's test PKI: `server` is valid for SERVER_NAME and 127.0.0.1, `client`
+    is a client certificate (CN device-7) from the same CA."""
+
+    pki: Pki
+    server: Issued
+    client: Issued
+
+
+@dataclass(frozen=True)
+class DataPath:
+    """One data path: `upstream()` are the server's keyword arguments for it and
+    `relay(**loop_kwargs)` make_relay's (fresh TLS contexts each call, so no session
+    cache is shared between relays)."""
+
+    name: str
+    files: TLSFiles
+
+    @property
+    def tls(self) -> bool:
+        return self.name == "tls"
+
+    @property
+    def splice(self) -> str:
+        return PATH_SPLICE[self.name]
+
+    def upstream(self) -> dict[str, Any]:
+        if not self.tls:
+            return {}
+        return {"tls": tls_server_context(self.files.server.chain, self.files.server.key)}
+
+    def client_context(self) -> Any:
+        from relaycore._core import TLSClientContext
+
+        return TLSClientContext(server_name=SERVER_NAME, ca=str(self.files.pki.ca_cert))
+
+    def relay(self, **loop_kwargs: Any) -> dict[str, Any]:
+        kwargs = {"splice": self.splice, **loop_kwargs}
+        if self.tls:
+            kwargs["tls"] = self.client_context()
+        return kwargs
+
+
 def assert_data_path(
-    counters: Mapping[str, int], splice: str, *, bytes_in: int, bytes_out: int
+    counters: Mapping[str, int],
+    splice: str,
+    *,
+    bytes_in: int,
+    bytes_out: int,
+    conns: int | None = None,
 ) -> None:
     """The loop counted exactly these bytes, and moved them on the path `splice` asks for:
-    "off" copies everything, "always" splices everything (the pool being big enough)."""
+    "off" (or "copy") copies everything, "always" (or "splice") splices everything (the
+    pool being big enough). "tls": user-space TLS, where every byte goes through SSL_read
+    or SSL_write, so is copied; then `conns` handshakes (when given) and no TLS failure,
+    error or truncation were counted."""
     assert counters["bytes_in"] == bytes_in, counters
     assert counters["bytes_out"] == bytes_out, counters
     total = bytes_in + bytes_out
-    if splice == "off":
-        assert counters["bytes_spliced"] == 0, f"splice=off spliced: {counters}"
+    splice = {"copy": "off", "splice": "always"}.get(splice, splice)
+    if splice in ("off", "tls"):
+        assert counters["bytes_spliced"] == 0, f"{splice} spliced: {counters}"
         assert counters["bytes_copied"] == total, counters
         assert counters["splice_promoted"] == 0, counters
     elif splice == "always":
@@ -369,3 +439,9 @@ def assert_data_path(
         assert counters["bytes_spliced"] == total, counters
     else:
         assert counters["bytes_copied"] + counters["bytes_spliced"] == total, counters
+    if splice == "tls":
+        tls_trouble = ("tls_failed", "tls_errors", "tls_truncated", "handshake_timeout")
+        assert all(counters[k] == 0 for k in tls_trouble), counters
+        assert counters["ktls_conns"] == 0, counters
+        if conns is not None:
+            assert counters["handshakes"] == conns, counters

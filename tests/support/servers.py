@@ -4,6 +4,14 @@ Each server is a context manager with `.port` and `.connections` (one ConnRecord
 connection, in accept order). A handler never raises: socket errors are recorded by errno
 name in the record, so a test asserts on what the peer saw (EOF, ECONNRESET, bytes, digest).
 `stop()` shuts down every open connection, joins every thread and closes every fd.
+
+Every server can speak TLS instead (`tls=` a server-side ssl.SSLContext): each accepted
+socket is wrapped in a TLSConn, which behaves like the socket for the handlers (recv_into,
+sendall, shutdown), so the same handler serves both. Over TLS the record also tells what
+the handshake was (version, resumption, the SNI seen, the client's certificate), and EOF
+means the peer's close_notify: a TCP FIN without one is an error (TLS_TRUNCATED), and the
+FIN that must follow a close_notify is checked too (`tcp_eof`). The server's own end of
+the stream is close_notify then FIN, or a bare FIN with `close_notify=False` (truncation).
 """
 
 from __future__ import annotations
@@ -12,15 +20,18 @@ import contextlib
 import errno
 import hashlib
 import random
+import select
 import selectors
 import socket
+import ssl
 import struct
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from .data import RandomStream
 
@@ -28,9 +39,22 @@ HOST = "127.0.0.1"
 RECV_SIZE = 256 * 1024
 IO_TIMEOUT = 60.0
 JOIN_TIMEOUT = 5.0
+# How long a TLS upstream waits for the TCP FIN that must follow the peer's close_notify.
+TCP_EOF_TIMEOUT = 10.0
+# One ssl write of a TLS upstream: at most this much plaintext sits in its outgoing BIO.
+TLS_WRITE_CHUNK = 64 * 1024
+
+# What a TLS upstream records as `error` when the peer ended TCP without close_notify.
+TLS_TRUNCATED = "UNEXPECTED_EOF_WHILE_READING"
 
 
 def errno_name(exc: OSError) -> str:
+    if isinstance(exc, ssl.SSLEOFError):
+        return TLS_TRUNCATED
+    if isinstance(exc, ssl.SSLError):
+        # An ssl error's errno is an SSL_ERROR_* code, not an errno: name the reason
+        # (e.g. TLSV1_ALERT_UNKNOWN_CA), or the class when OpenSSL gave none.
+        return exc.reason or type(exc).__name__
     if exc.errno is not None:
         return errno.errorcode.get(exc.errno, str(exc.errno))
     return type(exc).__name__
@@ -58,6 +82,16 @@ class ConnRecord:
     error: str | None = None
     send_error: str | None = None
     reset_sent: bool = False
+    # TLS upstreams only (None / False over plain TCP).
+    tls_version: str | None = None
+    cipher: str | None = None
+    session_reused: bool | None = None
+    sni: str | None = None  # the server_name the client sent; None: no SNI
+    sni_checked: bool = False  # the SNI callback ran (so sni None means "none sent")
+    peer_cert: dict[str, Any] | None = None  # the client's certificate, when asked for
+    tls_error: str | None = None  # the handshake failure, in OpenSSL's words
+    close_notify: bool = False  # the peer's close_notify arrived
+    tcp_eof: bool = False  # ... and then its TCP FIN, with nothing in between
     done: threading.Event = field(default_factory=threading.Event)
     _sha: hashlib._Hash = field(default_factory=hashlib.sha256)
     _sent_sha: hashlib._Hash = field(default_factory=hashlib.sha256)
@@ -83,10 +117,269 @@ class ConnRecord:
         return self
 
 
+def tls_server_context(
+    chain: Path,
+    key: Path,
+    *,
+    client_ca: Path | None = None,
+    minimum_version: ssl.TLSVersion | None = None,
+    maximum_version: ssl.TLSVersion | None = None,
+    ciphers: str | None = None,
+) -> ssl.SSLContext:
+    """A server-side context presenting `chain`; with `client_ca`, it requires a client
+    certificate issued by that CA (CERT_REQUIRED)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(chain, key)
+    # A TCP FIN without close_notify must stay visible as an error (Python 3.11 leaves
+    # this clear already; a later default must not hide truncation from the tests).
+    ctx.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF
+    if client_ca is not None:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cafile=client_ca)
+    if minimum_version is not None:
+        ctx.minimum_version = minimum_version
+    if maximum_version is not None:
+        ctx.maximum_version = maximum_version
+    if ciphers is not None:
+        ctx.set_ciphers(ciphers)
+    return ctx
+
+
+def _note_sni(obj: Any, server_name: str | None, ctx: ssl.SSLContext) -> None:
+    # The servername callback: called for every ClientHello, server_name None without SNI.
+    obj.relay_test_sni = (server_name,)
+
+
+class TLSConn:
+    """The server side of one TLS connection over a blocking socket, for a handler that
+    would otherwise use the socket: recv_into, recv, sendall, shutdown.
+
+    It drives an ssl.SSLObject through memory BIOs so that the server decides what goes
+    on the wire, which SSLSocket does not let it: close_notify alone with the read side
+    still open (a TLS half-close: SSLSocket.unwrap waits for the peer's), or a FIN with no
+    close_notify at all (truncation).
+
+    One reader thread and one writer thread may use it at once (SourceServer does): the
+    SSLObject is only touched under `_lock`, and the reader decrypts every whole record as
+    soon as it arrives, so the incoming BIO never holds one when the writer sends
+    close_notify (OpenSSL's SSL_shutdown would fail on it: "application data after close
+    notify"). Bytes leave the outgoing BIO and reach the socket in order under `_send_lock`.
+    """
+
+    def __init__(
+        self,
+        raw: socket.socket,
+        ctx: ssl.SSLContext,
+        *,
+        close_notify: bool = True,
+        fin_after_close_notify: bool = True,
+        coalesce: int = 0,
+    ) -> None:
+        self.raw = raw
+        self.send_close_notify = close_notify
+        self.fin_after_close_notify = fin_after_close_notify
+        self.coalesce = coalesce
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._obj = ctx.wrap_bio(self._in, self._out, server_side=True)
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._plain = bytearray()  # decrypted, not yet returned
+        self._peer_closed = False  # the peer's close_notify was decrypted
+        self._read_error: ssl.SSLError | None = None
+        self._raw_eof = False
+        self._shut_wr = False
+        self.established = False
+
+    # -- handshake ---------------------------------------------------------------------------
+
+    def handshake(self, record: ConnRecord) -> None:
+        """Complete the handshake (raising ssl.SSLError or OSError on failure, after
+        sending the alert) and note what it was in `record`."""
+        while True:
+            failure: ssl.SSLError | None = None
+            done = False
+            with self._lock:
+                try:
+                    self._obj.do_handshake()
+                    done = True
+                except ssl.SSLWantReadError:
+                    pass
+                except ssl.SSLError as exc:
+                    record.tls_error = str(exc)
+                    failure = exc
+                finally:
+                    sni = getattr(self._obj, "relay_test_sni", None)
+                    if sni is not None:
+                        record.sni_checked = True
+                        record.sni = sni[0]
+            self._flush()  # the server's flight, or its alert
+            if failure is not None:
+                raise failure
+            if done:
+                break
+            self._pull()
+        with self._lock:
+            self.established = True
+            record.tls_version = self._obj.version()
+            cipher = self._obj.cipher()
+            record.cipher = cipher[0] if cipher else None
+            record.session_reused = self._obj.session_reused
+            record.peer_cert = self._obj.getpeercert() or None
+            self._decrypt()  # data the client sent with its Finished
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _pull(self) -> None:
+        """One blocking read of the socket, fed to OpenSSL; decrypt what it completes."""
+        if self._raw_eof:
+            raise ConnectionAbortedError("TLS wants more bytes after the peer's FIN")
+        data = self.raw.recv(RECV_SIZE)
+        with self._lock:
+            if data:
+                self._in.write(data)
+            else:
+                self._in.write_eof()
+                self._raw_eof = True
+            if self.established:
+                self._decrypt()
+        self._flush()
+
+    def _decrypt(self) -> None:
+        # Under _lock: every whole record in the incoming BIO, into _plain.
+        while not self._peer_closed and self._read_error is None:
+            try:
+                chunk = self._obj.read(RECV_SIZE)
+            except ssl.SSLWantReadError:
+                return
+            except ssl.SSLZeroReturnError:
+                chunk = b""
+            except ssl.SSLError as exc:
+                self._read_error = exc
+                return
+            if not chunk:
+                self._peer_closed = True
+                return
+            self._plain += chunk
+
+    def recv_into(self, buf: bytearray | memoryview, nbytes: int = 0) -> int:
+        """Like socket.recv_into: 0 at the peer's close_notify; ssl.SSLEOFError when TCP
+        ended without one (after every byte before it)."""
+        want = nbytes or len(buf)
+        while True:
+            with self._lock:
+                if self._plain:
+                    n = min(want, len(self._plain))
+                    buf[:n] = self._plain[:n]
+                    del self._plain[:n]
+                    return n
+                if self._peer_closed:
+                    return 0
+                if self._read_error is not None:
+                    raise self._read_error
+            self._pull()
+
+    def recv(self, n: int) -> bytes:
+        buf = bytearray(n)
+        k = self.recv_into(buf)
+        return bytes(buf[:k])
+
+    def expect_tcp_eof(self, timeout: float) -> None:
+        """After the peer's close_notify: its FIN must follow, with no byte in between."""
+        with self._lock:
+            stray = self._in.pending
+        if stray:
+            raise ConnectionError(f"{stray} bytes after the peer's close_notify")
+        deadline = time.monotonic() + timeout
+        while not self._raw_eof:
+            # select, not settimeout: a writer thread may be blocked on this socket.
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.raw], [], [], left)[0]:
+                raise TimeoutError(f"no TCP FIN {timeout}s after the peer's close_notify")
+            data = self.raw.recv(RECV_SIZE)
+            if data:
+                raise ConnectionError(f"{len(data)} bytes after the peer's close_notify")
+            self._raw_eof = True
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        with self._send_lock:
+            with self._lock:
+                data = self._out.read()
+            if data:
+                self.raw.sendall(data)
+
+    def sendall(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt and send: one ssl write (so one record, up to 16 KiB) per call, or per
+        64 KiB of a bigger buffer. With `coalesce`, the records wait in the outgoing BIO
+        until that many bytes of them are there, and leave in one socket write (so
+        thousands of tiny records can reach the peer together); shutdown sends the rest."""
+        view = memoryview(data)
+        for off in range(0, len(view), TLS_WRITE_CHUNK):
+            with self._lock:
+                self._obj.write(view[off : off + TLS_WRITE_CHUNK])
+                waiting = self._out.pending
+            if waiting >= self.coalesce:
+                self._flush()
+
+    def close_notify(self) -> None:
+        """Send close_notify (once), the read side staying open."""
+        with self._lock:
+            if self._shut_wr or not self.established:
+                return
+            self._shut_wr = True
+            try:
+                # The first SSL_shutdown sends close_notify; the second finds the peer's
+                # not there yet (the incoming BIO is empty) and says so.
+                self._obj.unwrap()
+            except ssl.SSLWantReadError:
+                pass
+        self._flush()
+
+    def shutdown(self, how: int) -> None:
+        """SHUT_WR: close_notify (unless this server truncates), then the TCP FIN (unless
+        it leaves that to the close)."""
+        if how != socket.SHUT_RD:
+            self._flush()  # coalesced records
+            if self.send_close_notify:
+                self.close_notify()
+                if how == socket.SHUT_WR and not self.fin_after_close_notify:
+                    return
+        self.raw.shutdown(how)
+
+    def finish(self) -> None:
+        """Before a graceful close: coalesced records, then close_notify if the handler did
+        not shut down itself and this server sends one. Best effort: the peer may be gone."""
+        with contextlib.suppress(OSError):
+            self._flush()
+            if self.send_close_notify and not self._shut_wr:
+                self.close_notify()
+
+
 class _Server:
     """Accept loop on 127.0.0.1:0 plus one handler thread per connection."""
 
-    def __init__(self, *, bufsize: int | None = None, backlog: int = 128) -> None:
+    def __init__(
+        self,
+        *,
+        bufsize: int | None = None,
+        backlog: int = 128,
+        tls: ssl.SSLContext | None = None,
+        close_notify: bool = True,
+        fin_after_close_notify: bool = True,
+        coalesce: int = 0,
+    ) -> None:
+        """`tls`: serve TLS with this server-side context (its sni_callback is taken over
+        to record the SNI). `close_notify=False`: end TLS streams with a bare TCP FIN.
+        `fin_after_close_notify=False`: a TLS handler's shutdown(SHUT_WR) sends close_notify
+        alone, the FIN coming only when the connection closes. `coalesce`: see TLSConn."""
+        self.tls = tls
+        self.close_notify = close_notify
+        self.fin_after_close_notify = fin_after_close_notify
+        self.coalesce = coalesce
+        if tls is not None:
+            tls.sni_callback = _note_sni
         self.connections: list[ConnRecord] = []
         self._cond = threading.Condition()
         self._stopping = threading.Event()
@@ -201,8 +494,18 @@ class _Server:
             self._cond.notify_all()
         thread.start()
 
-    def _serve_guarded(self, conn: socket.socket, record: ConnRecord) -> None:
+    def _serve_guarded(self, raw: socket.socket, record: ConnRecord) -> None:
+        conn: socket.socket | TLSConn = raw
         try:
+            if self.tls is not None:
+                conn = TLSConn(
+                    raw,
+                    self.tls,
+                    close_notify=self.close_notify,
+                    fin_after_close_notify=self.fin_after_close_notify,
+                    coalesce=self.coalesce,
+                )
+                conn.handshake(record)
             self.serve(conn, record)
         except OSError as exc:
             if record.error is None:
@@ -213,8 +516,13 @@ class _Server:
             with self._cond:
                 self._cond.notify_all()
 
-    def _close(self, conn: socket.socket, *, reset: bool = False) -> None:
-        """Close under the lock so stop() never shuts down a reused fd number."""
+    def _close(self, conn: socket.socket | TLSConn, *, reset: bool = False) -> None:
+        """Close under the lock so stop() never shuts down a reused fd number. A TLS
+        stream closed gracefully gets its close_notify first (unless already sent)."""
+        if isinstance(conn, TLSConn):
+            if not reset and conn.raw.fileno() != -1:
+                conn.finish()
+            conn = conn.raw
         with self._cond:
             if conn.fileno() == -1:
                 return
@@ -230,24 +538,36 @@ class _Server:
         thread.start()
         return thread
 
-    def serve(self, conn: socket.socket, record: ConnRecord) -> None:
+    def serve(self, conn: Any, record: ConnRecord) -> None:
+        """Handle one connection: `conn` is the socket, or its TLSConn over TLS."""
         raise NotImplementedError
 
     @staticmethod
-    def _recv_into_record(conn: socket.socket, record: ConnRecord) -> None:
+    def _got_eof(conn: socket.socket | TLSConn, record: ConnRecord) -> None:
+        """The peer's end of stream: a FIN, or over TLS close_notify and then the FIN."""
+        record.eof = True
+        if isinstance(conn, TLSConn):
+            record.close_notify = True
+            conn.expect_tcp_eof(TCP_EOF_TIMEOUT)
+            record.tcp_eof = True
+
+    @classmethod
+    def _recv_into_record(cls, conn: socket.socket | TLSConn, record: ConnRecord) -> None:
         """Read until EOF, counting and hashing into record."""
         buf = bytearray(RECV_SIZE)
         view = memoryview(buf)
         while True:
             n = conn.recv_into(buf)
             if n == 0:
-                record.eof = True
+                cls._got_eof(conn, record)
                 return
             record._sha.update(view[:n])
             record.received += n
 
     @staticmethod
-    def _send_all(conn: socket.socket, record: ConnRecord, data: bytes | memoryview) -> None:
+    def _send_all(
+        conn: socket.socket | TLSConn, record: ConnRecord, data: bytes | memoryview
+    ) -> None:
         conn.sendall(data)
         record._sent_sha.update(data)
         record.sent += len(data)
@@ -257,13 +577,13 @@ class EchoServer(_Server):
     """Echo every byte. On EOF from the client, finish echoing, then shut down the write
     side and close."""
 
-    def serve(self, conn: socket.socket, record: ConnRecord) -> None:
+    def serve(self, conn: socket.socket | TLSConn, record: ConnRecord) -> None:
         buf = bytearray(RECV_SIZE)
         view = memoryview(buf)
         while True:
             n = conn.recv_into(buf)
             if n == 0:
-                record.eof = True
+                self._got_eof(conn, record)
                 break
             record._sha.update(view[:n])
             record.received += n
@@ -277,6 +597,8 @@ class SinkServer(_Server):
     want a large reply after EOF) and close.
 
     `gate`: if given, do not read anything until it is set (lets a test hold data in flight).
+    Over TLS the handshake happens first. Without TLS, a SinkServer is also a server that
+    never answers a ClientHello.
     """
 
     def __init__(
@@ -286,14 +608,22 @@ class SinkServer(_Server):
         reply_seed: int = 0,
         gate: threading.Event | None = None,
         bufsize: int | None = None,
+        tls: ssl.SSLContext | None = None,
+        close_notify: bool = True,
+        fin_after_close_notify: bool = True,
     ) -> None:
-        super().__init__(bufsize=bufsize)
+        super().__init__(
+            bufsize=bufsize,
+            tls=tls,
+            close_notify=close_notify,
+            fin_after_close_notify=fin_after_close_notify,
+        )
         self.extra_reply = extra_reply
         self.reply_seed = reply_seed
         self.gate = gate
         self.digests: list[bytes] = []
 
-    def serve(self, conn: socket.socket, record: ConnRecord) -> None:
+    def serve(self, conn: socket.socket | TLSConn, record: ConnRecord) -> None:
         if self.gate is not None:
             deadline = time.monotonic() + IO_TIMEOUT
             while not self.gate.wait(0.05):
@@ -313,30 +643,49 @@ class SinkServer(_Server):
 
 class SourceServer(_Server):
     """On accept, stream RandomStream(nbytes, seed) to the client in random 1 B .. 64 KiB
-    writes, then shut down the write side; meanwhile SHA-256 what the client sends, until
-    EOF. Closes when both are done. `record.sent` grows as the stream goes out."""
+    writes (or writes of `write_size` bytes, shorter only at a 1 MiB block boundary: over
+    TLS one write is one record), then shut down the write side; meanwhile SHA-256 what
+    the client sends, until EOF. Closes when both are done. `record.sent` grows as the
+    stream goes out."""
 
     def __init__(
-        self, nbytes: int, seed: int, *, chunk_seed: int | None = None, bufsize: int | None = None
+        self,
+        nbytes: int,
+        seed: int,
+        *,
+        chunk_seed: int | None = None,
+        write_size: int | None = None,
+        bufsize: int | None = None,
+        tls: ssl.SSLContext | None = None,
+        close_notify: bool = True,
+        fin_after_close_notify: bool = True,
+        coalesce: int = 0,
     ) -> None:
-        super().__init__(bufsize=bufsize)
+        super().__init__(
+            bufsize=bufsize,
+            tls=tls,
+            close_notify=close_notify,
+            fin_after_close_notify=fin_after_close_notify,
+            coalesce=coalesce,
+        )
         self.nbytes = nbytes
         self.seed = seed
         self.chunk_seed = seed + 1 if chunk_seed is None else chunk_seed
+        self.write_size = write_size
 
-    def serve(self, conn: socket.socket, record: ConnRecord) -> None:
+    def serve(self, conn: socket.socket | TLSConn, record: ConnRecord) -> None:
         sender = self._spawn_helper(lambda: self._send(conn, record), f"source-send-{record.peer}")
         try:
             self._recv_into_record(conn, record)
         finally:
             sender.join(IO_TIMEOUT)
 
-    def _send(self, conn: socket.socket, record: ConnRecord) -> None:
+    def _send(self, conn: socket.socket | TLSConn, record: ConnRecord) -> None:
         stream = RandomStream(self.nbytes, self.seed)
         rng = random.Random(self.chunk_seed)
         try:
             while not stream.done:
-                chunk = stream.peek(rng.randint(1, 64 * 1024))
+                chunk = stream.peek(self.write_size or rng.randint(1, 64 * 1024))
                 self._send_all(conn, record, chunk)
                 stream.advance(len(chunk))
             conn.shutdown(socket.SHUT_WR)
@@ -346,15 +695,23 @@ class SourceServer(_Server):
 
 class ResetServer(_Server):
     """Read `after_bytes` bytes (0: none), send `send_bytes` of RandomStream(send_bytes, seed)
-    (0: none), then close with SO_LINGER 0 so the peer gets RST."""
+    (0: none), then close with SO_LINGER 0 so the peer gets RST (over TLS: no close_notify,
+    just the RST)."""
 
-    def __init__(self, *, after_bytes: int = 0, send_bytes: int = 0, seed: int = 0) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        *,
+        after_bytes: int = 0,
+        send_bytes: int = 0,
+        seed: int = 0,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        super().__init__(tls=tls)
         self.after_bytes = after_bytes
         self.send_bytes = send_bytes
         self.seed = seed
 
-    def serve(self, conn: socket.socket, record: ConnRecord) -> None:
+    def serve(self, conn: socket.socket | TLSConn, record: ConnRecord) -> None:
         while record.received < self.after_bytes:
             data = conn.recv(self.after_bytes - record.received)
             if not data:

@@ -76,6 +76,14 @@ class ErrorBatch(_Message, tag="errors"):
     records: list[ErrorRecord]
 
 
+class WorkerDraining(_Message, tag="worker_draining"):
+    """A worker has closed its listeners: new connections go to other workers."""
+
+    slot: int
+    generation: int
+    pid: int
+
+
 class WorkerBye(_Message, tag="worker_bye"):
     """A worker finished draining; its counters are final."""
 
@@ -84,7 +92,7 @@ class WorkerBye(_Message, tag="worker_bye"):
     pid: int
 
 
-WorkerMessage = WorkerHello | CounterReport | ErrorBatch | WorkerBye
+WorkerMessage = WorkerHello | CounterReport | ErrorBatch | WorkerDraining | WorkerBye
 
 
 # -- supervisor -> workers (control) ---------------------------------------------------------

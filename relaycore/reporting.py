@@ -5,21 +5,33 @@ the cumulative counters and the merged error records with NOBLOCK. A full queue 
 supervisor is stalled) drops the counter report, which costs nothing because the next
 one carries the same totals, and keeps the error records, merged, for the next try:
 their counts are never lost, and they take one record per (connector, cause, upstream)
-however long the stall. The queue is kept short on purpose (SNDHWM): a stalled
-supervisor must not make workers hoard memory.
+however long the stall. The queue is short (SNDHWM) plus the kernel's unix
+socket buffer (net.core.wmem_default, ~200 KB; libzmq does not apply SO_SNDBUF to ipc), so
+a stalled supervisor costs a worker a bounded, small amount of memory.
+
+The event ring in C holds 256 events per tick; a flood overflows it, so records are a
+sample. Their counts are topped up from the exact per-cause counters at each report, so
+that `relaycore logs` says x10000 for 10,000 failures, not the few the ring itemised.
 """
 
 import os
 import time
+from collections import Counter
 
 import msgspec
 import zmq
 
 from relaycore import protocol
-from relaycore.protocol import CounterReport, ErrorBatch, ErrorRecord, WorkerBye, WorkerHello
+from relaycore.protocol import (
+    CounterReport,
+    ErrorBatch,
+    ErrorRecord,
+    WorkerBye,
+    WorkerDraining,
+    WorkerHello,
+)
 
 SEND_HWM = 4  # messages queued towards the supervisor before reports are dropped
-SEND_BUFFER = 4096  # bytes of kernel buffer on the ipc socket: about 8 reports queued
 BYE_LINGER_MS = 1000  # how long the last report may take to leave at exit
 
 # (connector_id, cause, errno, client, upstream, reason, original destination), as
@@ -37,6 +49,8 @@ class Reporter:
         self.interval_s = interval_s
         self.dropped = 0
         self._pending: dict[tuple[str, str, str], ErrorRecord] = {}
+        self._itemised: Counter[tuple[str, str]] = Counter()  # events collected per cause
+        self._counted: dict[tuple[str, str], int] = {}  # errors_<cause> at the last report
         self._next_report = 0.0
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(protocol.ControlMessage)
@@ -44,7 +58,6 @@ class Reporter:
         self._ctx = zmq.Context(io_threads=1)
         self._push = self._ctx.socket(zmq.PUSH)
         self._push.setsockopt(zmq.SNDHWM, SEND_HWM)
-        self._push.setsockopt(zmq.SNDBUF, SEND_BUFFER)
         self._push.setsockopt(zmq.LINGER, 0)
         self._push.connect(f"ipc://{os.path.join(run_dir, protocol.EVENTS_SOCKET)}")
         self._sub = self._ctx.socket(zmq.SUB)
@@ -57,6 +70,7 @@ class Reporter:
         now = time.time()
         for connector_id, cause, _err, client, upstream, reason, destination in events:
             connector = self.names.get(connector_id, str(connector_id))
+            self._itemised[connector, cause] += 1
             key = (connector, cause, upstream)
             old = self._pending.get(key)
             self._pending[key] = ErrorRecord(
@@ -78,6 +92,7 @@ class Reporter:
 
     def report(self, connectors: dict[int, dict[str, int]], worker: dict[str, int]) -> None:
         self._next_report = time.monotonic() + self.interval_s
+        self._top_up(connectors)
         counters = CounterReport(
             slot=self.slot,
             generation=self.generation,
@@ -99,6 +114,41 @@ class Reporter:
             if self._send(batch):
                 self._pending.clear()
 
+    def _top_up(self, connectors: dict[int, dict[str, int]]) -> None:
+        # Failures the counters saw but the ring could not itemise go to the newest
+        # record of their (connector, cause); without one, to a record of their own.
+        now = time.time()
+        for connector_id, values in connectors.items():
+            connector = self.names.get(connector_id, str(connector_id))
+            for name, total in values.items():
+                if not name.startswith("errors_"):
+                    continue
+                cause = name.removeprefix("errors_")
+                delta = total - self._counted.get((connector, cause), 0)
+                self._counted[connector, cause] = total
+                missing = delta - self._itemised.pop((connector, cause), 0)
+                if missing <= 0:
+                    continue
+                same = [k for k in self._pending if k[:2] == (connector, cause)]
+                if same:
+                    key = max(same, key=lambda k: self._pending[k].last)
+                    self._pending[key] = msgspec.structs.replace(
+                        self._pending[key], count=self._pending[key].count + missing
+                    )
+                else:
+                    self._pending[connector, cause, "?"] = ErrorRecord(
+                        connector=connector,
+                        cause=cause,
+                        upstream="?",
+                        reason="not itemised: more failures than the event ring holds",
+                        count=missing,
+                        first=now,
+                        last=now,
+                        client="?",
+                        worker=self.slot,
+                        generation=self.generation,
+                    )
+
     def control(self) -> list[protocol.ControlMessage]:
         """Control messages that arrived since the last call (never waits)."""
         messages: list[protocol.ControlMessage] = []
@@ -111,6 +161,9 @@ class Reporter:
                 messages.append(self._decoder.decode(raw))
             except msgspec.ValidationError:
                 continue  # a newer supervisor's message: not ours to act on
+
+    def draining(self) -> None:
+        self._send(WorkerDraining(slot=self.slot, generation=self.generation, pid=os.getpid()))
 
     def bye(self, connectors: dict[int, dict[str, int]], worker: dict[str, int]) -> None:
         """Final report at exit; the only send allowed to wait (BYE_LINGER_MS at most)."""

@@ -127,6 +127,8 @@ def _serve(spec: WorkerSpec, ready_fd: int) -> None:
                     reporter.report(loop.connector_counters(), _worker_counters(loop, reporter))
             if drain.requested and deadline is None:
                 loop.stop_accepting()
+                if reporter is not None:
+                    reporter.draining()
                 deadline = time.monotonic() + spec.drain_timeout_s
                 log.info("draining %d connections", loop.active)
             if deadline is not None:

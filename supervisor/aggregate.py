@@ -13,6 +13,8 @@ and the first and last time, whatever the number of workers and failures. A floo
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
+import msgspec
+
 from relaycore.protocol import (
     ConnectorStats,
     CounterReport,
@@ -41,8 +43,10 @@ class Aggregator:
     workers: dict[int, WorkerView] = field(default_factory=dict)
     retired: dict[str, Counter[str]] = field(default_factory=dict)
     log: OrderedDict[tuple[str, str, str], ErrorRecord] = field(default_factory=OrderedDict)
+    retired_reports_dropped: int = 0
     _last_opened: dict[str, int] = field(default_factory=dict)
     _last_time: float | None = None
+    _rates: dict[str, float] = field(default_factory=dict)
 
     def started(self, pid: int, slot: int, generation: int, now: float) -> None:
         self.workers[pid] = WorkerView(slot, generation, pid, now)
@@ -68,18 +72,14 @@ class Aggregator:
             key = (r.connector, r.cause, r.upstream)
             old = self.log.pop(key, None)
             if old is not None:
-                r = ErrorRecord(
-                    connector=r.connector,
-                    cause=r.cause,
-                    upstream=r.upstream,
-                    reason=r.reason if r.last >= old.last else old.reason,
+                # The newest failure speaks for the record (reason, device, worker...);
+                # count and time span cover both.
+                newest = r if r.last >= old.last else old
+                r = msgspec.structs.replace(
+                    newest,
                     count=old.count + r.count,
                     first=min(old.first, r.first),
                     last=max(old.last, r.last),
-                    client=r.client if r.last >= old.last else old.client,
-                    destination=r.destination,
-                    worker=r.worker,
-                    generation=r.generation,
                 )
             self.log[key] = r
             while len(self.log) > LOG_KEYS:
@@ -95,7 +95,8 @@ class Aggregator:
             if view.exited is not None and now - view.exited >= RETIRE_AFTER_S:
                 if view.report is not None:
                     for name, values in view.report.connectors.items():
-                        self.retired.setdefault(name, Counter()).update(values)
+                        self.retired.setdefault(name, Counter()).update(_final(values))
+                    self.retired_reports_dropped += view.report.reports_dropped
                 del self.workers[pid]
 
     def totals(self) -> dict[str, Counter[str]]:
@@ -103,8 +104,15 @@ class Aggregator:
         for view in self.workers.values():
             if view.report is not None:
                 for name, values in view.report.connectors.items():
-                    totals.setdefault(name, Counter()).update(values)
+                    counted = values if view.exited is None else _final(values)
+                    totals.setdefault(name, Counter()).update(counted)
         return totals
+
+    def reports_dropped(self) -> int:
+        """Since start, all workers, exited ones included (a counter never goes down)."""
+        return self.retired_reports_dropped + sum(
+            v.report.reports_dropped for v in self.workers.values() if v.report is not None
+        )
 
     def live_workers(self) -> list[WorkerStatus]:
         return [
@@ -123,23 +131,32 @@ class Aggregator:
             if v.exited is None
         ]
 
-    def stats(self, names: list[str], generation: int, now: float) -> StatsReport:
-        """The report to publish now; `names` are the connectors in force (their order)."""
+    def stats(
+        self, names: list[str], generation: int, now: float, *, advance: bool = False
+    ) -> StatsReport:
+        """The relay's numbers; `names` are the connectors in force (their order).
+        opened_per_s is over the last published interval: only the publisher passes
+        advance=True, so an admin request or a scrape does not reset the window."""
         totals = self.totals()
-        elapsed = now - self._last_time if self._last_time is not None else 0.0
+        if advance:
+            elapsed = now - self._last_time if self._last_time is not None else 0.0
+            for name, c in totals.items():
+                opened = c["accepted"]
+                previous = self._last_opened.get(name, opened)
+                self._rates[name] = round((opened - previous) / elapsed, 1) if elapsed else 0.0
+                self._last_opened[name] = opened
+            self._last_time = now
         connectors = []
         for name in names + sorted(set(totals) - set(names)):
             c = totals.get(name, Counter())
             opened = c["accepted"]
-            rate = (opened - self._last_opened.get(name, opened)) / elapsed if elapsed else 0.0
-            self._last_opened[name] = opened
             connectors.append(
                 ConnectorStats(
                     name=name,
                     active=c["active"],
                     opened=opened,
                     closed=c["closed"],
-                    opened_per_s=round(rate, 1),
+                    opened_per_s=self._rates.get(name, 0.0),
                     bytes_in=c["bytes_in"],
                     bytes_out=c["bytes_out"],
                     handshakes=c["handshakes"],
@@ -151,7 +168,12 @@ class Aggregator:
                     },
                 )
             )
-        self._last_time = now
         return StatsReport(
             time=now, generation=generation, connectors=connectors, workers=self.live_workers()
         )
+
+
+def _final(values: dict[str, int]) -> dict[str, int]:
+    # An exited worker holds no connection, whatever its last report said (a SIGKILL or
+    # a drain timeout leaves one that still counts some).
+    return {k: v for k, v in values.items() if k != "active"}

@@ -39,7 +39,7 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def render(report: StatsReport) -> str:
+def render(report: StatsReport, reports_dropped: int) -> str:
     out: list[str] = []
 
     def family(name: str, kind: str, text: str) -> None:
@@ -77,7 +77,7 @@ def render(report: StatsReport) -> str:
         "counter",
         "Worker reports dropped because the supervisor was not reading.",
     )
-    out.append(f"relaycore_reports_dropped_total {sum(w.reports_dropped for w in report.workers)}")
+    out.append(f"relaycore_reports_dropped_total {reports_dropped}")
     return "\n".join(out) + "\n"
 
 

@@ -38,6 +38,7 @@ log = logging.getLogger("relaycore.supervisor")
 
 READY_TIMEOUT_S = 10.0
 STATS_PERIOD_S = 1.0  # how often stats are published (and Prometheus sees new numbers)
+DRAIN_CONFIRM_S = 2.0  # how long a reload waits for the old workers to stop accepting
 KILL_GRACE_S = 5.0
 _HANDLED = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 
@@ -74,6 +75,7 @@ class Supervisor:
         self.plane: ControlPlane | None = None
         self.metrics: MetricsServer | None = None
         self._next_stats = 0.0
+        self._drained: set[int] = set()
         self.current, _ = self._build(config, 1)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -91,7 +93,7 @@ class Supervisor:
             if config.stats.prometheus is not None:
                 self.metrics = MetricsServer(
                     parse_host_port(config.stats.prometheus, require_ip=True),
-                    lambda: render(self._stats()),
+                    lambda: render(self._stats(), self.aggregator.reports_dropped()),
                 )
             self._start(self.current)
             while not (self.stopping and not self.children):
@@ -239,11 +241,16 @@ class Supervisor:
             log.error("reload failed: new workers did not start; generation %d stays", old.number)
             return "the new workers did not start (see the supervisor's log)"
         self.current = gen
+        old_pids = []
         for c in self.children.values():
             if c.generation == old.number:
                 c.draining = True
                 self.aggregator.draining(c.pid)
                 _kill(c.pid, signal.SIGTERM)
+                old_pids.append(c.pid)
+        if config.stats.interval_s > 0:
+            # Say "reloaded" only once every new connection goes to the new generation.
+            self._wait_drained(old_pids)
         addrs = _listen_addrs(config)
         # The old workers keep their own copies until they stop accepting.
         self.listeners.close(self.listeners.unused(addrs, config.relay.workers))
@@ -394,10 +401,23 @@ class Supervisor:
 
     # -- control plane --------------------------------------------------------------------
 
+    def _wait_drained(self, pids: list[int]) -> None:
+        assert self.plane is not None
+        deadline = time.monotonic() + DRAIN_CONFIRM_S
+        waiting = set(pids)
+        while waiting - self._drained and time.monotonic() < deadline:
+            if self.plane.events.poll(max(1, round((deadline - time.monotonic()) * 1000))):
+                self._on_worker_messages()
+            waiting = {p for p in waiting if p in self.children}  # those that died are done
+        if waiting - self._drained:
+            log.warning("old workers %s did not confirm draining in time", sorted(waiting))
+
     def _on_worker_messages(self) -> None:
         assert self.plane is not None
         for message in self.plane.worker_messages():
-            if isinstance(message, protocol.CounterReport):
+            if isinstance(message, protocol.WorkerDraining):
+                self._drained.add(message.pid)
+            elif isinstance(message, protocol.CounterReport):
                 self.aggregator.counters(message)
             elif isinstance(message, protocol.ErrorBatch):
                 self.aggregator.errors(message.records)
@@ -463,7 +483,9 @@ class Supervisor:
             return
         self._next_stats = time.monotonic() + STATS_PERIOD_S
         self.aggregator.retire(time.time())
-        self.plane.publish(protocol.TOPIC_STATS, self._stats())
+        names = [c.name for c in self.current.config.connectors]
+        report = self.aggregator.stats(names, self.current.number, time.time(), advance=True)
+        self.plane.publish(protocol.TOPIC_STATS, report)
 
     # -- gateway rules -----------------------------------------------------------------
 

@@ -223,6 +223,8 @@ class Gateway(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     manage_rules: bool = False  # `relaycore run` applies the nftables rules, removes them
 
     def __post_init__(self) -> None:
+        if not self.listen_texts:
+            raise ConfigError("listen: at least one address")
         for i, text in enumerate(self.listen_texts):
             try:
                 parse_host_port(text, require_ip=True)

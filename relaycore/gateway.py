@@ -12,6 +12,7 @@ the table, so applying it twice is the same as once and nothing is half-applied.
 """
 
 import ipaddress
+import re
 import subprocess
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -58,7 +59,8 @@ def parse_match(text: str) -> tuple[Network, int]:
 
 
 def _port(text: str, whole: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    # ASCII digits only: str.isdigit() would take "٨٠" for 80.
+    if not re.fullmatch(r"[0-9]{1,5}", text) or not 0 < int(text) < 65536:
         raise ValueError(f"expected a port 1-65535 in {whole!r}")
     return int(text)
 

@@ -228,7 +228,6 @@ class Supervisor:
             if config.relay.run_dir != old.config.relay.run_dir:
                 raise ConfigError("relay.run_dir: cannot change on reload (restart instead)")
             gen, added = self._build(config, old.number + 1)
-            self._manage_rules(old.config, config)
         except (ConfigError, StartupError) as e:
             log.error("reload rejected, generation %d stays: %s", old.number, e)
             return str(e)
@@ -240,6 +239,17 @@ class Supervisor:
             self.listeners.close(added)
             log.error("reload failed: new workers did not start; generation %d stays", old.number)
             return "the new workers did not start (see the supervisor's log)"
+        try:
+            # Only once the new workers serve: the kernel must not send devices to a
+            # listener or a port the running generation does not have.
+            self._manage_rules(old.config, config)
+        except StartupError as e:
+            for c in children:
+                c.draining = True
+                _kill(c.pid, signal.SIGKILL)
+            self.listeners.close(added)
+            log.error("reload rejected, generation %d stays: %s", old.number, e)
+            return str(e)
         self.current = gen
         old_pids = []
         for c in self.children.values():
@@ -260,7 +270,8 @@ class Supervisor:
 
     def _announce(self, gen: Generation) -> None:
         listening = ", ".join(
-            f"{c.name} {c.listen_addr} -> {c.upstream_addr}" for c in gen.config.connectors
+            f"{c.name} {c.listen_addr or 'gateway'} -> {c.upstream_addr}"
+            for c in gen.config.connectors
         )
         log.info(
             "ready generation=%d workers=%d config=%s: %s",

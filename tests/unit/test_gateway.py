@@ -1,6 +1,6 @@
 """Gateway mode without a network: `match` parsing, the order the listener tries rules in,
 the nftables ruleset, the config checks of [gateway], [[passthrough]] and `match`, and
-how nft's answers become errors (with a fake `nft` on PATH). tests/e2e/test_gateway.py
+how nft's answers become errors (with a fake `nft` on PATH). tests/e2e/test_gateway_netns.py
 runs the same rules in network namespaces."""
 
 from __future__ import annotations

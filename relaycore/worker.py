@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from relaycore import _core
+from relaycore.capabilities import ktls_unavailable
 from relaycore.gateway import PASSTHROUGH
 from relaycore.protocol import SetLogLevel
 from relaycore.reporting import ErrorEvent, Reporter
@@ -104,6 +105,11 @@ def _serve(spec: WorkerSpec, ready_fd: int) -> None:
         idle_timeout_ms=spec.idle_timeout_ms,
     )
     names = _add_routes(loop, spec)
+    if any(u.tls is not None for u in spec.upstreams):
+        # Once per worker: whether TLS 1.2 connections will be offloaded (ktls = auto);
+        # the per-connection outcome is counted (ktls_conns, ktls_declined).
+        missing = ktls_unavailable()
+        log.info("kernel TLS %s", f"unavailable ({missing})" if missing else "available")
     reporter = None
     if spec.stats_interval_s > 0:
         reporter = Reporter(spec.run_dir, spec.slot, spec.generation, names, spec.stats_interval_s)

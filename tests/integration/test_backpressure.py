@@ -12,8 +12,9 @@ import psutil
 import pytest
 from support.clients import Reader, connect
 from support.data import MiB
+from support.pki import make_pki
 from support.relay import SPLICE_UNAVAILABLE, relay_config, relay_process
-from support.servers import SourceServer, free_port
+from support.servers import SourceServer, free_port, tls_server_context
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -23,18 +24,28 @@ RSS_GROWTH_LIMIT = 8 * MiB
 WARMUP = MiB
 
 
-@pytest.mark.parametrize("splice", ["off", "always"])
-def test_stalled_reader_keeps_worker_memory_flat(tmp_path, splice):
-    if splice != "off" and SPLICE_UNAVAILABLE:
+@pytest.mark.parametrize("path", ["copy", "splice", "tls"])
+def test_stalled_reader_keeps_worker_memory_flat(tmp_path, path):
+    if path == "splice" and SPLICE_UNAVAILABLE:
         pytest.skip(SPLICE_UNAVAILABLE)
-    with SourceServer(TOTAL, seed=901) as up:
+    tls = None
+    if path == "tls":
+        pki = make_pki(tmp_path / "pki")
+        server = pki.issue("upstream", dns=["localhost"])
+        tls = tls_server_context(server.chain, server.key)
+    with SourceServer(TOTAL, seed=901, tls=tls) as up:
         listen_port = free_port()
         config = relay_config(
             run_dir=tmp_path / "run",
             listen_port=listen_port,
             upstream_port=up.port,
-            splice=splice,
+            splice="always" if path == "splice" else "off",
         )
+        if tls is not None:
+            # The userspace TLS pump: SSL_read must stop while the device is full.
+            config = config.replace(
+                "tls = false", f'server_name = "localhost"\nca = "{pki.ca_cert}"'
+            )
         with relay_process(config, tmp_path) as relay:
             [worker_pid] = relay.worker_pids(expected=1)
             worker = psutil.Process(worker_pid)

@@ -7,7 +7,6 @@ Everything talks to 127.0.0.1 only, and every wait has a deadline.
 from __future__ import annotations
 
 import collections
-import contextlib
 import errno
 import json
 import re
@@ -18,8 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from support.relay import RelayProcess
@@ -277,56 +275,3 @@ class Session:
 
     def close(self) -> None:
         self.sock.close()
-
-
-# -- a relay with extra command-line options -----------------------------------------------
-
-
-@contextlib.contextmanager
-def relay_process_with(
-    options: list[str], config_text: str, tmp_path: Path, *, ready_timeout: float = 20.0
-) -> Iterator[RelayProcess]:
-    """Like support.relay.relay_process, with global options before `run` (for example
-    `--log-format json`); the relay is stopped (SIGTERM) and its output read to the end
-    when the block ends, so `.lines` is then complete."""
-    config_path = tmp_path / "relay.toml"
-    config_path.write_text(config_text)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "relaycore", *options, "run", "-c", str(config_path)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        cwd=tmp_path,
-    )
-    relay = RelayProcess(proc=proc, config_path=config_path)
-    assert proc.stdout is not None
-    stdout = proc.stdout
-
-    def pump() -> None:
-        try:
-            for raw in stdout:
-                line = raw.decode("utf-8", "replace").rstrip("\n")
-                relay.lines.append(line)
-                if "ready generation=" in line:
-                    relay.ready.set()
-        finally:
-            relay.ended.set()
-
-    reader = threading.Thread(target=pump, name="relay-output", daemon=True)
-    reader.start()
-    try:
-        deadline = time.monotonic() + ready_timeout
-        while not relay.ready.wait(0.1):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"relaycore not ready:\n{relay.output()}")
-        yield relay
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        reader.join(5)
-        stdout.close()

@@ -34,7 +34,6 @@ from control import (
     connector,
     flood,
     refused_once,
-    relay_process_with,
     relaycore,
     round_trip,
     wait_for,
@@ -740,7 +739,7 @@ def test_log_format_json_makes_every_line_an_object_naming_its_process(tmp_path)
             two_connectors(tmp_path / "run", port, echo.port, dead_port, dead_upstream),
             interval_s=0,
         )
-        with relay_process_with(["--log-format", "json"], config, tmp_path) as relay:
+        with relay_process(config, tmp_path, options=["--log-format", "json"]) as relay:
             refused_once(dead_port)
             wait_line(relay, r'"process": "worker 0 g1".*connector dead: connect_refused')
             relay.proc.send_signal(signal.SIGTERM)

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -307,15 +307,19 @@ class RelayProcess:
 
 @contextlib.contextmanager
 def relay_process(
-    config_text: str, tmp_path: Path, *, ready_timeout: float = 20.0
+    config_text: str,
+    tmp_path: Path,
+    *,
+    ready_timeout: float = 20.0,
+    options: Sequence[str] = (),
 ) -> Iterator[RelayProcess]:
-    """`python -m relaycore run -c FILE` until its output shows `ready generation=`; on exit
-    SIGTERM, then SIGKILL after a deadline. All output lines (stderr, merged with stdout)
-    are kept in `.lines`."""
+    """`python -m relaycore [OPTIONS] run -c FILE` until its output shows `ready
+    generation=`; on exit SIGTERM, then SIGKILL after a deadline. All output lines (stderr,
+    merged with stdout) are kept in `.lines`, complete once the block has ended."""
     config_path = tmp_path / "relay.toml"
     config_path.write_text(config_text)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "relaycore", "run", "-c", str(config_path)],
+        [sys.executable, "-m", "relaycore", *options, "run", "-c", str(config_path)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

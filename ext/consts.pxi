@@ -49,7 +49,10 @@ cdef enum:
     SPLICE_ALWAYS
 
 cdef enum:
-    SESSION_CACHE = 8             # sessions kept per context
+    # Sessions kept per context (per worker). Each connection brings the server's tickets
+    # (2 by default); with fewer than the handshakes in flight, the rest go full (the
+    # peer benchmark saw 99.9% resumed at 8 in flight, 60% at 32, with 8 here).
+    SESSION_CACHE = 64
     MAX_PINS = 16
     REASON_LEN = 200              # bytes of an error event's human reason
 

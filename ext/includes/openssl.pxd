@@ -85,6 +85,7 @@ cdef extern from "<openssl/ssl.h>" nogil:
     int SSL_get_shutdown(const SSL *ssl)
     int SSL_get_error(const SSL *ssl, int ret)
     int SSL_has_pending(const SSL *ssl)
+    int SSL_free_buffers(SSL *ssl)
     int SSL_version(const SSL *ssl)
     int SSL_get_state(const SSL *ssl)
     const char *SSL_get_version(const SSL *ssl)

@@ -80,3 +80,11 @@ test-ktls: build  ## kernel TLS tests (tests/ktls, -m ktls) in a QEMU guest with
 		*) echo "test-ktls: FAILED: pytest exited with $$rc" >&2 ;; \
 	esac; \
 	exit $$rc
+
+# relaycore beside stunnel, HAProxy, nginx (stream) and socat: installs the missing Debian
+# packages (bench/peers/deps.sh), then bench/peers/run.py (about 10 minutes; loopback only).
+# Results: bench/results/peers-YYYY-MM-DD.{md,json}. Not part of `make test` or CI.
+.PHONY: bench-peers
+bench-peers: build  ## relaycore vs stunnel, HAProxy, nginx, socat (installs them; ~10 min)
+	sh bench/peers/deps.sh
+	$(PY) bench/peers/run.py $(BENCH_PEERS_ARGS)

@@ -467,6 +467,9 @@ def _explain(err: msgspec.ValidationError, text: str | bytes, source: str) -> st
     if body.startswith("Expected `str`") and _choices(path):
         # `min_tls = 1.2` is the natural slip: TOML reads a number where the key wants text.
         return f"{path}: expected one of {_one_of(path)} (in quotes){got}"
+    if m := re.fullmatch(r"Expected `str \| array`(?:, got `\w+`)?", body):
+        # A key that takes one string or a list of them ([gateway] listen).
+        return f"{path}: expected a string or an array of strings{got}"
     # TOML has no null: `str | null` is how msgspec names an optional key's type.
     if m := re.fullmatch(r"Expected `(\w+)(?: \| null)?`(?:, got `\w+`)?(.*)", body):
         bound = re.sub(r"(\d)\.0\b", r"\1", m[2])

@@ -33,4 +33,3 @@ class WorkerFailedError(RelayError):
 
 EXIT_OK = 0
 EXIT_UNEXPECTED = 1
-EXIT_USAGE = 2

@@ -8,13 +8,13 @@ import ipaddress
 import os
 
 from cpython.exc cimport PyErr_CheckSignals
-from libc.errno cimport (EAGAIN, ECONNREFUSED, ECONNRESET, EINPROGRESS, EINTR, EMFILE, ENFILE,
-                         EINVAL, EIO, ENOBUFS, ENOMEM, EPROTO, ETIMEDOUT,
-                         errno)
+from libc.errno cimport (EAGAIN, ECONNREFUSED, ECONNRESET, EHOSTUNREACH, EINPROGRESS, EINTR,
+                         EMFILE, ENETUNREACH, ENFILE, EINVAL, EIO, ENOBUFS, ENOMEM,
+                         EPROTO, ETIMEDOUT, errno)
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
 from libc.stdlib cimport calloc, free, malloc, realloc
-from libc.string cimport memcmp, memcpy, memmove, memset, strcmp, strerror
+from libc.string cimport memcmp, memcpy, memmove, memset, strcmp, strerror, strlen
 from posix.fcntl cimport F_GETFL, F_SETFL
 
 from includes.linux cimport *
@@ -29,6 +29,10 @@ include "tls.pxi"
 include "tls_conn.pxi"
 include "pump.pxi"
 include "gateway.pxi"
+include "proxy.pxi"
+include "resolver.pxi"
+include "exit.pxi"
+include "identity.pxi"
 include "listener.pxi"
 include "conn.pxi"
 include "loop.pxi"

@@ -59,6 +59,8 @@ cdef void conn_close(Worker *w, int32_t i, bint abortive) noexcept nogil:
     if c.ssl != NULL:
         SSL_free(c.ssl)
         c.ssl = NULL
+    if c.px != NULL:
+        proxy_free(w, c)
     timer_disarm(w, i)
     c.state = CONN_CLOSED
     if not c.queued:
@@ -93,10 +95,25 @@ cdef void conn_fail(Worker *w, int32_t i, uint8_t cause, int err,
     ev = error_event(w, c, cause, err)
     if ev != NULL and reason != NULL:
         snprintf(ev.reason, REASON_LEN, "%s", reason)
+    if c.tls_side == SIDE_CLIENT and CAUSE_TLS_UNKNOWN_CA <= cause <= CAUSE_TLS_ERROR:
+        # A tunnel exit refused the entry in a TLS alert: a FIN after it, not a reset
+        # that could discard it unread, so that the entry logs why. No close_notify
+        # after a fatal alert (SSL_shutdown(3)).
+        c.tls_dead = 1
+        conn_close(w, i, False)
+        return
+    if c.px != NULL and c.state != CONN_HANDSHAKING:
+        # A proxy exit answers in its protocol (SOCKS5 reply, HTTP status) and closes
+        # gracefully: a reset could discard that answer before the entry reads it.
+        proxy_refuse(w, c, cause, err)
+        conn_close(w, i, False)
+        return
     conn_close(w, i, True)
 
 
 cdef void conn_connect_failed(Worker *w, int32_t i, int err) noexcept nogil:
+    if w.conns[i].px != NULL and proxy_dial_next(w, i):
+        return
     conn_fail(w, i, CAUSE_CONNECT_REFUSED if err == ECONNREFUSED else CAUSE_CONNECT_FAILED,
               err, NULL)
 
@@ -110,7 +127,10 @@ cdef void conn_relaying(Worker *w, int32_t i) noexcept nogil:
 
 cdef void conn_connected(Worker *w, int32_t i) noexcept nogil:
     # TCP to the upstream is up.
-    if w.routes[w.conns[i].route].tls_ctx != NULL:
+    cdef Route *r = &w.routes[w.conns[i].route]
+    if r.kind == ROUTE_EXIT:
+        exit_connected(w, i)
+    elif r.tls_ctx != NULL:
         conn_tls_start(w, i)
     else:
         conn_relaying(w, i)
@@ -127,19 +147,21 @@ cdef inline int upstream_socket(const sockaddr *dst) noexcept nogil:
     return socket(dst.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
 
 
-cdef void conn_open(Worker *w, uint32_t listener, int client_fd) noexcept nogil:
+cdef void conn_open(Worker *w, uint32_t listener, int client_fd,
+                    const sockaddr_in6 *peer) noexcept nogil:
     # Takes ownership of client_fd. w.free_head is not NIL (the caller checked the limit).
     cdef int32_t i = w.free_head
     cdef Conn *c = &w.conns[i]
     cdef int32_t route = w.listeners[listener].route
     cdef Route *r
-    cdef const sockaddr *dst
-    cdef socklen_t dst_len
-    cdef int up, rc, side
+    cdef int side
     w.free_head = c.next
     memset(c, 0, sizeof(Conn))
     c.fd[SIDE_CLIENT] = client_fd
     c.fd[SIDE_UPSTREAM] = -1
+    c.tls_side = SIDE_UPSTREAM
+    if peer != NULL:
+        c.client = peer[0]
     for side in range(2):
         c.dir[side].pipe_r = -1
         c.dir[side].pipe_w = -1
@@ -159,14 +181,24 @@ cdef void conn_open(Worker *w, uint32_t listener, int client_fd) noexcept nogil:
                   "not intercepted: the connection has no original destination (it was"
                   " not redirected by the gateway's rules)")
         return
-    if r.kind == ROUTE_PASSTHROUGH:
-        dst = <const sockaddr *>&c.orig_dst
-        dst_len = sizeof(sockaddr_in) if c.orig_dst.sin6_family == AF_INET else sizeof(
-            sockaddr_in6)
-    else:
-        dst = <const sockaddr *>&r.upstream
-        dst_len = r.upstream_len
     set_nodelay(client_fd)
+    if conn_register(w, i, SIDE_CLIENT) < 0:
+        conn_fail(w, i, CAUSE_UPSTREAM_SOCKET, errno, NULL)
+        return
+    if r.kind == ROUTE_EXIT:
+        exit_open(w, i)
+    elif r.kind == ROUTE_PASSTHROUGH:
+        conn_dial(w, i, <const sockaddr *>&c.orig_dst,
+                  sizeof(sockaddr_in) if c.orig_dst.sin6_family == AF_INET
+                  else sizeof(sockaddr_in6))
+    else:
+        conn_dial(w, i, <const sockaddr *>&r.upstream, r.upstream_len)
+
+
+cdef void conn_dial(Worker *w, int32_t i, const sockaddr *dst, socklen_t dst_len) noexcept nogil:
+    # A socket to dst and a non-blocking connect; CONNECTING until it completes.
+    cdef Conn *c = &w.conns[i]
+    cdef int up, rc
     up = upstream_socket(dst)
     if up < 0 and (errno == EMFILE or errno == ENFILE) and w.reserve_fd >= 0:
         close(w.reserve_fd)
@@ -177,8 +209,10 @@ cdef void conn_open(Worker *w, uint32_t listener, int client_fd) noexcept nogil:
         conn_fail(w, i, CAUSE_UPSTREAM_SOCKET, errno, NULL)
         return
     c.fd[SIDE_UPSTREAM] = up
+    c.ready[SIDE_UPSTREAM] = 0
+    c.state = CONN_CONNECTING
     set_nodelay(up)
-    if conn_register(w, i, SIDE_CLIENT) < 0 or conn_register(w, i, SIDE_UPSTREAM) < 0:
+    if conn_register(w, i, SIDE_UPSTREAM) < 0:
         conn_fail(w, i, CAUSE_UPSTREAM_SOCKET, errno, NULL)
         return
     rc = connect(up, dst, dst_len)
@@ -206,9 +240,15 @@ cdef void conn_run(Worker *w, int32_t i) noexcept nogil:
         if err:
             conn_connect_failed(w, i, err)
             return
+        if c.px != NULL and not proxy_connected(c):
+            # A proxy exit redials in place: the event was for its previous socket.
+            c.ready[SIDE_UPSTREAM] &= ~READY_WRITE
+            return
         conn_connected(w, i)
-    elif c.state == CONN_HANDSHAKING and c.ready[SIDE_UPSTREAM] & c.tls_want[0]:
+    elif c.state == CONN_HANDSHAKING and c.ready[c.tls_side] & c.tls_want[0]:
         conn_handshake(w, i)
+    elif c.state == CONN_REQUEST and c.ready[SIDE_CLIENT] & c.tls_want[0]:
+        exit_read_request(w, i)
     if c.state != CONN_RELAYING:
         return
     while True:
@@ -221,7 +261,7 @@ cdef void conn_run(Worker *w, int32_t i) noexcept nogil:
                 return
             moved += n
             if c.dir[d].eof and not c.dir[d].shut and dir_flushed(&c.dir[d]):
-                if d == SIDE_CLIENT and c.ssl != NULL:
+                if d != c.tls_side and c.ssl != NULL:
                     n = tls_close_notify(w, c)
                     if n < 0:
                         conn_ctr(w, c).resets += 1
@@ -252,7 +292,11 @@ cdef void conn_expire(Worker *w, int32_t i) noexcept nogil:
         conn_fail(w, i, CAUSE_CONNECT_TIMEOUT, ETIMEDOUT, NULL)
     elif c.state == CONN_HANDSHAKING:
         conn_fail(w, i, CAUSE_HANDSHAKE_TIMEOUT, ETIMEDOUT,
-                  "the server did not complete the TLS handshake in time")
+                  "the server did not complete the TLS handshake in time"
+                  if c.tls_side == SIDE_UPSTREAM else
+                  "the client did not complete the TLS handshake in time")
+    elif c.state == CONN_REQUEST or c.state == CONN_RESOLVING:
+        exit_expire(w, i)
     elif c.state == CONN_RELAYING:
         if c.last_active_ms + w.idle_timeout_ms > w.now_ms:
             timer_arm(w, i, c.last_active_ms + w.idle_timeout_ms)

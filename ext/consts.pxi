@@ -14,6 +14,9 @@ cdef enum:
     WHEEL_SLOTS = 4096            # power of two; one turn of the wheel = 204.8 s
     EMFILE_PAUSE_MS = 100         # how long a listener rests when fds run out
     ERR_RING = 256                # error events kept between two pop_errors()
+    PROXY_REQ_MAX = 4096          # bytes: a SOCKS5 or CONNECT request longer is refused
+    PROXY_MAX_DST = 8             # addresses of a resolved name tried in turn
+    RESOLVER_THREADS = 4          # getaddrinfo threads per worker, started on first use
 
 cdef enum:
     NIL = -1                      # end of an intrusive list of slot indices
@@ -22,7 +25,9 @@ cdef enum:
 cdef enum:
     CONN_FREE = 0
     CONN_CONNECTING
-    CONN_HANDSHAKING              # TLS upstream: TCP is up, the handshake is not done
+    CONN_HANDSHAKING              # TCP is up, the TLS handshake (either side) is not done
+    CONN_REQUEST                  # tunnel exit: reading the entry's SOCKS5 / CONNECT request
+    CONN_RESOLVING                # tunnel exit: the destination name is being resolved
     CONN_RELAYING
     CONN_CLOSED                   # closed in this turn; its slot is freed at the end of it
 
@@ -41,6 +46,7 @@ cdef enum:
     TAG_CLIENT = SIDE_CLIENT
     TAG_UPSTREAM = SIDE_UPSTREAM
     TAG_LISTENER = 2
+    TAG_RESOLVER = 3              # the resolver's eventfd: lookups have finished
 
 # Loop splice mode
 cdef enum:
@@ -68,6 +74,13 @@ cdef enum:
     ROUTE_UPSTREAM = 0            # the connector's upstream (plain or TLS)
     ROUTE_PASSTHROUGH             # plain TCP to the device's original destination
     ROUTE_REJECT                  # RST, and an error event saying why
+    ROUTE_EXIT                    # tunnel exit: TLS from entry nodes, then plain TCP onward
+
+# Route.exit_mode: where a tunnel exit's connections go.
+cdef enum:
+    EXIT_FIXED = 0                # the route's upstream address
+    EXIT_SOCKS5                   # the entry names it: SOCKS5 CONNECT (RFC 1928)
+    EXIT_HTTP_CONNECT             # the entry names it: HTTP CONNECT (RFC 9110 §9.3.6)
 
 cdef enum:
     ROUTE_GATEWAY = -1            # Listener.route: decided per connection (gateway.pxi)
@@ -89,4 +102,7 @@ cdef enum:
     CAUSE_TLS_TRUNCATED
     CAUSE_TLS_ERROR
     CAUSE_NO_ROUTE
+    CAUSE_PROXY_REQUEST
+    CAUSE_PROXY_DENIED
+    CAUSE_RESOLVE_FAILED
     CAUSE_COUNT

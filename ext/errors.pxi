@@ -6,7 +6,8 @@ cdef tuple CAUSE_NAMES = (
     "connect_refused", "connect_timeout", "connect_failed", "upstream_socket",
     "handshake_timeout", "tls_unknown_ca", "tls_hostname_mismatch", "tls_cert_expired",
     "tls_verify_failed", "tls_pin_mismatch", "tls_alert", "tls_handshake_failed",
-    "tls_truncated", "tls_error", "no_route",
+    "tls_truncated", "tls_error", "no_route", "proxy_request", "proxy_denied",
+    "resolve_failed",
 )
 
 
@@ -26,10 +27,9 @@ cdef ErrorEvent *error_event(Worker *w, Conn *c, uint8_t cause, int err) noexcep
     e.orig_dst = c.orig_dst
     e.cause = cause
     e.err = err
-    e.client_len = sizeof(sockaddr_storage)
-    if c.fd[SIDE_CLIENT] < 0 or getpeername(c.fd[SIDE_CLIENT], <sockaddr *>&e.client,
-                                            &e.client_len) < 0:
-        e.client_len = 0
+    # From accept: getpeername fails once the peer has reset or left.
+    e.client_len = sizeof(sockaddr_in6) if c.client.sin6_family else 0
+    memcpy(&e.client, &c.client, sizeof(sockaddr_in6))
     return e
 
 

@@ -78,6 +78,8 @@ cdef void listeners_tick(Worker *w) noexcept nogil:
 
 cdef void listener_accept(Worker *w, uint32_t k) noexcept nogil:
     cdef Listener *lsn = &w.listeners[k]
+    cdef sockaddr_in6 peer
+    cdef socklen_t peer_len
     cdef int fd
     for _ in range(ACCEPT_BUDGET):
         if lsn.fd < 0 or lsn.paused_emfile:
@@ -85,7 +87,8 @@ cdef void listener_accept(Worker *w, uint32_t k) noexcept nogil:
         if w.active >= w.max_conns:
             listeners_pause_limit(w)
             return
-        fd = accept4(lsn.fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)
+        peer_len = sizeof(peer)
+        fd = accept4(lsn.fd, <sockaddr *>&peer, &peer_len, SOCK_NONBLOCK | SOCK_CLOEXEC)
         if fd < 0:
             if errno == EAGAIN:
                 return
@@ -95,4 +98,4 @@ cdef void listener_accept(Worker *w, uint32_t k) noexcept nogil:
             # ECONNABORTED, EINTR, EPERM (firewall), protocol errors: that one
             # connection is gone; the listener is fine.
             continue
-        conn_open(w, k, fd)
+        conn_open(w, k, fd, &peer if peer_len <= sizeof(peer) else NULL)

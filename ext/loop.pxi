@@ -78,6 +78,9 @@ cdef int worker_turn(Worker *w, int timeout_ms) noexcept nogil:
         if tag == TAG_LISTENER:
             listener_accept(w, <uint32_t>(data >> 2))
             continue
+        if tag == TAG_RESOLVER:
+            resolver_drain(w)
+            continue
         c = &w.conns[data >> 2]
         if c.state == CONN_FREE or c.state == CONN_CLOSED:
             continue
@@ -106,7 +109,7 @@ cdef class Loop:
     """One worker's epoll loop: accepts on its listeners and relays bytes in C."""
 
     cdef Worker *w
-    cdef list tls_contexts        # keeps every route's TLSClientContext alive
+    cdef list tls_contexts        # keeps every route's TLS context alive
 
     def __cinit__(self, *, int max_connections=10000, str splice="auto",
                   long connect_timeout_ms=10000, long idle_timeout_ms=900000,
@@ -200,6 +203,58 @@ cdef class Loop:
             r.tls = tls.conf
             self.tls_contexts.append(tls)
         return self.w.nroutes - 1
+
+    def add_exit(self, int connector_id, TLSServerContext tls not None, str target,
+                 str host="", int port=0):
+        """A tunnel exit route; returns its index (give it listeners with add_listener).
+        Connections are TLS from entry nodes, authenticated by `tls`. target: "fixed"
+        (relay plain TCP to host, an IP literal, :port), "socks5" or "http-connect" (the
+        entry names the destination; domain names are resolved here, off the loop)."""
+        cdef sockaddr_storage upstream
+        cdef socklen_t upstream_len = 0
+        cdef Route *r
+        try:
+            mode = {"fixed": EXIT_FIXED, "socks5": EXIT_SOCKS5,
+                    "http-connect": EXIT_HTTP_CONNECT}[target]
+        except KeyError:
+            raise ValueError(f"target: expected 'fixed', 'socks5' or 'http-connect', got"
+                             f" {target!r}")
+        if mode == EXIT_FIXED:
+            parse_sockaddr(host, port, &upstream, &upstream_len)
+        r = self.new_route(connector_id, ROUTE_EXIT)
+        r.exit_mode = mode
+        r.tls_ctx = tls.ctx
+        r.srv = tls.conf
+        if mode == EXIT_FIXED:
+            r.upstream = upstream
+            r.upstream_len = upstream_len
+        self.tls_contexts.append(tls)
+        return self.w.nroutes - 1
+
+    def allow_destination(self, int route, str network, int port=0):
+        """Proxy exits: also allow destinations in `network` and `port` (0: any). With
+        none added, any destination but loopback, link-local and unspecified addresses."""
+        cdef Worker *w = self.live()
+        cdef Route *r
+        cdef Match *m
+        net = ipaddress.ip_network(network, strict=False)
+        if not 0 <= route < <int>w.nroutes or w.routes[route].kind != ROUTE_EXIT:
+            raise ValueError(f"no exit route {route}")
+        if not 0 <= port < 65536:
+            raise ValueError(f"port out of range: {port}")
+        r = &w.routes[route]
+        m = <Match *>realloc(r.allow, (r.nallow + 1) * sizeof(Match))
+        if m == NULL:
+            raise MemoryError()
+        r.allow = m
+        m = &r.allow[r.nallow]
+        memset(m, 0, sizeof(Match))
+        m.family = AF_INET if net.version == 4 else AF_INET6
+        m.prefix = net.prefixlen
+        m.port = port
+        raw = net.network_address.packed
+        memcpy(m.addr, <char *>raw, len(raw))
+        r.nallow += 1
 
     def add_passthrough(self, int connector_id):
         """A route that relays plain TCP to each connection's original destination."""
@@ -383,7 +438,8 @@ cdef class Loop:
                 orig = format_sockaddr(<sockaddr_storage *>&e.orig_dst, sizeof(sockaddr_in6))
             else:
                 orig = ""
-            if r.kind == ROUTE_UPSTREAM:
+            if r.kind == ROUTE_UPSTREAM or (r.kind == ROUTE_EXIT
+                                            and r.exit_mode == EXIT_FIXED):
                 upstream = format_sockaddr(&r.upstream, r.upstream_len)
             else:
                 upstream = orig or "-"
@@ -426,6 +482,9 @@ cdef void worker_free(Worker *w) noexcept nogil:
     for k in range(w.nlisteners):
         if w.listeners[k].fd >= 0:
             close(w.listeners[k].fd)
+    resolver_free(w)
+    for k in range(w.nroutes):
+        free(w.routes[k].allow)
     for k in range(w.pipe_pool_len):
         close(w.pipe_pool[2 * k])
         close(w.pipe_pool[2 * k + 1])

@@ -96,7 +96,7 @@ cdef Py_ssize_t pump_copy(Worker *w, Conn *c, int d) noexcept nogil:
                 return total
             if errno == EINTR:
                 continue
-            if errno == EIO and c.ktls and d == SIDE_UPSTREAM:
+            if errno == EIO and c.ktls and d == c.tls_side:
                 return tls_read_control(w, c)
             return -errno
         dr.full_reads = dr.full_reads + 1 if n == SCRATCH_SIZE else 0
@@ -169,7 +169,7 @@ cdef Py_ssize_t pump_splice(Worker *w, Conn *c, int d) noexcept nogil:
                 break
             if errno == EINTR:
                 continue
-            if errno == EINVAL and c.ktls and d == SIDE_UPSTREAM:
+            if errno == EINVAL and c.ktls and d == c.tls_side:
                 # Not an unsupported splice: a non-data TLS record is next (HAProxy
                 # 755436920).
                 return tls_read_control(w, c)
@@ -182,8 +182,8 @@ cdef Py_ssize_t pump_splice(Worker *w, Conn *c, int d) noexcept nogil:
 
 cdef inline Py_ssize_t pump(Worker *w, Conn *c, int d) noexcept nogil:
     if c.ssl != NULL and not c.ktls:
-        return pump_tls_write(w, c) if d == SIDE_CLIENT else pump_tls_read(w, c)
-    if c.ktls and d == SIDE_UPSTREAM and SSL_has_pending(c.ssl):
+        return pump_tls_read(w, c) if d == c.tls_side else pump_tls_write(w, c)
+    if c.ktls and d == c.tls_side and SSL_has_pending(c.ssl):
         return pump_tls_read(w, c)
     if c.dir[d].pipe_r >= 0:
         return pump_splice(w, c, d)

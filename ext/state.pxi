@@ -7,10 +7,34 @@ cdef struct TLSConf:
     uint8_t check_host            # verify the certificate against server_name (DNS)
     uint8_t check_ip              # ... against server_name (an IP literal)
     uint8_t ktls_mode
+    uint8_t verify_chain          # with pins: the chain must verify too (verify = true)
     uint32_t npins
     unsigned char pins[MAX_PINS][32]
     SSL_SESSION *sessions[SESSION_CACHE]
     uint32_t nsessions
+
+
+cdef struct ServerConf:
+    # A tunnel exit's SSL_CTX app data: who may connect (the verify callback reads it).
+    unsigned char (*pins)[32]     # allowed client keys: SHA-256 of the DER SPKI
+    uint32_t npins
+    uint8_t has_ca                # a client certificate that chains to the CA is allowed too
+    uint8_t ktls_mode
+
+
+cdef struct Proxy:
+    # A tunnel exit's connection while the entry names its destination: the request read
+    # so far, then the addresses to try. Freed once relaying starts.
+    uint8_t greeted               # SOCKS5: the method selection was sent
+    uint8_t ndst                  # candidate addresses in dst
+    uint8_t next_dst              # the candidate being connected
+    uint16_t port
+    uint16_t reply_code           # the refusal the parser chose (0: from the error cause)
+    uint32_t req_len
+    void *job                     # the resolver's job while CONN_RESOLVING (resolver.pxi)
+    char name[256]                # the host the entry asked for, as text
+    sockaddr_in6 dst[PROXY_MAX_DST]   # AF_INET ones are sockaddr_in in the same space
+    char req[PROXY_REQ_MAX]
 
 
 cdef struct Dir:
@@ -34,9 +58,15 @@ cdef struct Conn:
     uint8_t tls_want[2]           # per direction: the readiness its SSL_* call waits for
     uint8_t state
     uint8_t queued                # on the run queue
+    # The side c.ssl speaks on: SIDE_UPSTREAM, or a tunnel exit's SIDE_CLIENT (the entry).
+    uint8_t tls_side
     uint16_t route
     sockaddr_in6 orig_dst         # gateway mode: where the device meant to go (or zeros)
+    # The peer's address from accept (a sockaddr_in for IPv4): error events name it even
+    # after the peer is gone.
+    sockaddr_in6 client
     SSL *ssl                      # NULL for a plain upstream
+    Proxy *px                     # a proxy exit's request state, else NULL
     uint8_t tls_dead              # OpenSSL reported a fatal error: no close_notify
     uint8_t ktls                  # the kernel encrypts and decrypts both directions
     Dir dir[2]
@@ -74,13 +104,26 @@ cdef struct Counters:
     uint64_t by_cause[CAUSE_COUNT]  # every error event, counted even when the ring is full
 
 
+cdef struct Match:
+    # Gateway mode: original destinations in (addr/prefix, port) go to `route`; the table
+    # is scanned in order, which the caller makes most specific first.
+    uint8_t family                # AF_INET or AF_INET6
+    uint8_t prefix                # bits of addr that must match
+    uint16_t port                 # 0: any port
+    uint8_t addr[16]
+    uint16_t route
+
 cdef struct Route:
     # Where a connection goes (a connector's upstream, passthrough or reject), and the
     # counters of the connections that went there.
     Counters ctr
-    uint8_t kind                  # ROUTE_UPSTREAM, ROUTE_PASSTHROUGH, ROUTE_REJECT
-    SSL_CTX *tls_ctx              # NULL: plain upstream
-    TLSConf *tls
+    uint8_t kind                  # ROUTE_UPSTREAM, _PASSTHROUGH, _REJECT, _EXIT
+    uint8_t exit_mode             # ROUTE_EXIT: EXIT_FIXED, EXIT_SOCKS5, EXIT_HTTP_CONNECT
+    SSL_CTX *tls_ctx              # NULL: plain upstream; an exit's server context
+    TLSConf *tls                  # client side (ROUTE_UPSTREAM)
+    ServerConf *srv               # server side (ROUTE_EXIT)
+    Match *allow                  # proxy exits: allowed destinations (route field unused)
+    uint32_t nallow               # 0: any but loopback, link-local, unspecified
     uint32_t connector_id
     socklen_t upstream_len
     sockaddr_storage upstream
@@ -93,15 +136,6 @@ cdef struct Listener:
     uint8_t registered            # EPOLLIN armed (not paused)
     uint64_t resume_ms
 
-
-cdef struct Match:
-    # Gateway mode: original destinations in (addr/prefix, port) go to `route`; the table
-    # is scanned in order, which the caller makes most specific first.
-    uint8_t family                # AF_INET or AF_INET6
-    uint8_t prefix                # bits of addr that must match
-    uint16_t port                 # 0: any port
-    uint8_t addr[16]
-    uint16_t route
 
 cdef struct WorkerCounters:
     # What belongs to the worker, not to one connector.
@@ -162,6 +196,11 @@ cdef struct Worker:
     ErrorEvent *errors
     uint32_t err_head
     uint32_t err_len
+    void *resolver                # Resolver (resolver.pxi), made on the first name lookup
+    # A verify callback leaves the refused peer key here for the error event (it runs
+    # inside SSL_do_handshake, on this worker's thread).
+    uint8_t refused_pin_set
+    unsigned char refused_pin[32]
 
 
 cdef inline Counters *conn_ctr(Worker *w, Conn *c) noexcept nogil:

@@ -69,6 +69,21 @@ class Loop:
     def add_match(self, route: int, network: str, port: int = 0) -> None:
         """Original destinations in `network` and `port` (0: any) take `route`; tried in
         the order added (most specific first)."""
+    def add_exit(
+        self,
+        connector_id: int,
+        tls: TLSServerContext,
+        target: str,
+        host: str = "",
+        port: int = 0,
+    ) -> int:
+        """A tunnel exit route; returns its index (give it listeners with add_listener).
+        Connections are TLS from entry nodes, authenticated by `tls`. target: "fixed"
+        (relay plain TCP to host, an IP literal, :port), "socks5" or "http-connect" (the
+        entry names the destination; domain names are resolved here, off the loop)."""
+    def allow_destination(self, route: int, network: str, port: int = 0) -> None:
+        """Proxy exits: also allow destinations in `network` and `port` (0: any). With
+        none added, any destination but loopback, link-local and unspecified addresses."""
     def close(self) -> None:
         """Abort every connection and release every fd. Idempotent."""
 
@@ -94,6 +109,39 @@ class TLSClientContext:
     @property
     def cached_sessions(self) -> int:
         """Sessions waiting in this context's cache."""
+
+class TLSServerContext:
+    """An SSL_CTX for one tunnel exit: its identity (cert, key) and who may connect: a
+    client certificate whose key is in `allow_pins` (32-byte SHA-256 of the DER
+    SubjectPublicKeyInfo) or that chains to `ca`. Raises ValueError("<key>: <reason>")."""
+
+    def __init__(
+        self,
+        *,
+        cert: str,
+        key: str,
+        allow_pins: list[bytes] | tuple[bytes, ...] = (),
+        ca: str | None = None,
+        min_tls: str = "1.2",
+        ktls: str = "auto",
+    ) -> None: ...
+
+def make_identity(key_path: str, cert_path: str, common_name: str, days: int = 3650) -> bytes:
+    """A new ECDSA P-256 key (written 0600) and a self-signed certificate for it; returns
+    the pin digest (SHA-256 of the DER SubjectPublicKeyInfo). Raises OSError, ValueError."""
+
+def spki_pin(cert_path: str) -> bytes:
+    """The pin digest of the first certificate in a PEM file. Raises ValueError."""
+
+def parse_socks5(data: bytes) -> tuple[int, int, str, int]:
+    """The exit's SOCKS5 parser on the first bytes of a stream (greeting and request):
+    (status, consumed, host, port). status 0: incomplete; 1: complete (consumed: the
+    greeting and the request); < 0: refused, -status is the code the exit answers with
+    (255: no acceptable method in the greeting, else a SOCKS5 reply code)."""
+
+def parse_http_connect(data: bytes) -> tuple[int, int, str, int]:
+    """The exit's HTTP CONNECT parser: (status, consumed, host, port). status 0:
+    incomplete; 1: complete; < 0: refused, -status is the HTTP status of the reply."""
 
 def set_parent_death_signal(signum: int) -> None:
     """prctl(PR_SET_PDEATHSIG): the kernel sends signum when the parent exits."""

@@ -2,6 +2,9 @@
 # Several are macros in the headers (SSL_CTX_set_mode, SSL_set_tlsext_host_name,
 # BIO_get_ktls_send, ...); declared here as functions, Cython emits the same call text.
 
+from libc.stdint cimport int64_t
+
+
 cdef extern from "<openssl/ssl.h>" nogil:
     ctypedef struct SSL_CTX:
         pass
@@ -19,6 +22,12 @@ cdef extern from "<openssl/ssl.h>" nogil:
         pass
     ctypedef struct X509_VERIFY_PARAM:
         pass
+    ctypedef struct X509_STORE_CTX:
+        pass
+    ctypedef struct X509_NAME:
+        pass
+    ctypedef struct EVP_PKEY:
+        pass
 
     enum:
         SSL_ERROR_NONE
@@ -29,6 +38,7 @@ cdef extern from "<openssl/ssl.h>" nogil:
         SSL_ERROR_ZERO_RETURN
         SSL_VERIFY_NONE
         SSL_VERIFY_PEER
+        SSL_VERIFY_FAIL_IF_NO_PEER_CERT
         SSL_MODE_ENABLE_PARTIAL_WRITE
         SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
         SSL_MODE_RELEASE_BUFFERS
@@ -41,12 +51,17 @@ cdef extern from "<openssl/ssl.h>" nogil:
         TLS1_3_VERSION
         SSL_AD_REASON_OFFSET
         SSL_R_UNEXPECTED_EOF_WHILE_READING
+        SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE
         SSL_CB_CONNECT_LOOP
+        SSL_CB_ACCEPT_LOOP
         TLS_ST_CR_SRVR_HELLO
+        TLS_ST_SW_SRVR_HELLO
+        SSL_OP_NO_TICKET
         SSL_RECEIVED_SHUTDOWN
         SSL_SENT_SHUTDOWN
 
     const SSL_METHOD *TLS_client_method()
+    const SSL_METHOD *TLS_server_method()
     SSL_CTX *SSL_CTX_new(const SSL_METHOD *method)
     void SSL_CTX_free(SSL_CTX *ctx)
     long SSL_CTX_set_mode(SSL_CTX *ctx, long mode)
@@ -60,7 +75,10 @@ cdef extern from "<openssl/ssl.h>" nogil:
     int SSL_CTX_use_certificate_chain_file(SSL_CTX *ctx, const char *file)
     int SSL_CTX_use_PrivateKey_file(SSL_CTX *ctx, const char *file, int type)
     int SSL_CTX_check_private_key(const SSL_CTX *ctx)
-    void SSL_CTX_set_verify(SSL_CTX *ctx, int mode, void *callback)
+    void SSL_CTX_set_verify(SSL_CTX *ctx, int mode,
+                            int (*cb)(int, X509_STORE_CTX *) noexcept nogil)
+    int SSL_CTX_set_session_id_context(SSL_CTX *ctx, const unsigned char *sid_ctx,
+                                       unsigned int sid_ctx_len)
     long SSL_CTX_set_session_cache_mode(SSL_CTX *ctx, long mode)
     void SSL_CTX_sess_set_new_cb(SSL_CTX *ctx, int (*cb)(SSL *, SSL_SESSION *) noexcept nogil)
     void SSL_CTX_set_info_callback(SSL_CTX *ctx, void (*cb)(const SSL *, int, int) noexcept nogil)
@@ -72,6 +90,10 @@ cdef extern from "<openssl/ssl.h>" nogil:
     SSL_CTX *SSL_get_SSL_CTX(const SSL *ssl)
     int SSL_set_fd(SSL *ssl, int fd)
     void SSL_set_connect_state(SSL *ssl)
+    void SSL_set_accept_state(SSL *ssl)
+    int SSL_set_app_data(SSL *ssl, void *arg)
+    void *SSL_get_app_data(const SSL *ssl)
+    int SSL_get_ex_data_X509_STORE_CTX_idx()
     int SSL_set_tlsext_host_name(SSL *ssl, const char *name)
     int SSL_set1_host(SSL *ssl, const char *hostname)
     X509_VERIFY_PARAM *SSL_get0_param(SSL *ssl)
@@ -105,6 +127,23 @@ cdef extern from "<openssl/ssl.h>" nogil:
 
 
 cdef extern from "<openssl/x509.h>" nogil:
+    X509 *X509_new()
+    void X509_free(X509 *x)
+    int X509_set_version(X509 *x, long version)
+    void *X509_get_serialNumber(X509 *x)
+    void *X509_gmtime_adj(void *s, long adj)
+    void *X509_getm_notBefore(const X509 *x)
+    void *X509_getm_notAfter(const X509 *x)
+    int X509_set_pubkey(X509 *x, EVP_PKEY *pkey)
+    X509_NAME *X509_get_subject_name(const X509 *x)
+    int X509_set_issuer_name(X509 *x, const X509_NAME *name)
+    int X509_NAME_add_entry_by_txt(X509_NAME *name, const char *field, int type,
+                                   const unsigned char *data, int len, int loc, int set)
+    int X509_sign(X509 *x, EVP_PKEY *pkey, const void *md)
+    void *X509_STORE_CTX_get_ex_data(const X509_STORE_CTX *ctx, int idx)
+    int X509_STORE_CTX_get_error_depth(const X509_STORE_CTX *ctx)
+    X509 *X509_STORE_CTX_get0_cert(const X509_STORE_CTX *ctx)
+    void X509_STORE_CTX_set_error(X509_STORE_CTX *ctx, int s)
     X509_PUBKEY *X509_get_X509_PUBKEY(const X509 *x)
     int i2d_X509_PUBKEY(const X509_PUBKEY *a, unsigned char **out)
     const char *X509_verify_cert_error_string(long n)
@@ -120,6 +159,45 @@ cdef extern from "<openssl/x509.h>" nogil:
         X509_V_ERR_CERT_NOT_YET_VALID
         X509_V_ERR_HOSTNAME_MISMATCH
         X509_V_ERR_IP_ADDRESS_MISMATCH
+        X509_V_ERR_CERT_REJECTED
+        MBSTRING_ASC
+
+
+cdef extern from "<openssl/x509v3.h>" nogil:
+    ctypedef struct X509V3_CTX:
+        pass
+    ctypedef struct X509_EXTENSION:
+        pass
+    enum:
+        NID_basic_constraints
+        NID_key_usage
+        NID_ext_key_usage
+        NID_subject_key_identifier
+    void X509V3_set_ctx(X509V3_CTX *ctx, X509 *issuer, X509 *subject, void *req, void *crl,
+                        int flags)
+    X509_EXTENSION *X509V3_EXT_conf_nid(void *conf, X509V3_CTX *ctx, int nid,
+                                        const char *value)
+    int X509_add_ext(X509 *x, X509_EXTENSION *ex, int loc)
+    void X509_EXTENSION_free(X509_EXTENSION *ex)
+
+
+cdef extern from "<openssl/asn1.h>" nogil:
+    int ASN1_INTEGER_set_int64(void *a, int64_t r)
+
+
+cdef extern from "<openssl/bio.h>" nogil:
+    const void *BIO_s_mem()
+    BIO *BIO_new(const void *method)
+    BIO *BIO_new_mem_buf(const void *buf, int len)
+    long BIO_get_mem_data(BIO *b, char **pp)
+    int BIO_free(BIO *b)
+
+
+cdef extern from "<openssl/pem.h>" nogil:
+    X509 *PEM_read_bio_X509(BIO *bp, X509 **x, void *cb, void *u)
+    int PEM_write_bio_X509(BIO *bp, X509 *x)
+    int PEM_write_bio_PrivateKey(BIO *bp, EVP_PKEY *x, const void *enc,
+                                 unsigned char *kstr, int klen, void *cb, void *u)
 
 
 cdef extern from "<openssl/err.h>" nogil:
@@ -138,6 +216,8 @@ cdef extern from "<openssl/evp.h>" nogil:
     int EVP_Digest(const void *data, size_t count, unsigned char *md, unsigned int *size,
                    const void *type, void *impl)
     const void *EVP_sha256()
+    EVP_PKEY *EVP_EC_gen(const char *curve)
+    void EVP_PKEY_free(EVP_PKEY *pkey)
 
 
 cdef extern from "<openssl/crypto.h>" nogil:

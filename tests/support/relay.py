@@ -58,11 +58,14 @@ class LoopThread:
         backlog: int = 128,
         tls: Any = None,
         device_bufsize: int | None = None,
+        setup: Callable[[Any, int], None] | None = None,
         **loop_kwargs: Any,
     ) -> None:
         """`device_bufsize`: SO_SNDBUF and SO_RCVBUF of the relay's sockets to its devices
         (set on the listener, whose accepted sockets inherit them, locked: no autotuning),
-        so that a slow device fills the relay's side after a few KiB, not a few MiB."""
+        so that a slow device fills the relay's side after a few KiB, not a few MiB.
+        `setup(loop, listen_fd)`: give the loop its routes and the listener instead (a
+        tunnel exit, say); upstream_port and tls are then unused."""
         from relaycore._core import Loop
 
         self.tls = tls
@@ -77,7 +80,10 @@ class LoopThread:
             lsock.bind((HOST, 0))
             lsock.listen(backlog)
             self.port: int = lsock.getsockname()[1]
-            self.loop.add_route(lsock.detach(), 0, upstream_host, upstream_port, tls=tls)
+            if setup is None:
+                self.loop.add_route(lsock.detach(), 0, upstream_host, upstream_port, tls=tls)
+            else:
+                setup(self.loop, lsock.detach())
         except BaseException:
             lsock.close()
             self.loop.close()

@@ -369,8 +369,10 @@ class _Server:
         close_notify: bool = True,
         fin_after_close_notify: bool = True,
         coalesce: int = 0,
+        host: str = HOST,
     ) -> None:
-        """`tls`: serve TLS with this server-side context (its sni_callback is taken over
+        """`host`: the address to listen on (127.0.0.1, or ::1 for IPv6).
+        `tls`: serve TLS with this server-side context (its sni_callback is taken over
         to record the SNI). `close_notify=False`: end TLS streams with a bare TCP FIN.
         `fin_after_close_notify=False`: a TLS handler's shutdown(SHUT_WR) sends close_notify
         alone, the FIN coming only when the connection closes. `coalesce`: see TLSConn."""
@@ -386,14 +388,15 @@ class _Server:
         self._threads: list[threading.Thread] = []
         self._socks: list[tuple[socket.socket, ConnRecord]] = []
         self._bufsize = bufsize
-        self._lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._lsock = socket.socket(family, socket.SOCK_STREAM)
         try:
             self._lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if bufsize is not None:
                 # Accepted sockets inherit the listener's sizes; the window scale is fixed
                 # at the SYN, so the receive buffer has to be small before listen().
                 set_bufsize(self._lsock, bufsize)
-            self._lsock.bind((HOST, 0))
+            self._lsock.bind((host, 0))
             self._lsock.listen(backlog)
             self._lsock.setblocking(False)
             self._wake_r, self._wake_w = socket.socketpair()

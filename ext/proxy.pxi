@@ -1,0 +1,360 @@
+# A proxy exit's protocols: the SOCKS5 and HTTP CONNECT request parsers, their replies,
+# and the destination policy. Pure functions over bytes, no I/O: exit.pxi feeds them
+# what the entry node sent so far, and they say "more", "done (n bytes)" or "refused,
+# answer with this code". The entry was already authenticated by its TLS client
+# certificate, so SOCKS5 offers only "no authentication" and CONNECT ignores
+# Proxy-Authorization.
+#
+# Parsers return >0 (the request's length: complete), 0 (incomplete: read more) or
+# -code (refused: code is the SOCKS5 reply, 255 for a greeting we cannot serve, or the
+# HTTP status). Every length is checked before a byte is read, and a request never
+# exceeds PROXY_REQ_MAX: the caller refuses a full buffer that is still incomplete.
+
+cdef enum:
+    SOCKS_GENERAL_FAILURE = 1     # RFC 1928 §6 reply codes
+    SOCKS_NOT_ALLOWED = 2
+    SOCKS_NET_UNREACHABLE = 3
+    SOCKS_HOST_UNREACHABLE = 4
+    SOCKS_REFUSED = 5
+    SOCKS_TTL_EXPIRED = 6
+    SOCKS_COMMAND_UNSUPPORTED = 7
+    SOCKS_ATYP_UNSUPPORTED = 8
+    SOCKS_NO_METHOD = 255         # the method selection reply "no acceptable methods"
+
+
+cdef bint host_name_ok(const uint8_t *p, size_t n) noexcept nogil:
+    # A DNS name as a client may send it: 1-253 of letters, digits, '-', '.', '_'.
+    # Anything else (spaces, NUL, %-escapes, control bytes) never names a host, and would
+    # end up in getaddrinfo and in the operator's log.
+    cdef size_t k
+    cdef uint8_t b
+    if n == 0 or n > 253:
+        return False
+    for k in range(n):
+        b = p[k]
+        if not (b'a' <= b <= b'z' or b'A' <= b <= b'Z' or b'0' <= b <= b'9'
+                or b == b'-' or b == b'.' or b == b'_'):
+            return False
+    return True
+
+
+cdef void proxy_set_name(Proxy *px, const uint8_t *p, size_t n, uint16_t port) noexcept nogil:
+    # The destination as text; an IP literal is a destination at once, a name waits for
+    # the resolver (ndst 0).
+    cdef sockaddr_in *v4 = <sockaddr_in *>&px.dst[0]
+    cdef sockaddr_in6 *v6 = &px.dst[0]
+    memcpy(px.name, p, n)
+    px.name[n] = 0
+    px.port = port
+    px.ndst = 0
+    memset(&px.dst[0], 0, sizeof(sockaddr_in6))
+    if inet_pton(AF_INET, px.name, &v4.sin_addr) == 1:
+        v4.sin_family = AF_INET
+        v4.sin_port = htons(port)
+        px.ndst = 1
+    elif inet_pton(AF_INET6, px.name, &v6.sin6_addr) == 1:
+        v6.sin6_family = AF_INET6
+        v6.sin6_port = htons(port)
+        px.ndst = 1
+
+
+cdef Py_ssize_t socks5_greeting(const uint8_t *p, size_t n) noexcept nogil:
+    # VER NMETHODS METHODS (RFC 1928 §3). Needs method 0, "no authentication required".
+    cdef size_t k
+    if n == 0:
+        return 0
+    if p[0] != 5:
+        return -SOCKS_NO_METHOD
+    if n < 2:
+        return 0
+    if p[1] == 0:
+        return -SOCKS_NO_METHOD
+    if n < 2 + <size_t>p[1]:
+        return 0
+    for k in range(p[1]):
+        if p[2 + k] == 0:
+            return 2 + p[1]
+    return -SOCKS_NO_METHOD
+
+
+cdef Py_ssize_t socks5_request(const uint8_t *p, size_t n, Proxy *px) noexcept nogil:
+    # VER CMD RSV ATYP DST.ADDR DST.PORT (RFC 1928 §4). Only CONNECT.
+    cdef size_t off, alen
+    cdef uint16_t port
+    cdef char text[INET6_ADDRSTRLEN]
+    if n >= 1 and p[0] != 5:
+        return -SOCKS_GENERAL_FAILURE
+    if n >= 2 and p[1] != 1:
+        return -SOCKS_COMMAND_UNSUPPORTED       # BIND, UDP ASSOCIATE
+    if n >= 3 and p[2] != 0:
+        return -SOCKS_GENERAL_FAILURE
+    if n < 4:
+        return 0
+    if p[3] == 1:
+        off, alen = 4, 4
+    elif p[3] == 4:
+        off, alen = 4, 16
+    elif p[3] == 3:
+        if n < 5:
+            return 0
+        off, alen = 5, p[4]
+        if alen == 0:
+            return -SOCKS_HOST_UNREACHABLE
+    else:
+        return -SOCKS_ATYP_UNSUPPORTED
+    if n < off + alen + 2:
+        return 0
+    port = (p[off + alen] << 8) | p[off + alen + 1]
+    if port == 0:
+        return -SOCKS_HOST_UNREACHABLE
+    if p[3] == 3:
+        if not host_name_ok(p + off, alen):
+            return -SOCKS_HOST_UNREACHABLE
+        proxy_set_name(px, p + off, alen, port)
+    else:
+        inet_ntop(AF_INET if p[3] == 1 else AF_INET6, p + off, text, sizeof(text))
+        proxy_set_name(px, <const uint8_t *>text, strlen(text), port)
+    return <Py_ssize_t>(off + alen + 2)
+
+
+cdef Py_ssize_t find_crlf(const uint8_t *p, size_t n, size_t start) noexcept nogil:
+    cdef size_t k
+    for k in range(start, n - 1 if n else 0):
+        if p[k] == b'\r' and p[k + 1] == b'\n':
+            return <Py_ssize_t>k
+    return -1
+
+
+cdef Py_ssize_t http_connect_parse(const uint8_t *p, size_t n, Proxy *px) noexcept nogil:
+    # "CONNECT host:port HTTP/1.1\r\n" headers "\r\n" (RFC 9110 §9.3.6). The request
+    # line is judged as soon as it is complete; the headers only need to end.
+    cdef Py_ssize_t eol = find_crlf(p, n, 0)
+    cdef Py_ssize_t end, line
+    cdef size_t k, sp1, sp2, host_start, host_end, colon
+    cdef uint32_t port = 0
+    if eol < 0:
+        return -431 if n >= PROXY_REQ_MAX else 0
+    line = eol
+    sp1 = 0
+    while sp1 < <size_t>line and p[sp1] != b' ':
+        if not (b'A' <= p[sp1] <= b'Z' or b'a' <= p[sp1] <= b'z'):
+            return -400
+        sp1 += 1
+    if sp1 == 0 or sp1 == <size_t>line:
+        return -400
+    if sp1 != 7 or memcmp(p, b"CONNECT", 7) != 0:
+        return -405
+    sp2 = sp1 + 1
+    while sp2 < <size_t>line and p[sp2] != b' ':
+        sp2 += 1
+    if sp2 == <size_t>line or <size_t>line - sp2 - 1 != 8 or (
+            memcmp(p + sp2 + 1, b"HTTP/1.1", 8) != 0
+            and memcmp(p + sp2 + 1, b"HTTP/1.0", 8) != 0):
+        return -400
+    # authority-form: host ":" port, the host a name, an IPv4 literal or "[" IPv6 "]"
+    colon = sp2
+    while colon > sp1 + 1 and p[colon - 1] != b':':
+        colon -= 1
+    if colon == sp1 + 1 or colon == sp2 or sp2 - colon > 5:
+        return -400
+    for k in range(colon, sp2):
+        if not b'0' <= p[k] <= b'9':
+            return -400
+        port = port * 10 + (p[k] - 48)
+    if port == 0 or port > 65535:
+        return -400
+    host_start = sp1 + 1
+    host_end = colon - 1
+    if p[host_start] == b'[':
+        if host_end - host_start < 3 or p[host_end - 1] != b']':
+            return -400
+        host_start += 1
+        host_end -= 1
+        for k in range(host_start, host_end):
+            if not (b'0' <= p[k] <= b'9' or b'a' <= p[k] <= b'f' or b'A' <= p[k] <= b'F'
+                    or p[k] == b':' or p[k] == b'.'):
+                return -400
+        proxy_set_name(px, p + host_start, host_end - host_start, <uint16_t>port)
+        if px.ndst == 0 or px.dst[0].sin6_family != AF_INET6:
+            return -400
+    else:
+        if not host_name_ok(p + host_start, host_end - host_start):
+            return -400
+        proxy_set_name(px, p + host_start, host_end - host_start, <uint16_t>port)
+    # The headers end at the first empty line.
+    end = eol
+    while True:
+        if end + 3 < <Py_ssize_t>n and p[end + 2] == b'\r' and p[end + 3] == b'\n':
+            return end + 4
+        end = find_crlf(p, n, end + 2)
+        if end < 0:
+            return -431 if n >= PROXY_REQ_MAX else 0
+
+
+cdef size_t socks5_reply(uint8_t *out, uint8_t code, int fd) noexcept nogil:
+    # VER REP RSV ATYP BND.ADDR BND.PORT: on success the address the exit connected from
+    # (fd's local address), on failure 0.0.0.0:0.
+    cdef sockaddr_storage local
+    cdef socklen_t length = sizeof(local)
+    out[0] = 5
+    out[1] = code
+    out[2] = 0
+    if fd >= 0 and getsockname(fd, <sockaddr *>&local, &length) == 0:
+        if local.ss_family == AF_INET6:
+            out[3] = 4
+            memcpy(out + 4, &(<sockaddr_in6 *>&local).sin6_addr, 16)
+            memcpy(out + 20, &(<sockaddr_in6 *>&local).sin6_port, 2)
+            return 22
+        out[3] = 1
+        memcpy(out + 4, &(<sockaddr_in *>&local).sin_addr, 4)
+        memcpy(out + 8, &(<sockaddr_in *>&local).sin_port, 2)
+        return 10
+    out[3] = 1
+    memset(out + 4, 0, 6)
+    return 10
+
+
+cdef const char *http_reason(int status) noexcept nogil:
+    if status == 200:
+        return "Connection established"
+    if status == 400:
+        return "Bad Request"
+    if status == 403:
+        return "Forbidden"
+    if status == 405:
+        return "Method Not Allowed"
+    if status == 408:
+        return "Request Timeout"
+    if status == 431:
+        return "Request Header Fields Too Large"
+    if status == 504:
+        return "Gateway Timeout"
+    return "Bad Gateway"
+
+
+cdef size_t http_reply(char *out, size_t size, int status) noexcept nogil:
+    if status == 200:
+        return <size_t>snprintf(out, size, "HTTP/1.1 200 %s\r\n\r\n", http_reason(200))
+    return <size_t>snprintf(
+        out, size, "HTTP/1.1 %d %s\r\n%sConnection: close\r\nContent-Length: 0\r\n\r\n",
+        status, http_reason(status), "Allow: CONNECT\r\n" if status == 405 else "")
+
+
+cdef uint16_t refusal_code(uint8_t exit_mode, uint8_t cause, int err) noexcept nogil:
+    # The protocol's answer to a failure after the request was understood.
+    cdef bint socks = exit_mode == EXIT_SOCKS5
+    if cause == CAUSE_PROXY_DENIED:
+        return SOCKS_NOT_ALLOWED if socks else 403
+    if cause == CAUSE_CONNECT_REFUSED:
+        return SOCKS_REFUSED if socks else 502
+    if cause == CAUSE_CONNECT_TIMEOUT:
+        return SOCKS_TTL_EXPIRED if socks else 504
+    if cause == CAUSE_RESOLVE_FAILED:
+        return SOCKS_HOST_UNREACHABLE if socks else (504 if err == ETIMEDOUT else 502)
+    if cause == CAUSE_CONNECT_FAILED and err == ENETUNREACH:
+        return SOCKS_NET_UNREACHABLE if socks else 502
+    if cause == CAUSE_CONNECT_FAILED and err == EHOSTUNREACH:
+        return SOCKS_HOST_UNREACHABLE if socks else 502
+    if cause == CAUSE_PROXY_REQUEST and err == ETIMEDOUT:
+        return SOCKS_GENERAL_FAILURE if socks else 408
+    return SOCKS_GENERAL_FAILURE if socks else 502
+
+
+cdef void sockaddr_unmap(sockaddr_in6 *sa) noexcept nogil:
+    # ::ffff:a.b.c.d is a.b.c.d: checked and connected as IPv4, or the policy could be
+    # walked around by spelling 127.0.0.1 as ::ffff:127.0.0.1.
+    cdef sockaddr_in v4
+    cdef const uint8_t *a = sa.sin6_addr.s6_addr
+    cdef int k
+    if sa.sin6_family != AF_INET6:
+        return
+    for k in range(10):
+        if a[k] != 0:
+            return
+    if a[10] != 0xff or a[11] != 0xff:
+        return
+    memset(&v4, 0, sizeof(v4))
+    v4.sin_family = AF_INET
+    v4.sin_port = sa.sin6_port
+    memcpy(&v4.sin_addr, a + 12, 4)
+    memset(sa, 0, sizeof(sockaddr_in6))
+    memcpy(sa, &v4, sizeof(v4))
+
+
+cdef bint destination_special(const sockaddr_in6 *sa) noexcept nogil:
+    # What an exit refuses unless allowed by name: the exit host itself (loopback,
+    # unspecified) and link-local (cloud metadata services live at 169.254.169.254).
+    cdef const uint8_t *a
+    cdef int k
+    if sa.sin6_family == AF_INET:
+        a = <const uint8_t *>&(<sockaddr_in *>sa).sin_addr
+        return a[0] == 127 or a[0] == 0 or (a[0] == 169 and a[1] == 254)
+    a = <const uint8_t *>sa.sin6_addr.s6_addr
+    if a[0] == 0xfe and (a[1] & 0xc0) == 0x80:
+        return True
+    for k in range(15):
+        if a[k] != 0:
+            return False
+    return a[15] <= 1                         # :: and ::1
+
+
+cdef bint destination_allowed(Route *r, const sockaddr_in6 *sa) noexcept nogil:
+    cdef const uint8_t *addr
+    cdef uint16_t port
+    cdef uint32_t k
+    cdef Match *m
+    if r.nallow == 0:
+        return not destination_special(sa)
+    if sa.sin6_family == AF_INET:
+        addr = <const uint8_t *>&(<sockaddr_in *>sa).sin_addr
+        port = ntohs((<sockaddr_in *>sa).sin_port)
+    else:
+        addr = <const uint8_t *>sa.sin6_addr.s6_addr
+        port = ntohs(sa.sin6_port)
+    for k in range(r.nallow):
+        m = &r.allow[k]
+        if m.family == sa.sin6_family and (m.port == 0 or m.port == port) and \
+                prefix_matches(m.addr, addr, m.prefix):
+            return True
+    return False
+
+
+cdef tuple parse_result(Py_ssize_t rc, Py_ssize_t consumed, Proxy *px):
+    if rc <= 0:
+        return (rc, 0, "", 0)
+    return (1, consumed, px.name.decode("ascii"), px.port)
+
+
+def parse_socks5(bytes data):
+    """The exit's SOCKS5 parser on the first bytes of a stream (greeting and request):
+    (status, consumed, host, port). status 0: incomplete; 1: complete; < 0: refused,
+    -status is the code the exit answers with (255: no acceptable method in the greeting,
+    else a SOCKS5 reply code)."""
+    cdef Proxy *px = <Proxy *>calloc(1, sizeof(Proxy))
+    cdef const uint8_t *p = <const uint8_t *><const char *>data
+    cdef Py_ssize_t n = len(data)
+    cdef Py_ssize_t g, r
+    if px == NULL:
+        raise MemoryError()
+    try:
+        g = socks5_greeting(p, n)
+        if g <= 0:
+            return parse_result(g, 0, px)
+        r = socks5_request(p + g, n - g, px)
+        return parse_result(r, g + r, px)
+    finally:
+        free(px)
+
+
+def parse_http_connect(bytes data):
+    """The exit's HTTP CONNECT parser: (status, consumed, host, port). status 0:
+    incomplete; 1: complete; < 0: refused, -status is the HTTP status of the reply."""
+    cdef Proxy *px = <Proxy *>calloc(1, sizeof(Proxy))
+    cdef Py_ssize_t r
+    if px == NULL:
+        raise MemoryError()
+    try:
+        r = http_connect_parse(<const uint8_t *><const char *>data, len(data), px)
+        return parse_result(r, r, px)
+    finally:
+        free(px)

@@ -41,6 +41,7 @@ Ktls = Literal["auto", "off", "require"]
 # can mean "nothing allowed" or "the defaults" depending on the call.
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 
+_V4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 _IFNAME = re.compile(r"[A-Za-z0-9_.:-]{1,15}")
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # `sha256/` and the base64 of 32 bytes: 43 characters and one '=' of padding.
@@ -135,16 +136,7 @@ class Connector(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
         if self.cert is not None and self.key is not None:
             _check_readable("cert", self.cert, directory_ok=False)
             _check_readable("key", self.key, directory_ok=False)
-        seen: dict[str, int] = {}
-        for i, pin in enumerate(self.pin):
-            if _pin_digest(pin) is None:
-                raise ConfigError(
-                    f"pin[{i}]: expected sha256/<base64 of a 32-byte SHA-256>, got {pin!r}"
-                )
-            # One pin pasted twice where a backup pin was meant: a key rotation would then
-            # lock the relay out.
-            if (j := seen.setdefault(pin, i)) != i:
-                raise ConfigError(f"pin[{i}]: {pin!r} is also pin[{j}]")
+        _check_pins("pin", self.pin)
 
     @property
     def listen_addr(self) -> HostPort | None:
@@ -190,6 +182,118 @@ _PLAIN_KEYS = frozenset({"name", "listen", "upstream", "tls", "match"})
 _TLS_DEFAULTS = {
     f.name: f.default for f in msgspec.structs.fields(Connector) if f.name not in _PLAIN_KEYS
 }
+
+
+# The `target` of an exit that lets the entry node name each connection's destination.
+PROXY_TARGETS = ("socks5", "http-connect")
+
+
+class Exit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One `[[exit]]`: the far end of a tunnel. Accept TLS on `listen` from entry nodes,
+    each authenticated by its client certificate (a pin in `allow`, or a chain to `ca`),
+    and relay their bytes to `target`: a fixed host:port, or the destination each
+    connection asks for in a SOCKS5 or HTTP CONNECT request.
+
+    There is no default for who may connect: an exit anyone can reach is an open proxy
+    into the network behind it, which is never what is meant.
+    """
+
+    name: str
+    listen: str
+    cert: NonEmpty
+    key: NonEmpty
+    allow: tuple[str, ...] = ()
+    ca: NonEmpty | None = None
+    target: str
+    # None: the default policy (anything but loopback, link-local and unspecified). TOML
+    # has no null, so None is only ever "not written"; an empty list is refused.
+    allow_destinations: tuple[str, ...] | None = None
+    min_tls: MinTls = "1.2"
+    ktls: Ktls = "auto"
+
+    def __post_init__(self) -> None:
+        if not _NAME.fullmatch(self.name):
+            raise ConfigError(f"name: expected 1-64 of A-Z a-z 0-9 _ . -, got {self.name!r}")
+        try:
+            parse_host_port(self.listen, require_ip=True)
+        except ValueError as e:
+            raise ConfigError(f"listen: {e}") from e
+        _check_readable("cert", self.cert, directory_ok=False)
+        _check_readable("key", self.key, directory_ok=False)
+        _check_pins("allow", self.allow)
+        if self.ca is not None:
+            _check_readable("ca", self.ca, directory_ok=True)
+        if not self.allow and self.ca is None:
+            raise ConfigError(
+                "allow: required unless ca is given: the pins of the entry nodes that may"
+                " connect (an exit that anyone can use is an open proxy)"
+            )
+        self._check_target()
+
+    def _check_target(self) -> None:
+        if self.target not in PROXY_TARGETS:
+            try:
+                parse_host_port(self.target, require_ip=False)
+            except ValueError as e:
+                if ":" in self.target:
+                    raise ConfigError(f"target: {e}") from e
+                raise ConfigError(
+                    f"target: expected 'socks5', 'http-connect' or host:port, got {self.target!r}"
+                ) from e
+        if self.allow_destinations is None:
+            return
+        if self.target not in PROXY_TARGETS:
+            raise ConfigError(
+                "allow_destinations: only meaningful with target = 'socks5' or"
+                " 'http-connect' (a fixed target is the only destination)"
+            )
+        if not self.allow_destinations:
+            # Empty could mean "nothing" or "the default"; either guess surprises someone.
+            raise ConfigError(
+                "allow_destinations: empty; leave the key out for the default policy"
+                " (any destination but loopback, link-local and unspecified addresses)"
+            )
+        for i, text in enumerate(self.allow_destinations):
+            try:
+                network, _ = parse_match(text)
+            except ValueError as e:
+                raise ConfigError(f"allow_destinations[{i}]: {e}") from e
+            if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_V4_MAPPED):
+                # The exit checks ::ffff:a.b.c.d as the IPv4 address it is (so that the
+                # default policy cannot be walked around): such an entry would never match.
+                raise ConfigError(
+                    f"allow_destinations[{i}]: {text!r} is IPv4-mapped; write the IPv4"
+                    " address or network instead"
+                )
+
+    @property
+    def listen_addr(self) -> HostPort:
+        return parse_host_port(self.listen, require_ip=True)
+
+    @property
+    def allow_digests(self) -> tuple[bytes, ...]:
+        """The `allow` entries as raw 32-byte SHA-256 digests of a SubjectPublicKeyInfo."""
+        return tuple(d for d in map(_pin_digest, self.allow) if d is not None)
+
+    @property
+    def target_kind(self) -> Literal["fixed", "socks5", "http-connect"]:
+        if self.target == "socks5":
+            return "socks5"
+        if self.target == "http-connect":
+            return "http-connect"
+        return "fixed"
+
+    @property
+    def target_addr(self) -> HostPort | None:
+        """The fixed target, or None when the entry names the destination (a proxy)."""
+        if self.target in PROXY_TARGETS:
+            return None
+        return parse_host_port(self.target, require_ip=False)
+
+    @property
+    def destination_networks(self) -> list[tuple[Network, int]]:
+        """`allow_destinations` as (network, port or 0); [] for the default policy."""
+        return [parse_match(text) for text in self.allow_destinations or ()]
 
 
 class Passthrough(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -273,7 +377,8 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The whole file. `connectors` is the `[[connector]]` array, never empty."""
+    """The whole file. `connectors` is the `[[connector]]` array and `exits` the
+    `[[exit]]` one; at least one of the two has a table (an exit node may run only exits)."""
 
     relay: Relay = msgspec.field(default_factory=Relay)
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
@@ -281,10 +386,12 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     gateway: Gateway | None = None
     passthrough: tuple[Passthrough, ...] = ()
     connectors: tuple[Connector, ...] = msgspec.field(default=(), name="connector")
+    exits: tuple[Exit, ...] = msgspec.field(default=(), name="exit")
 
     def __post_init__(self) -> None:
-        if not self.connectors:
-            raise ConfigError("connector: at least one [[connector]] table is required")
+        if not self.connectors and not self.exits:
+            # An exit node may run only exits: it has no devices of its own.
+            raise ConfigError("connector: at least one [[connector]] or [[exit]] table is required")
         names: dict[str, int] = {}
         listens: dict[HostPort | None, int] = {}
         for i, c in enumerate(self.connectors):
@@ -298,6 +405,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                     f" of connector[{j}] ({self.connectors[j].name!r})"
                 )
         self._check_gateway(names, listens)
+        self._check_exits(names, listens)
 
     def _check_gateway(self, names: dict[str, int], listens: dict[HostPort | None, int]) -> None:
         matching = [i for i, c in enumerate(self.connectors) if c.match]
@@ -320,6 +428,34 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                 raise ConfigError(
                     f"gateway.listen: {addr} is also the listen address of"
                     f" connector[{listens[addr]}]"
+                )
+
+    def _check_exits(self, names: dict[str, int], listens: dict[HostPort | None, int]) -> None:
+        """Exits share the connectors' namespaces: a name picks one line in stats and logs,
+        and an address can be bound for one listener only."""
+        gateway_addrs = self.gateway.listen_addrs if self.gateway is not None else []
+        exit_names: dict[str, int] = {}
+        exit_listens: dict[HostPort, int] = {}
+        for i, x in enumerate(self.exits):
+            if x.name in names:
+                raise ConfigError(
+                    f"exit[{i}].name: {x.name!r} is also the name of connector[{names[x.name]}]"
+                )
+            if (j := exit_names.setdefault(x.name, i)) != i:
+                raise ConfigError(f"exit[{i}].name: {x.name!r} is also the name of exit[{j}]")
+            addr = x.listen_addr
+            if addr in listens:
+                k = listens[addr]
+                raise ConfigError(
+                    f"exit[{i}].listen: {addr} is also the listen address of connector[{k}]"
+                    f" ({self.connectors[k].name!r})"
+                )
+            if addr in gateway_addrs:
+                raise ConfigError(f"exit[{i}].listen: {addr} is also a gateway.listen address")
+            if (j := exit_listens.setdefault(addr, i)) != i:
+                raise ConfigError(
+                    f"exit[{i}].listen: {addr} is also the listen address of exit[{j}]"
+                    f" ({self.exits[j].name!r})"
                 )
 
 
@@ -363,6 +499,19 @@ def _check_readable(key: str, path: str, *, directory_ok: bool) -> None:
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
     except OSError as e:
         raise ConfigError(f"{key}: cannot read {path}: {e.strerror}") from None
+
+
+def _check_pins(key: str, pins: tuple[str, ...]) -> None:
+    seen: dict[str, int] = {}
+    for i, pin in enumerate(pins):
+        if _pin_digest(pin) is None:
+            raise ConfigError(
+                f"{key}[{i}]: expected sha256/<base64 of a 32-byte SHA-256>, got {pin!r}"
+            )
+        # One pin pasted twice where a backup pin was meant: a key rotation would then
+        # lock the relay (or the entry node) out.
+        if (j := seen.setdefault(pin, i)) != i:
+            raise ConfigError(f"{key}[{i}]: {pin!r} is also {key}[{j}]")
 
 
 def _pin_digest(pin: str) -> bytes | None:
@@ -419,7 +568,25 @@ def config_summary(cfg: Config) -> str:
         f"{c.name}: {c.listen_addr or 'gateway'} -> {c.upstream_addr} ({_describe_tls(c)})"
         for c in cfg.connectors
     ]
+    lines += [
+        f"{x.name}: exit {x.listen_addr} -> {x.target} ({_describe_exit(x)})" for x in cfg.exits
+    ]
     return "\n".join(lines)
+
+
+def _describe_exit(x: Exit) -> str:
+    parts = ["tls server"]
+    if x.allow:
+        parts.append(f"allow pins {len(x.allow)}")
+    if x.ca is not None:
+        parts.append(f"client CA {x.ca}")
+    if x.target_kind != "fixed":
+        n = len(x.allow_destinations or ())
+        parts.append(f"destinations {n}" if n else "destinations default")
+    if x.min_tls != "1.2":
+        parts.append(f"TLS >= {x.min_tls}")
+    parts.append(f"ktls {x.ktls}")
+    return ", ".join(parts)
 
 
 def _describe_tls(c: Connector) -> str:

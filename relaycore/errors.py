@@ -13,7 +13,8 @@ class RelayError(Exception):
 
 class ConfigError(RelayError, ValueError):
     """The configuration is invalid: the user's fault. The message starts with the path of
-    the bad field (`connector[1].listen: ...`)."""
+    the bad field (`connector[1].listen: ...`). Also a path or value given to `relaycore
+    identity` that cannot be used, with that path or option first."""
 
     exit_code = 3
 

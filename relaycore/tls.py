@@ -1,4 +1,4 @@
-"""TLS settings of a connector -> the compiled context its workers use.
+"""TLS settings of a connector or an exit -> the compiled context its workers use.
 
 Contexts are built once per config generation, in the supervisor, before forking: a
 certificate or key that OpenSSL refuses stops the start (or the reload) with the path of
@@ -10,7 +10,7 @@ import logging
 
 from relaycore import _core
 from relaycore.capabilities import ktls_unavailable
-from relaycore.config import Connector
+from relaycore.config import Connector, Exit
 from relaycore.errors import ConfigError, StartupError
 
 log = logging.getLogger("relaycore.tls")
@@ -36,15 +36,32 @@ def client_context(connector: Connector, index: int) -> _core.TLSClientContext:
         raise ConfigError(f"connector[{index}].{e}") from e
 
 
-def check_ktls_requirements(connectors: tuple[Connector, ...]) -> None:
+def server_context(exit_node: Exit, index: int) -> _core.TLSServerContext:
+    try:
+        return _core.TLSServerContext(
+            cert=exit_node.cert,
+            key=exit_node.key,
+            allow_pins=list(exit_node.allow_digests),
+            ca=exit_node.ca,
+            min_tls=exit_node.min_tls,
+            ktls=exit_node.ktls,
+        )
+    except ValueError as e:
+        raise ConfigError(f"exit[{index}].{e}") from e
+
+
+def check_ktls_requirements(
+    connectors: tuple[Connector, ...], exits: tuple[Exit, ...] = ()
+) -> None:
     """`ktls = "require"` where the kernel cannot offload TLS is a start-up error."""
-    wanted = [c.name for c in connectors if c.tls and c.ktls == "require"]
+    wanted = [f"connector {c.name}" for c in connectors if c.tls and c.ktls == "require"]
+    wanted += [f"exit {x.name}" for x in exits if x.ktls == "require"]
     if not wanted:
         return
     missing = ktls_unavailable()
     if missing:
         raise StartupError(
-            f'connector {wanted[0]}: ktls = "require" but kernel TLS is unavailable: '
+            f'{wanted[0]}: ktls = "require" but kernel TLS is unavailable: '
             f'{missing} (load it with `modprobe tls`, or set ktls = "auto")'
         )
 

@@ -43,6 +43,28 @@ class Upstream:
 
 
 @dataclass(frozen=True)
+class ExitSpec:
+    """A tunnel exit: TLS from entry nodes on its listeners, relayed to a target."""
+
+    connector_id: int
+    name: str
+    tls: _core.TLSServerContext
+    target: str  # "fixed", "socks5" or "http-connect"
+    host: str  # fixed: the target's IP, resolved at start; proxies: ""
+    port: int  # fixed: the target's port; proxies: 0
+    # Proxies: the destinations allowed, (network, port or 0 = any). Empty: the default
+    # policy of the loop (anything but loopback, link-local and unspecified).
+    destinations: Sequence[tuple[str, int]]
+    listen_fds: Sequence[int]
+
+
+def exit_connector_id(connectors: int, index: int) -> int:
+    """The connector id of the `index`-th exit: after the connectors and the gateway's two
+    pseudo-connectors (reserved whether or not there is a gateway), so ids never clash."""
+    return connectors + 2 + index
+
+
+@dataclass(frozen=True)
 class GatewaySpec:
     listen_fds: Sequence[int]
     # (connector_id or gateway.PASSTHROUGH, network, port), most specific first
@@ -67,11 +89,13 @@ class WorkerSpec:
     drain_timeout_s: float
     run_dir: str
     stats_interval_s: float  # 0: no reports; the worker logs its error events itself
+    exits: Sequence[ExitSpec] = ()
 
     @property
     def listen_fds(self) -> list[int]:
         gateway = list(self.gateway.listen_fds) if self.gateway is not None else []
-        return [fd for fd, _ in self.listeners] + gateway
+        exits = [fd for x in self.exits for fd in x.listen_fds]
+        return [fd for fd, _ in self.listeners] + gateway + exits
 
 
 def serve(spec: WorkerSpec, ready_fd: int) -> None:
@@ -105,7 +129,7 @@ def _serve(spec: WorkerSpec, ready_fd: int) -> None:
         idle_timeout_ms=spec.idle_timeout_ms,
     )
     names = _add_routes(loop, spec)
-    if any(u.tls is not None for u in spec.upstreams):
+    if spec.exits or any(u.tls is not None for u in spec.upstreams):
         # Once per worker: whether TLS 1.2 connections will be offloaded (ktls = auto);
         # the per-connection outcome is counted (ktls_conns, ktls_declined).
         missing = ktls_unavailable()
@@ -180,7 +204,18 @@ def _add_routes(loop: _core.Loop, spec: WorkerSpec) -> dict[int, str]:
             loop.add_listener(fd, -1)
     for fd, connector_id in spec.listeners:
         loop.add_listener(fd, route[connector_id])
+    for x in spec.exits:
+        names[x.connector_id] = x.name
+        _add_exit(loop, x)
     return names
+
+
+def _add_exit(loop: _core.Loop, x: ExitSpec) -> None:
+    route = loop.add_exit(x.connector_id, x.tls, x.target, x.host, x.port)
+    for network, port in x.destinations:
+        loop.allow_destination(route, network, port)
+    for fd in x.listen_fds:
+        loop.add_listener(fd, route)
 
 
 def _worker_counters(loop: _core.Loop, reporter: Reporter) -> dict[str, int]:

@@ -18,7 +18,7 @@ import select
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import zmq
 
@@ -167,14 +167,33 @@ class Supervisor:
         and the listeners it bound anew. Raises StartupError."""
         addrs = _listen_addrs(config)
         workers = config.relay.workers
-        upstreams = [_resolve(c.name, c.upstream_addr) for c in config.connectors]
+        upstreams = [_resolve(f"connector {c.name}", c.upstream_addr) for c in config.connectors]
         contexts = [
             tls.client_context(c, k) if c.tls else None for k, c in enumerate(config.connectors)
         ]
-        tls.check_ktls_requirements(config.connectors)
+        exit_targets = [
+            ("", 0) if x.target_addr is None else _resolve(f"exit {x.name}", x.target_addr)
+            for x in config.exits
+        ]
+        exit_contexts = [tls.server_context(x, k) for k, x in enumerate(config.exits)]
+        tls.check_ktls_requirements(config.connectors, config.exits)
         added = self.listeners.ensure(addrs, workers)
         tls.warn_insecure(config.connectors)
         gen = Generation(number, config)
+        # The same for every slot but the listener fds, filled in per slot below.
+        exit_specs = [
+            worker.ExitSpec(
+                connector_id=worker.exit_connector_id(len(config.connectors), k),
+                name=x.name,
+                tls=exit_contexts[k],
+                target=x.target_kind,
+                host=exit_targets[k][0],
+                port=exit_targets[k][1],
+                destinations=[(str(net), port) for net, port in x.destination_networks],
+                listen_fds=[],
+            )
+            for k, x in enumerate(config.exits)
+        ]
         names = [c.name for c in config.connectors]
         upstream_specs = [
             worker.Upstream(k, c.name, upstreams[k][0], upstreams[k][1], contexts[k])
@@ -210,6 +229,10 @@ class Supervisor:
                 drain_timeout_s=config.relay.drain_timeout_s,
                 run_dir=config.relay.run_dir,
                 stats_interval_s=config.stats.interval_s,
+                exits=[
+                    replace(spec, listen_fds=[self.listeners.fd(x.listen_addr, slot)])
+                    for x, spec in zip(config.exits, exit_specs, strict=True)
+                ],
             )
         return gen, added
 
@@ -270,8 +293,11 @@ class Supervisor:
 
     def _announce(self, gen: Generation) -> None:
         listening = ", ".join(
-            f"{c.name} {c.listen_addr or 'gateway'} -> {c.upstream_addr}"
-            for c in gen.config.connectors
+            [
+                f"{c.name} {c.listen_addr or 'gateway'} -> {c.upstream_addr}"
+                for c in gen.config.connectors
+            ]
+            + [f"{x.name} exit {x.listen_addr} -> {x.target}" for x in gen.config.exits]
         )
         log.info(
             "ready generation=%d workers=%d config=%s: %s",
@@ -486,7 +512,7 @@ class Supervisor:
         )
 
     def _stats(self) -> protocol.StatsReport:
-        names = [c.name for c in self.current.config.connectors]
+        names = _route_names(self.current.config)
         return self.aggregator.stats(names, self.current.number, time.time())
 
     def _publish_stats(self) -> None:
@@ -494,7 +520,7 @@ class Supervisor:
             return
         self._next_stats = time.monotonic() + STATS_PERIOD_S
         self.aggregator.retire(time.time())
-        names = [c.name for c in self.current.config.connectors]
+        names = _route_names(self.current.config)
         report = self.aggregator.stats(names, self.current.number, time.time(), advance=True)
         self.plane.publish(protocol.TOPIC_STATS, report)
 
@@ -541,15 +567,22 @@ def _listen_addrs(config: Config) -> list[HostPort]:
     addrs = [c.listen_addr for c in config.connectors if c.listen_addr is not None]
     if config.gateway is not None:
         addrs += config.gateway.listen_addrs
+    addrs += [x.listen_addr for x in config.exits]
     return addrs
 
 
-def _resolve(name: str, addr: HostPort) -> tuple[str, int]:
-    # Upstream names are resolved once per generation: a reload picks up DNS changes.
+def _route_names(config: Config) -> list[str]:
+    """What stats list first, in the config's order: connectors, then exits."""
+    return [c.name for c in config.connectors] + [x.name for x in config.exits]
+
+
+def _resolve(what: str, addr: HostPort) -> tuple[str, int]:
+    # Upstream and fixed exit target names are resolved once per generation: a reload
+    # picks up DNS changes. `what` names the table ("connector acme").
     try:
         infos = socket.getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
-        raise StartupError(f"connector {name}: cannot resolve {addr.host}: {e.strerror}") from e
+        raise StartupError(f"{what}: cannot resolve {addr.host}: {e.strerror}") from e
     ip, port = infos[0][4][:2]
     return str(ip), int(port)
 

@@ -6,12 +6,13 @@ traceback only with --debug.
 
 import argparse
 import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 
 import msgspec
 
-from relaycore import __version__, client, demo, gateway, protocol, render
+from relaycore import __version__, client, demo, gateway, identity, protocol, render
 from relaycore.config import Relay, config_summary, load_config
 from relaycore.errors import EXIT_UNEXPECTED, ConfigError, RelayError
 from relaycore.logs import set_role, setup_logging
@@ -128,6 +129,50 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_identity(args: argparse.Namespace) -> int:
+    if args.init is None:
+        options = {"--cn": args.cn, "--days": args.days, "--force": args.force or None}
+        given = [name for name, value in options.items() if value is not None]
+        if given:
+            args.usage_error(f"{given[0]} goes with --init")
+        print(identity.pin_of(args.path))
+        return 0
+    made = identity.create(
+        args.init,
+        socket.gethostname() if args.cn is None else args.cn,
+        identity.DEFAULT_DAYS if args.days is None else args.days,
+        force=args.force,
+    )
+    # stdout carries the pin alone, so that `$(relaycore identity --init DIR)` is the pin.
+    print(made.pin, flush=True)
+    print(
+        f"created {made.key} (the private key: it stays on this node) and {made.cert}."
+        " Give the pin above to the other node: in `allow` of its [[exit]] if this node is"
+        " an entry, in `pin` of its entry [[connector]] if this node is the exit.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+IDENTITY_HELP = """\
+Tunnel mode: make or show this node's identity, a key and a self-signed
+certificate that the other node knows by its pin, sha256/<base64>.
+
+  relaycore identity --init DIR   create DIR/node.key (mode 0600) and DIR/node.crt
+                                  (ECDSA P-256), and DIR itself (0700) if missing;
+                                  print the pin on stdout (and nothing else)
+  relaycore identity DIR|CERT     print the pin of DIR/node.crt, or of a certificate
+
+Exchange pins: on the exit node, list each entry node's pin in `allow` of the
+[[exit]]; on the entry node, put the exit's pin in `pin` of the [[connector]]
+whose upstream is the exit, with cert/key = this node's node.crt/node.key
+and verify = false (the pin, not a CA, authenticates the exit).
+Existing files are never overwritten without --force: a new key is a new pin,
+and peers that hold the old one refuse the node until they are told the new one.
+The pin is what `openssl x509 -in node.crt -pubkey -noout | openssl pkey -pubin
+-outform der | openssl dgst -sha256 -binary | base64` prints, after sha256/."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="relaycore",
@@ -225,6 +270,41 @@ def build_parser() -> argparse.ArgumentParser:
             " connections get the new settings, open ones keep theirs.",
         ),
         json=False,
+    )
+    p = sub.add_parser(
+        "identity",
+        help="Tunnel mode: create a node's key and certificate, or print a node's pin.",
+        description=IDENTITY_HELP,
+        epilog="exit codes: 0 ok, 1 unexpected error, 2 usage, 3 a path that cannot be read or"
+        " written, or an identity already there (without --force)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.set_defaults(func=cmd_identity, usage_error=p.error)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "path",
+        nargs="?",
+        metavar="DIR|CERT",
+        help="print the pin of DIR/node.crt, or of this PEM certificate",
+    )
+    which.add_argument(
+        "--init", metavar="DIR", help="create a new identity in DIR and print its pin"
+    )
+    p.add_argument(
+        "--cn",
+        metavar="NAME",
+        help="with --init: the certificate's common name (default: this host's name)",
+    )
+    p.add_argument(
+        "--days",
+        type=int,
+        metavar="N",
+        help=f"with --init: days the certificate is valid (default: {identity.DEFAULT_DAYS})",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="with --init: replace an existing identity (the node's pin changes)",
     )
     p = command(
         "demo",

@@ -11,17 +11,18 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
-from collections.abc import Callable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.clients import connect, exchange, recv_exact, wait_closed
-from support.data import RandomStream, stream_digest
+from support.clients import Reader, connect, exchange, recv_exact, wait_closed
+from support.data import MiB, RandomStream, stream_digest
 from support.pki import Pki, make_pki
 from support.relay import LoopThread
-from support.servers import EchoServer, SinkServer, set_linger0
+from support.servers import EchoServer, SinkServer, SourceServer, set_linger0
 
 from relaycore import _core
 
@@ -455,11 +456,6 @@ def test_connections_waiting_for_the_resolver_close_cleanly(
     exit_node.wait_idle()
 
 
-def iter_chunks(data: bytes, size: int) -> Iterator[bytes]:
-    for k in range(0, len(data), size):
-        yield data[k : k + size]
-
-
 def test_events_name_the_client_after_it_reset(start_exit: ExitSetup, ids: Identities) -> None:
     # The address comes from accept: getpeername has nothing to say once the peer is gone.
     with EchoServer() as echo:
@@ -476,3 +472,28 @@ def test_events_name_the_client_after_it_reset(start_exit: ExitSetup, ids: Ident
             set_linger0(tls)
         event = wait_error(exit_node, "tls_error")
         assert event[3] == f"127.0.0.1:{port}", event
+
+
+def test_a_stalled_device_stalls_the_server_through_both_legs(
+    start_exit: ExitSetup, start_entry: ExitSetup
+) -> None:
+    # Backpressure crosses the tunnel: while the device reads nothing, the exit stops
+    # reading the server (it holds at most one buffer per direction), so the server
+    # blocks once the socket buffers on the way are full; then every byte arrives intact.
+    total = 256 * MiB
+    with SourceServer(total, seed=77) as up:
+        exit_node = start_exit("fixed", host="127.0.0.1", port=up.port)
+        entry = start_entry(exit_node.port)
+        with connect(entry.port) as dev:
+            reader = Reader(dev)
+            reader.read(MiB, timeout=20)
+            [rec] = up.wait_connections(1)
+            # The device deliberately reads nothing for a while (not a synchronisation).
+            threading.Event().wait(2.0)
+            sent_while_stalled = rec.sent
+            reader.read_to_eof(timeout=120)
+            dev.shutdown(socket.SHUT_WR)
+            rec.wait(20)
+    assert sent_while_stalled < total // 4, f"{sent_while_stalled / MiB:.0f} MiB: not blocked"
+    assert reader.received == total
+    assert reader.hexdigest() == rec.sent_digest()

@@ -12,7 +12,7 @@ import pytest
 
 HOST = "127.0.0.1"
 # direct: no relay; copy, splice: plain connectors; tls: TLS connectors to TLS peers.
-PATHS = ("direct", "copy", "splice", "tls")
+PATHS = ("direct", "copy", "splice", "tls", "tunnel")
 SPLICE = {"copy": "off", "splice": "always"}
 # The name in the bench certificate: the TLS connectors' server_name (and SNI).
 TLS_SERVER_NAME = "localhost"
@@ -98,15 +98,29 @@ class Endpoints:
     echo_full_peer: Peer | None = None
 
 
+@dataclass(frozen=True)
+class TunnelNodes:
+    """tunnel path: both nodes' identities (cert, key, pin) and each route's exit port."""
+
+    entry: tuple[Path, Path, str]
+    exit: tuple[Path, Path, str]
+    exit_ports: dict[str, int]
+
+
 def relay_config(
     splice: str | None,
     run_dir: Path,
     routes: dict[str, tuple[int, tuple[str, int]]],
     ca: Path | None = None,
+    tunnel: TunnelNodes | None = None,
 ) -> str:
     """workers = 1 and one connector per route (name -> (listen port, upstream)): plain,
     or TLS verified against `ca` and TLS_SERVER_NAME when `ca` is given. `splice` None
-    leaves the default ("auto")."""
+    leaves the default ("auto"). With `tunnel`, each route is an entry connector pinned
+    to an [[exit]] of the same process, whose fixed target is the route's upstream: both
+    TLS legs of a tunnel in one worker."""
+    if tunnel is not None:
+        return _tunnel_config(splice, run_dir, routes, tunnel)
     lines = [
         "[relay]",
         "workers = 1",
@@ -127,6 +141,39 @@ def relay_config(
             lines.append("tls = false")
         else:
             lines += [f'server_name = "{TLS_SERVER_NAME}"', f"ca = {json.dumps(str(ca))}"]
+    return "\n".join(lines) + "\n"
+
+
+def _tunnel_config(
+    splice: str | None,
+    run_dir: Path,
+    routes: dict[str, tuple[int, tuple[str, int]]],
+    nodes: TunnelNodes,
+) -> str:
+    (entry_cert, entry_key, entry_pin), (exit_cert, exit_key, exit_pin) = nodes.entry, nodes.exit
+    plain = relay_config(splice, run_dir, {})
+    lines = [plain.rstrip("\n")]
+    for name, (port, upstream) in routes.items():
+        exit_port = nodes.exit_ports[name]
+        lines += [
+            "",
+            "[[connector]]",
+            f'name = "{name}"',
+            f'listen = "{HOST}:{port}"',
+            f'upstream = "{HOST}:{exit_port}"',
+            f"pin = [{json.dumps(exit_pin)}]",
+            f"cert = {json.dumps(str(entry_cert))}",
+            f"key = {json.dumps(str(entry_key))}",
+            "verify = false",
+            "",
+            "[[exit]]",
+            f'name = "{name}-exit"',
+            f'listen = "{HOST}:{exit_port}"',
+            f"cert = {json.dumps(str(exit_cert))}",
+            f"key = {json.dumps(str(exit_key))}",
+            f"allow = [{json.dumps(entry_pin)}]",
+            f'target = "{upstream[0]}:{upstream[1]}"',
+        ]
     return "\n".join(lines) + "\n"
 
 

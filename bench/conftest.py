@@ -8,6 +8,9 @@ Every benchmark runs once per `path`:
   tls      the same with TLS connectors (splice left at its default): the client still
            speaks plain TCP, the relay speaks TLS to TLS peers, verified against a bench
            CA made with the openssl command line and the name "localhost"
+  tunnel   both legs of a tunnel in the one worker: an entry connector (TLS, pinned) to
+           an [[exit]] of the same process, whose fixed target is the plain peer; every
+           byte is encrypted and decrypted once by the relay
 
 The upstream peers are bench/peer.c (a sink and an echo server, plain or TLS, built here
 with `cc ... -lssl -lcrypto`), so that the far end is never what is measured. Everything
@@ -23,6 +26,7 @@ in `TLS_NOTES` and printed under the table.
 
 from __future__ import annotations
 
+import base64
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -38,9 +42,11 @@ from benchlib import (
     TLS_SERVER_NAME,
     Endpoints,
     Peer,
+    TunnelNodes,
     relay_config,
 )
 
+from relaycore import _core
 from relaycore._demo_pki import DemoPki, make_demo_pki
 from relaycore.demo import RelayProcess, free_port
 from relaycore.errors import StartupError
@@ -128,6 +134,7 @@ def endpoints(
             tmp / "run",
             {name: (ports[name], peer.address) for name, peer in upstream.items()},
             ca=bench_pki.ca if tls else None,
+            tunnel=tunnel_nodes(tmp, upstream) if path == "tunnel" else None,
         )
     )
     relay = RelayProcess(config)
@@ -158,6 +165,22 @@ def endpoints(
         pytest.fail(f"relay ({path}) exited with code {code} on SIGTERM, not 0:\n{tail}")
     if problems:
         pytest.fail(f"relay ({path}) logged problems:\n" + "\n".join(problems[:10]))
+
+
+def tunnel_nodes(tmp: Path, routes: dict[str, Peer]) -> TunnelNodes:
+    """Two node identities (relaycore identity's own key generation) and an exit port per
+    route."""
+
+    def identity(name: str) -> tuple[Path, Path, str]:
+        cert, key = tmp / f"{name}.crt", tmp / f"{name}.key"
+        pin = _core.make_identity(str(key), str(cert), name)
+        return cert, key, "sha256/" + base64.b64encode(pin).decode()
+
+    return TunnelNodes(
+        entry=identity("entry"),
+        exit=identity("exit"),
+        exit_ports={name: free_port() for name in routes},
+    )
 
 
 @pytest.fixture
@@ -207,10 +230,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     metrics = list(dict.fromkeys(metric for metric, _ in RESULTS))
     write = terminalreporter.write_line
     terminalreporter.section("relay vs direct (median round, loopback)")
-    widths = (12, 12, 14, 12)
+    widths = (12, 12, 14, 12, 12)
     write(
         f"{'benchmark':<48}{'direct':>12}{'relay copy':>12}{'relay splice':>14}"
-        f"{'relay TLS':>12}{'copy/direct':>13}{'splice/direct':>15}{'TLS/copy':>10}"
+        f"{'relay TLS':>12}{'tunnel':>12}{'copy/direct':>13}{'splice/direct':>15}"
+        f"{'TLS/copy':>10}{'tunnel/TLS':>12}"
     )
     for metric in metrics:
         rates = {path: RESULTS.get((metric, path)) for path in PATHS}
@@ -219,6 +243,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             _ratio(rates["copy"], rates["direct"], 13)
             + _ratio(rates["splice"], rates["direct"], 15)
             + _ratio(rates["tls"], rates["copy"], 10)
+            + _ratio(rates["tunnel"], rates["tls"], 12)
         )
         write(f"{metric + ' (' + UNITS[metric] + ')':<48}{cells}{ratios}")
     for note in TLS_NOTES.values():

@@ -38,15 +38,17 @@ cdef bint host_name_ok(const uint8_t *p, size_t n) noexcept nogil:
     return True
 
 
-cdef void proxy_set_name(Proxy *px, const uint8_t *p, size_t n, uint16_t port) noexcept nogil:
+cdef bint proxy_set_name(Proxy *px, const uint8_t *p, size_t n, uint16_t port) noexcept nogil:
     # The destination as text; an IP literal is a destination at once, a name waits for
-    # the resolver (ndst 0).
+    # the resolver (ndst 0). False for a host too long to be either.
     cdef sockaddr_in *v4 = <sockaddr_in *>&px.dst[0]
     cdef sockaddr_in6 *v6 = &px.dst[0]
+    px.ndst = 0
+    if n == 0 or n >= sizeof(px.name):
+        return False
     memcpy(px.name, p, n)
     px.name[n] = 0
     px.port = port
-    px.ndst = 0
     memset(&px.dst[0], 0, sizeof(sockaddr_in6))
     if inet_pton(AF_INET, px.name, &v4.sin_addr) == 1:
         v4.sin_family = AF_INET
@@ -56,6 +58,7 @@ cdef void proxy_set_name(Proxy *px, const uint8_t *p, size_t n, uint16_t port) n
         v6.sin6_family = AF_INET6
         v6.sin6_port = htons(port)
         px.ndst = 1
+    return True
 
 
 cdef Py_ssize_t socks5_greeting(const uint8_t *p, size_t n) noexcept nogil:
@@ -108,9 +111,8 @@ cdef Py_ssize_t socks5_request(const uint8_t *p, size_t n, Proxy *px) noexcept n
     if port == 0:
         return -SOCKS_HOST_UNREACHABLE
     if p[3] == 3:
-        if not host_name_ok(p + off, alen):
+        if not host_name_ok(p + off, alen) or not proxy_set_name(px, p + off, alen, port):
             return -SOCKS_HOST_UNREACHABLE
-        proxy_set_name(px, p + off, alen, port)
     else:
         inet_ntop(AF_INET if p[3] == 1 else AF_INET6, p + off, text, sizeof(text))
         proxy_set_name(px, <const uint8_t *>text, strlen(text), port)
@@ -166,7 +168,7 @@ cdef Py_ssize_t http_connect_parse(const uint8_t *p, size_t n, Proxy *px) noexce
     host_start = sp1 + 1
     host_end = colon - 1
     if p[host_start] == b'[':
-        if host_end - host_start < 3 or p[host_end - 1] != b']':
+        if not 3 <= host_end - host_start <= INET6_ADDRSTRLEN + 1 or p[host_end - 1] != b']':
             return -400
         host_start += 1
         host_end -= 1
@@ -174,13 +176,12 @@ cdef Py_ssize_t http_connect_parse(const uint8_t *p, size_t n, Proxy *px) noexce
             if not (b'0' <= p[k] <= b'9' or b'a' <= p[k] <= b'f' or b'A' <= p[k] <= b'F'
                     or p[k] == b':' or p[k] == b'.'):
                 return -400
-        proxy_set_name(px, p + host_start, host_end - host_start, <uint16_t>port)
-        if px.ndst == 0 or px.dst[0].sin6_family != AF_INET6:
+        if (not proxy_set_name(px, p + host_start, host_end - host_start, <uint16_t>port)
+                or px.ndst == 0 or px.dst[0].sin6_family != AF_INET6):
             return -400
-    else:
-        if not host_name_ok(p + host_start, host_end - host_start):
-            return -400
-        proxy_set_name(px, p + host_start, host_end - host_start, <uint16_t>port)
+    elif (not host_name_ok(p + host_start, host_end - host_start)
+            or not proxy_set_name(px, p + host_start, host_end - host_start, <uint16_t>port)):
+        return -400
     # The headers end at the first empty line.
     end = eol
     while True:
@@ -233,11 +234,15 @@ cdef const char *http_reason(int status) noexcept nogil:
 
 
 cdef size_t http_reply(char *out, size_t size, int status) noexcept nogil:
+    # The reply's length; never more than what fits in out (snprintf says what would).
+    cdef int n
     if status == 200:
-        return <size_t>snprintf(out, size, "HTTP/1.1 200 %s\r\n\r\n", http_reason(200))
-    return <size_t>snprintf(
-        out, size, "HTTP/1.1 %d %s\r\n%sConnection: close\r\nContent-Length: 0\r\n\r\n",
-        status, http_reason(status), "Allow: CONNECT\r\n" if status == 405 else "")
+        n = snprintf(out, size, "HTTP/1.1 200 %s\r\n\r\n", http_reason(200))
+    else:
+        n = snprintf(
+            out, size, "HTTP/1.1 %d %s\r\n%sConnection: close\r\nContent-Length: 0\r\n\r\n",
+            status, http_reason(status), "Allow: CONNECT\r\n" if status == 405 else "")
+    return <size_t>min(max(n, 0), <int>size - 1)
 
 
 cdef uint16_t refusal_code(uint8_t exit_mode, uint8_t cause, int err) noexcept nogil:

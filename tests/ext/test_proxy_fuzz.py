@@ -126,6 +126,20 @@ def test_connect_requests_parse_exactly_and_by_prefix(
         assert _core.parse_http_connect(data[:k])[0] == 0
 
 
+@settings(max_examples=1000, deadline=None)
+@given(st.text("0123456789abcdefABCDEF:.", max_size=3000))
+def test_connect_parser_bounds_a_bracketed_host(inside: str) -> None:
+    # An IPv6 literal is at most 45 characters: a longer "[...]" never reaches the
+    # 256-byte host buffer, however long the request line.
+    data = f"CONNECT [{inside}]:443 HTTP/1.1\r\n\r\n".encode()
+    result = _core.parse_http_connect(data)
+    check_shape(result, data, HTTP_CODES)
+    if result[0] == 1:
+        assert ipaddress.ip_address(result[2]) == ipaddress.ip_address(inside)
+    else:
+        assert len(inside) > 45 or not _ip_host(inside) or len(data) >= 4096, result
+
+
 def mutate(data: bytes, draw: Callable[[Any], Any]) -> bytes:
     out = bytearray(data)
     for _ in range(draw(st.integers(1, 4))):

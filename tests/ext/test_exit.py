@@ -497,3 +497,39 @@ def test_a_stalled_device_stalls_the_server_through_both_legs(
     assert sent_while_stalled < total // 4, f"{sent_while_stalled / MiB:.0f} MiB: not blocked"
     assert reader.received == total
     assert reader.hexdigest() == rec.sent_digest()
+
+
+def test_hundreds_of_proxied_connections_at_once(
+    start_exit: ExitSetup, start_entry: ExitSetup
+) -> None:
+    # 300 devices ask at once (greeting and request pipelined), half by name: the
+    # resolver threads and the loop share the work, and every device gets its own bytes.
+    n = 300
+    with EchoServer() as echo:
+        exit_node = start_exit("socks5")
+        entry = start_entry(exit_node.port)
+        devices = []
+        try:
+            for k in range(n):
+                dev = connect(entry.port)
+                devices.append(dev)
+                host = b"localhost" if k % 2 else b"127.0.0.1"
+                addr = b"\x03" + bytes([len(host)]) + host if k % 2 else b"\x01\x7f\x00\x00\x01"
+                dev.sendall(b"\x05\x01\x00\x05\x01\x00" + addr + struct.pack(">H", echo.port))
+            for dev in devices:
+                assert recv_exact(dev, 12)[:4] == b"\x05\x00\x05\x00"
+            for k, dev in enumerate(devices):
+                dev.sendall(struct.pack(">I", k) * 1024)
+            for k, dev in enumerate(devices):
+                assert recv_exact(dev, 4096) == struct.pack(">I", k) * 1024
+        finally:
+            for dev in devices:
+                dev.close()
+        counters = exit_node.wait_idle()
+        entry.wait_idle()
+    assert counters["accepted"] == counters["closed"] == n
+    assert counters["handshakes"] == n
+    # The exit's tickets work: later handshakes resume (the first ones had no ticket).
+    assert counters["handshakes_resumed"] > 0
+    assert exit_node.pop_errors() == []
+    assert entry.pop_errors() == []

@@ -541,14 +541,19 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 def parse_config(text: str | bytes, source: str = "<string>") -> Config:
     """Check TOML text; `source` names it where no field path can (bad TOML, top level)."""
+    if isinstance(text, bytes):
+        # Decoded here: msgspec's own complaint about bad UTF-8 differs between releases
+        # (0.23 raises a DecodeError in Python's codec wording, earlier ones did not).
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{source}: invalid TOML: not UTF-8 (byte {e.start})") from e
     try:
         cfg = msgspec.toml.decode(text, type=Config)
     except msgspec.ValidationError as e:
         raise ConfigError(_explain(e, text, source)) from e
     except msgspec.DecodeError as e:
         raise ConfigError(f"{source}: invalid TOML: {_lower_first(str(e))}") from e
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{source}: invalid TOML: not UTF-8 (byte {e.start})") from e
     # The Struct cannot tell `verify = true` written out from the default, so with
     # tls = false its own check misses TLS keys that repeat their default: the file can.
     tables = msgspec.toml.decode(text).get("connector", [])

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from support.clients import connect
 from support.relay import LoopThread
@@ -128,16 +128,20 @@ def test_connect_requests_parse_exactly_and_by_prefix(
 
 @settings(max_examples=1000, deadline=None)
 @given(st.text("0123456789abcdefABCDEF:.", max_size=3000))
+@example("0.0.0.0")
+@example("::ffff:127.0.0.1")
+@example("1" * 46)
 def test_connect_parser_bounds_a_bracketed_host(inside: str) -> None:
     # An IPv6 literal is at most 45 characters: a longer "[...]" never reaches the
-    # 256-byte host buffer, however long the request line.
+    # 256-byte host buffer, however long the request line. Brackets hold IPv6 only
+    # (RFC 3986 IP-literal), so "[0.0.0.0]" is refused like any other non-IPv6 text.
     data = f"CONNECT [{inside}]:443 HTTP/1.1\r\n\r\n".encode()
     result = _core.parse_http_connect(data)
     check_shape(result, data, HTTP_CODES)
     if result[0] == 1:
-        assert ipaddress.ip_address(result[2]) == ipaddress.ip_address(inside)
-    else:
-        assert len(inside) > 45 or not _ip_host(inside) or len(data) >= 4096, result
+        assert ipaddress.IPv6Address(result[2]) == ipaddress.IPv6Address(inside)
+    elif len(inside) <= 45 and _ipv6_host(inside) and len(data) < 4096:
+        raise AssertionError(f"an IPv6 literal was refused: {result}")
 
 
 def mutate(data: bytes, draw: Callable[[Any], Any]) -> bytes:
@@ -182,6 +186,10 @@ def _ip_host(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _ipv6_host(host: str) -> bool:
+    return ":" in host and _ip_host(host)
 
 
 class LiveExit:

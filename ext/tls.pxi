@@ -89,6 +89,14 @@ cdef inline SSL *store_ssl(X509_STORE_CTX *store) noexcept nogil:
     return <SSL *>X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx())
 
 
+cdef inline int pin_admits(X509_STORE_CTX *store) noexcept nogil:
+    # A pin overrules the chain's complaint (a self-signed node identity has no chain), so
+    # the complaint must not outlive it: SSL_get_verify_result reports the store's last
+    # error, and a later failure of the same handshake would be blamed on it.
+    X509_STORE_CTX_set_error(store, X509_V_OK)
+    return 1
+
+
 cdef int on_verify_server(int ok, X509_STORE_CTX *store) noexcept nogil:
     # A connector with pins checks the server's (leaf) key during the handshake, so that a
     # server with another key never sees our client certificate or our Finished (a tunnel
@@ -101,7 +109,9 @@ cdef int on_verify_server(int ok, X509_STORE_CTX *store) noexcept nogil:
     if leaf == NULL or not spki_sha256(leaf, md):
         return 0
     if pin_listed(md, conf.pins, conf.npins):
-        return ok if conf.verify_chain else 1
+        if conf.verify_chain:
+            return ok
+        return pin_admits(store)
     note_refused(ssl, md)
     if ok or not conf.verify_chain:
         X509_STORE_CTX_set_error(store, X509_V_ERR_CERT_REJECTED)
@@ -121,7 +131,7 @@ cdef int on_verify_client(int ok, X509_STORE_CTX *store) noexcept nogil:
     if leaf == NULL or not spki_sha256(leaf, md):
         return 0
     if pin_listed(md, conf.pins, conf.npins):
-        return 1
+        return pin_admits(store)
     if conf.has_ca and ok:
         return 1
     note_refused(ssl, md)

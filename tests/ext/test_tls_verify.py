@@ -7,6 +7,7 @@ once, and the server saw the relay's alert."""
 from __future__ import annotations
 
 import base64
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -213,6 +214,24 @@ def test_pin_mismatch(tls_relay, tls_files, certs, verify):
     with serve(issued) as up:
         relay = tls_relay(up.port, verify=verify, pins=[pin_of(certs["other_key"])])
         assert_refused(relay, up, "tls_pin_mismatch", issued.spki_pin())
+
+
+def test_a_failure_after_the_pin_admitted_the_server_is_named_for_what_it_is(
+    tls_relay, tls_files, certs
+):
+    """verify off: the pin admits a self-signed server, overruling OpenSSL's "self-signed"
+    complaint. The server then refuses us in the handshake (TLS 1.2, it wants a client
+    certificate): the event is the server's alert, not the complaint the pin overruled."""
+    issued = certs["self_signed"]
+    ctx = tls_server_context(
+        issued.chain,
+        issued.key,
+        client_ca=tls_files.pki.ca_cert,
+        maximum_version=ssl.TLSVersion.TLSv1_2,
+    )
+    with EchoServer(tls=ctx) as up:
+        relay = tls_relay(up.port, verify=False, pins=[pin_of(issued)])
+        assert_refused(relay, up, "tls_alert", "handshake failure")
 
 
 def test_verify_off_accepts_a_self_signed_certificate(tls_relay, certs):

@@ -5,6 +5,8 @@
 # direction whose src said EOF shuts dst for writing once its bytes are flushed, and the
 # other direction keeps flowing. The connection closes when both directions are shut, or
 # at once with RSTs on both sides when either side fails (a reset propagates as a reset).
+# A tunnel exit that refuses its client instead answers, sends a FIN and LINGERs, reading
+# and dropping the client's input until it closes too (conn_linger).
 #
 # Slots are freed only at the end of the event batch (the dead list): an event later in
 # the same batch may name a slot that closed earlier in it, and must not find a new
@@ -100,15 +102,58 @@ cdef void conn_fail(Worker *w, int32_t i, uint8_t cause, int err,
         # that could discard it unread, so that the entry logs why. No close_notify
         # after a fatal alert (SSL_shutdown(3)).
         c.tls_dead = 1
-        conn_close(w, i, False)
+        conn_linger(w, i)
         return
     if c.px != NULL and c.state != CONN_HANDSHAKING:
-        # A proxy exit answers in its protocol (SOCKS5 reply, HTTP status) and closes
-        # gracefully: a reset could discard that answer before the entry reads it.
+        # A proxy exit answers in its protocol (SOCKS5 reply, HTTP status) and ends with
+        # a FIN, for the same reason.
         proxy_refuse(w, c, cause, err)
-        conn_close(w, i, False)
+        conn_linger(w, i)
         return
     conn_close(w, i, True)
+
+
+cdef void conn_linger(Worker *w, int32_t i) noexcept nogil:
+    # A refusal (a TLS alert, a SOCKS5 reply, an HTTP status) has just been written to the
+    # client: send a FIN after it, then read and drop what the client still sends until it
+    # closes too or LINGER_MS pass. Closing with input unread would send a RST instead
+    # (RFC 1122 4.2.2.13), and a RST may make the client's kernel drop the refusal before
+    # the client reads it: a TLS 1.3 client's Certificate is refused with its Finished
+    # still unread, a pipelining client's first bytes follow its request. (nginx's
+    # lingering_close, for the same reason.)
+    cdef Conn *c = &w.conns[i]
+    if c.ssl != NULL and not c.tls_dead and not SSL_get_shutdown(c.ssl) & SSL_SENT_SHUTDOWN:
+        ERR_clear_error()
+        SSL_shutdown(c.ssl)
+        ERR_clear_error()
+    if c.fd[SIDE_UPSTREAM] >= 0:
+        close(c.fd[SIDE_UPSTREAM])              # failed or never connected: nothing to say
+        c.fd[SIDE_UPSTREAM] = -1
+    if c.px != NULL:
+        proxy_free(w, c)
+    shutdown(c.fd[SIDE_CLIENT], SHUT_WR)
+    c.state = CONN_LINGERING
+    timer_arm(w, i, w.now_ms + LINGER_MS)
+    c.ready[SIDE_CLIENT] |= READY_READ
+    conn_linger_drain(w, i)
+
+
+cdef void conn_linger_drain(Worker *w, int32_t i) noexcept nogil:
+    cdef Conn *c = &w.conns[i]
+    cdef Py_ssize_t n
+    cdef Py_ssize_t budget = CONN_BUDGET
+    while budget > 0:
+        n = recv(c.fd[SIDE_CLIENT], w.scratch, SCRATCH_SIZE, 0)
+        if n > 0:
+            budget -= n
+        elif n < 0 and errno == EAGAIN:
+            c.ready[SIDE_CLIENT] &= ~READY_READ
+            return
+        else:
+            # EOF (or a reset): nothing is left unread, so the close is quiet.
+            conn_close(w, i, False)
+            return
+    conn_queue(w, i)
 
 
 cdef void conn_connect_failed(Worker *w, int32_t i, int err) noexcept nogil:
@@ -198,7 +243,7 @@ cdef void conn_open(Worker *w, uint32_t listener, int client_fd,
 cdef void conn_dial(Worker *w, int32_t i, const sockaddr *dst, socklen_t dst_len) noexcept nogil:
     # A socket to dst and a non-blocking connect; CONNECTING until it completes.
     cdef Conn *c = &w.conns[i]
-    cdef int up, rc
+    cdef int up, rc, err
     up = upstream_socket(dst)
     if up < 0 and (errno == EMFILE or errno == ENFILE) and w.reserve_fd >= 0:
         close(w.reserve_fd)
@@ -206,7 +251,10 @@ cdef void conn_dial(Worker *w, int32_t i, const sockaddr *dst, socklen_t dst_len
         listeners_pause_emfile(w)
         up = upstream_socket(dst)
     if up < 0:
-        conn_fail(w, i, CAUSE_UPSTREAM_SOCKET, errno, NULL)
+        err = errno
+        if c.px != NULL and err != EMFILE and err != ENFILE and proxy_dial_next(w, i):
+            return                                  # e.g. EAFNOSUPPORT: IPv6 is off here
+        conn_fail(w, i, CAUSE_UPSTREAM_SOCKET, err, NULL)
         return
     c.fd[SIDE_UPSTREAM] = up
     c.ready[SIDE_UPSTREAM] = 0
@@ -249,6 +297,8 @@ cdef void conn_run(Worker *w, int32_t i) noexcept nogil:
         conn_handshake(w, i)
     elif c.state == CONN_REQUEST and c.ready[SIDE_CLIENT] & c.tls_want[0]:
         exit_read_request(w, i)
+    elif c.state == CONN_LINGERING and c.ready[SIDE_CLIENT] & READY_READ:
+        conn_linger_drain(w, i)
     if c.state != CONN_RELAYING:
         return
     while True:
@@ -289,6 +339,8 @@ cdef void conn_expire(Worker *w, int32_t i) noexcept nogil:
     # The connection's deadline passed (its timer already disarmed).
     cdef Conn *c = &w.conns[i]
     if c.state == CONN_CONNECTING:
+        if c.px != NULL and proxy_dial_next(w, i):
+            return                                  # a name's next address
         conn_fail(w, i, CAUSE_CONNECT_TIMEOUT, ETIMEDOUT, NULL)
     elif c.state == CONN_HANDSHAKING:
         conn_fail(w, i, CAUSE_HANDSHAKE_TIMEOUT, ETIMEDOUT,
@@ -297,6 +349,8 @@ cdef void conn_expire(Worker *w, int32_t i) noexcept nogil:
                   "the client did not complete the TLS handshake in time")
     elif c.state == CONN_REQUEST or c.state == CONN_RESOLVING:
         exit_expire(w, i)
+    elif c.state == CONN_LINGERING:
+        conn_close(w, i, False)
     elif c.state == CONN_RELAYING:
         if c.last_active_ms + w.idle_timeout_ms > w.now_ms:
             timer_arm(w, i, c.last_active_ms + w.idle_timeout_ms)

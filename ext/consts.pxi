@@ -17,6 +17,7 @@ cdef enum:
     PROXY_REQ_MAX = 4096          # bytes: a SOCKS5 or CONNECT request longer is refused
     PROXY_MAX_DST = 8             # addresses of a resolved name tried in turn
     RESOLVER_THREADS = 4          # getaddrinfo threads per worker, started on first use
+    LINGER_MS = 2000              # how long a refused client may still send before a RST
 
 cdef enum:
     NIL = -1                      # end of an intrusive list of slot indices
@@ -29,6 +30,7 @@ cdef enum:
     CONN_REQUEST                  # tunnel exit: reading the entry's SOCKS5 / CONNECT request
     CONN_RESOLVING                # tunnel exit: the destination name is being resolved
     CONN_RELAYING
+    CONN_LINGERING                # refused: FIN sent, the client's input read and dropped
     CONN_CLOSED                   # closed in this turn; its slot is freed at the end of it
 
 # Sides of a connection; Dir d moves bytes from side d to side 1 - d.

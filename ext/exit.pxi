@@ -74,8 +74,11 @@ cdef void exit_read_request(Worker *w, int32_t i) noexcept nogil:
             e = SSL_get_error(c.ssl, n)
             if e == SSL_ERROR_ZERO_RETURN or (e == SSL_ERROR_SSL and ERR_GET_REASON(
                     ERR_peek_last_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING):
-                # The entry left before it named a destination: nobody to answer.
+                # The entry left before it named a destination: nobody to answer. After
+                # an unexpected EOF (a fatal error) no close_notify either (SSL_shutdown(3)).
                 ERR_clear_error()
+                if e == SSL_ERROR_SSL:
+                    c.tls_dead = 1
                 ev = error_event(w, c, CAUSE_PROXY_REQUEST, 0)
                 if ev != NULL:
                     snprintf(ev.reason, REASON_LEN,
@@ -149,7 +152,7 @@ cdef void exit_resolved(Worker *w, int32_t i, ResolveJob *job) noexcept nogil:
         why = gai_strerror(job.status)
         if job.status == EAI_SYSTEM:
             why = strerror(job.err)
-        snprintf(reason, REASON_LEN, "%s: %s", px.name, why)
+        snprintf(reason, REASON_LEN, "%.120s: %s", px.name, why)
         conn_fail(w, i, CAUSE_RESOLVE_FAILED, job.err, reason)
         return
     memcpy(px.dst, job.addrs, job.n * sizeof(sockaddr_in6))
@@ -172,7 +175,7 @@ cdef void proxy_try(Worker *w, int32_t i) noexcept nogil:
             kept += 1
     if kept == 0:
         c.orig_dst = px.dst[0]
-        snprintf(reason, REASON_LEN, "%s port %d is not an allowed destination%s", px.name,
+        snprintf(reason, REASON_LEN, "%.80s port %d is not an allowed destination%s", px.name,
                  px.port, "" if r.nallow else
                  " (loopback, link-local and unspecified addresses need allow_destinations)")
         conn_fail(w, i, CAUSE_PROXY_DENIED, 0, reason)
@@ -285,5 +288,5 @@ cdef void exit_expire(Worker *w, int32_t i) noexcept nogil:
         conn_fail(w, i, CAUSE_PROXY_REQUEST, ETIMEDOUT,
                   "the client did not complete its request in time")
     else:
-        snprintf(reason, REASON_LEN, "%s: no answer within the connect timeout", c.px.name)
+        snprintf(reason, REASON_LEN, "%.120s: no answer within the connect timeout", c.px.name)
         conn_fail(w, i, CAUSE_RESOLVE_FAILED, ETIMEDOUT, reason)

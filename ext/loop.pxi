@@ -86,7 +86,7 @@ cdef int worker_turn(Worker *w, int timeout_ms) noexcept nogil:
             continue
         ev = events[k].events
         if (tag == SIDE_CLIENT and ev & (EPOLLERR | EPOLLHUP)
-                and c.state != CONN_RELAYING):
+                and c.state != CONN_RELAYING and c.state != CONN_LINGERING):
             # The device reset before its upstream was ready: do not hold the slot (and
             # blame the upstream) until the connect or handshake times out. A device that
             # only half-closed (FIN, EPOLLRDHUP) still gets its request relayed.
@@ -171,9 +171,11 @@ cdef class Loop:
             raise_from_errno(errno, "open(/dev/null)")
 
     def __dealloc__(self):
-        if self.w != NULL:
-            worker_free(self.w)
-            self.w = NULL
+        cdef Worker *w = self.w
+        self.w = NULL
+        if w != NULL:
+            with nogil:
+                worker_free(w)
 
     cdef Worker *live(self) except NULL:
         if self.w == NULL or self.w.epfd < 0:
@@ -450,10 +452,14 @@ cdef class Loop:
         return events
 
     def close(self):
-        """Abort every connection and release every fd. Idempotent."""
-        if self.w != NULL:
-            worker_free(self.w)
-            self.w = NULL
+        """Abort every connection and release every fd. Idempotent. Joins the resolver's
+        threads, so a lookup in flight (getaddrinfo cannot be cancelled) can hold it up to
+        the resolver's own timeout; other Python threads run meanwhile."""
+        cdef Worker *w = self.w
+        self.w = NULL
+        if w != NULL:
+            with nogil:
+                worker_free(w)
 
 
 cdef dict counters_dict(Counters *ctr):

@@ -12,13 +12,14 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from control import cli_json, cli_json_lines, connector, relaycore, wait_for
 from support.relay import relay_process
-from support.servers import HOST, EchoServer, free_port
+from support.servers import HOST, BlackholeListener, EchoServer, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -189,6 +190,71 @@ def test_every_worker_serves_the_exit_and_a_reload_changes_it(tmp_path, ids):
             stats = cli_json("stats", "--run-dir", str(run_dir))
             assert [c["name"] for c in stats["connectors"]] == ["x", "y"]
             assert connector(stats, "y")["opened"] >= 1
+
+
+def own_hosts_file(hosts: Path) -> list[str]:
+    """A command prefix that runs the rest in a private mount namespace where `hosts` is
+    /etc/hosts: names resolve as the test says, and nothing outside the process sees it."""
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        'mount --bind "$0" /etc/hosts && exec "$@"',
+        str(hosts),
+    ]
+
+
+def test_a_name_is_tried_address_by_address(tmp_path, ids):
+    # The exit resolves a SOCKS5 name to three addresses, in this order: one refuses, one
+    # never answers (its accept queue is full, so the SYN is dropped), the third is the
+    # echo server. The exit moves on from a refusal and from a connect timeout alike.
+    refusing, silent, serving = "127.0.0.131", "127.0.0.132", "127.0.0.130"
+    hosts = tmp_path / "hosts"
+    hosts.write_text("".join(f"{ip} multi.test\n" for ip in (refusing, silent, serving)))
+    run_dir = tmp_path / "run"
+    port = free_port()
+    config = (
+        relay_head(run_dir)
+        + "[timeouts]\nconnect_s = 0.5\n\n"
+        + exit_table(
+            "x",
+            port,
+            ids["exit"],
+            [ids["entry"]],
+            "socks5",
+            'allow_destinations = ["127.0.0.0/8"]',
+        )
+    )
+    with EchoServer(host=serving) as echo, socket.socket() as bound_only:
+        bound_only.bind((refusing, echo.port))  # reserved, not listening: a SYN gets RST
+        with (
+            BlackholeListener(host=silent, port=echo.port),
+            relay_process(config, tmp_path, wrapper=own_hosts_file(hosts)),
+        ):
+            start = time.monotonic()
+            with tls_to(port, ids["entry"]) as s:
+                s.sendall(b"\x05\x01\x00")
+                assert recv_exact(s, 2) == b"\x05\x00"
+                name = b"multi.test"
+                s.sendall(
+                    b"\x05\x01\x00\x03" + bytes([len(name)]) + name + struct.pack("!H", echo.port)
+                )
+                reply = recv_exact(s, 10)
+                assert reply[:2] == b"\x05\x00", reply
+                elapsed = time.monotonic() - start
+                s.sendall(b"ping")
+                assert recv_exact(s, 4) == b"ping"
+            # Served in the end, so the tries that failed are not logged as failures: the
+            # log holds only how this client left (no close_notify), which comes later.
+            logged = wait_for(
+                lambda: causes(run_dir, "x") or None, EVENT_TIMEOUT, "the client's leaving"
+            )
+            assert set(logged) == {"tls_truncated"}, logged
+    assert elapsed >= 0.5, f"served after {elapsed:.2f}s: the silent address was not tried"
+    assert len(echo.connections) == 1
 
 
 @pytest.mark.parametrize(

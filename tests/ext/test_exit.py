@@ -22,7 +22,7 @@ from support.clients import Reader, connect, exchange, recv_exact, wait_closed
 from support.data import MiB, RandomStream, stream_digest
 from support.pki import Pki, make_pki
 from support.relay import LoopThread
-from support.servers import EchoServer, SinkServer, SourceServer, set_linger0
+from support.servers import EchoServer, SinkServer, SourceServer, errno_name, set_linger0
 
 from relaycore import _core
 
@@ -533,3 +533,127 @@ def test_hundreds_of_proxied_connections_at_once(
     assert counters["handshakes_resumed"] > 0
     assert exit_node.pop_errors() == []
     assert entry.pop_errors() == []
+
+
+# -- how a refusal ends ------------------------------------------------------------------
+# Closing a socket with unread input sends a RST instead of a FIN (RFC 1122 4.2.2.13),
+# and a RST may make the peer's kernel drop what it has not read yet: the very alert or
+# reply that says why. So the exit sends its refusal, then a FIN, and reads what the
+# client still sends until the client closes too.
+
+
+def entry_context(identity: Identity) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.load_cert_chain(str(identity.cert), str(identity.key))
+    return ctx
+
+
+class RawTLS:
+    """A TLS client on memory BIOs over a plain socket: the test sees the raw stream, so
+    it can tell how the exit ended it (FIN or RST) after the TLS layer has spoken."""
+
+    def __init__(self, port: int, identity: Identity) -> None:
+        self.raw = connect(port)
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = entry_context(identity).wrap_bio(self.incoming, self.outgoing)
+
+    def flush(self) -> None:
+        self.raw.sendall(self.outgoing.read())
+
+    def handshake(self) -> None:
+        while True:
+            try:
+                self.tls.do_handshake()
+            except ssl.SSLWantReadError:
+                self.flush()
+                chunk = self.raw.recv(65536)
+                assert chunk, "the exit closed during the handshake"
+                self.incoming.write(chunk)
+            else:
+                self.flush()
+                return
+
+    def send(self, data: bytes) -> None:
+        self.tls.write(data)
+        self.flush()
+
+    def read_to_close(self) -> tuple[bytes, str]:
+        """The raw bytes until the exit closes, and how it closed ("eof" or an errno)."""
+        got = b""
+        self.raw.settimeout(TIMEOUT)
+        while True:
+            try:
+                chunk = self.raw.recv(65536)
+            except OSError as exc:
+                return got, errno_name(exc)
+            if not chunk:
+                return got, "eof"
+            got += chunk
+
+    def plaintext(self, data: bytes) -> tuple[bytes, str]:
+        """What TLS makes of data: the plaintext, and the alert or close that ended it."""
+        self.incoming.write(data)
+        out = b""
+        while True:
+            try:
+                chunk = self.tls.read(65536)
+            except ssl.SSLWantReadError:
+                return out, "no end"
+            except ssl.SSLError as exc:
+                return out, exc.reason or str(exc)
+            if not chunk:
+                return out, "close_notify"
+            out += chunk
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def test_a_refused_entry_hears_the_alert_and_a_fin(start_exit: ExitSetup, ids: Identities) -> None:
+    # TLS 1.3: the entry's Certificate, CertificateVerify and Finished arrive in one flight
+    # and the exit refuses at the first of them, with the rest unread.
+    exit_node = start_exit("socks5")
+    for _ in range(20):
+        client = RawTLS(exit_node.port, ids.stranger)
+        try:
+            client.handshake()
+            assert client.tls.version() == "TLSv1.3"
+            data, end = client.read_to_close()
+            assert end == "eof", f"the refusal ended in {end}"
+            text, why = client.plaintext(data)
+            assert (text, why) == (b"", "SSLV3_ALERT_BAD_CERTIFICATE"), (text, why)
+        finally:
+            client.close()
+    wait_error(exit_node, "tls_pin_mismatch")
+
+
+@pytest.mark.parametrize("protocol", ["socks5", "http-connect"])
+def test_a_denied_request_is_answered_then_ends_in_a_fin(
+    start_exit: ExitSetup, ids: Identities, protocol: str
+) -> None:
+    # The entry pipelines its first bytes after the request, as a device may: the exit
+    # denies the destination with those bytes unread, answers, and still ends with a FIN.
+    exit_node = start_exit(protocol)
+    for _ in range(20):
+        client = RawTLS(exit_node.port, ids.entry)
+        try:
+            client.handshake()
+            if protocol == "socks5":
+                client.send(b"\x05\x01\x00")
+                client.send(b"\x05\x01\x00\x01\x0a\x00\x00\x01\x00\x50")  # 10.0.0.1:80
+            else:
+                client.send(b"CONNECT 10.0.0.1:80 HTTP/1.1\r\n\r\n")
+            client.send(b"GET / HTTP/1.1\r\n" * 100)
+            data, end = client.read_to_close()
+            assert end == "eof", f"the refusal ended in {end}"
+            text, why = client.plaintext(data)
+            assert why == "close_notify", why
+            if protocol == "socks5":
+                assert text[:4] == b"\x05\x00\x05\x02", text
+            else:
+                assert text.startswith(b"HTTP/1.1 403"), text
+        finally:
+            client.close()
+    wait_error(exit_node, "proxy_denied")

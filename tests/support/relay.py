@@ -318,14 +318,17 @@ def relay_process(
     *,
     ready_timeout: float = 20.0,
     options: Sequence[str] = (),
+    wrapper: Sequence[str] = (),
 ) -> Iterator[RelayProcess]:
     """`python -m relaycore [OPTIONS] run -c FILE` until its output shows `ready
     generation=`; on exit SIGTERM, then SIGKILL after a deadline. All output lines (stderr,
-    merged with stdout) are kept in `.lines`, complete once the block has ended."""
+    merged with stdout) are kept in `.lines`, complete once the block has ended.
+    `wrapper`: a command that execs the rest of its arguments (so that the signals still
+    reach relaycore), e.g. to give it a mount namespace of its own."""
     config_path = tmp_path / "relay.toml"
     config_path.write_text(config_text)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "relaycore", *options, "run", "-c", str(config_path)],
+        [*wrapper, sys.executable, "-m", "relaycore", *options, "run", "-c", str(config_path)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

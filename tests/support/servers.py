@@ -732,15 +732,17 @@ class ResetServer(_Server):
 
 
 class BlackholeListener:
-    """A listener on 127.0.0.1 that never accepts, with its accept queue full, so that a
-    further connect() stays in SYN_SENT (Linux drops SYNs to a listener whose accept queue
-    is full) until the connector gives up. No packet leaves loopback."""
+    """A listener on 127.0.0.1 (or another loopback `host`, on `port`) that never accepts,
+    with its accept queue full, so that a further connect() stays in SYN_SENT (Linux drops
+    SYNs to a listener whose accept queue is full) until the connector gives up. No packet
+    leaves loopback."""
 
-    def __init__(self, max_fill: int = 16) -> None:
+    def __init__(self, max_fill: int = 16, *, host: str = HOST, port: int = 0) -> None:
         self._fillers: list[socket.socket] = []
+        self.host = host
         self._lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
-            self._lsock.bind((HOST, 0))
+            self._lsock.bind((host, port))
             self._lsock.listen(0)
             self.port: int = self._lsock.getsockname()[1]
             self._fill(max_fill)
@@ -752,7 +754,7 @@ class BlackholeListener:
         for _ in range(max_fill):
             probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             probe.setblocking(False)
-            err = probe.connect_ex((HOST, self.port))
+            err = probe.connect_ex((self.host, self.port))
             if err not in (0, errno.EINPROGRESS):
                 probe.close()
                 raise OSError(err, "blackhole fill connect failed")

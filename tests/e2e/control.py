@@ -17,7 +17,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from support.relay import RelayProcess
@@ -30,15 +31,38 @@ CLI_TIMEOUT = 30.0
 # -- the CLI -------------------------------------------------------------------------------
 
 
-def relaycore(*args: str, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    """`python -m relaycore ARGS` as a user runs it: its output and exit code."""
+def relaycore(
+    *args: str, timeout: float = CLI_TIMEOUT, wrapper: Sequence[str] = ()
+) -> subprocess.CompletedProcess[str]:
+    """`python -m relaycore ARGS` as a user runs it: its output and exit code. `wrapper`:
+    a command that execs the rest of its arguments (see own_names)."""
     return subprocess.run(
-        [sys.executable, "-m", "relaycore", *args],
+        [*wrapper, sys.executable, "-m", "relaycore", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+def own_names(directory: Path, hosts: str = "") -> list[str]:
+    """A command prefix that runs the rest in a private mount namespace whose /etc/hosts
+    is `hosts` and whose name service is that file alone: names resolve as the test says,
+    a name not in it fails at once without a DNS query, and no other process sees it."""
+    (directory / "hosts").write_text(hosts)
+    (directory / "nsswitch.conf").write_text("hosts: files\n")
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        'mount --bind "$0" /etc/hosts && mount --bind "$1" /etc/nsswitch.conf && shift'
+        ' && exec "$@"',
+        str(directory / "hosts"),
+        str(directory / "nsswitch.conf"),
+    ]
 
 
 def cli_json(*args: str) -> Any:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from control import cli_json, cli_json_lines, connector, relaycore, wait_for
+from control import cli_json, cli_json_lines, connector, own_names, relaycore, wait_for
 from support.relay import relay_process
 from support.servers import HOST, BlackholeListener, EchoServer, free_port
 
@@ -192,28 +192,12 @@ def test_every_worker_serves_the_exit_and_a_reload_changes_it(tmp_path, ids):
             assert connector(stats, "y")["opened"] >= 1
 
 
-def own_hosts_file(hosts: Path) -> list[str]:
-    """A command prefix that runs the rest in a private mount namespace where `hosts` is
-    /etc/hosts: names resolve as the test says, and nothing outside the process sees it."""
-    return [
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        'mount --bind "$0" /etc/hosts && exec "$@"',
-        str(hosts),
-    ]
-
-
 def test_a_name_is_tried_address_by_address(tmp_path, ids):
     # The exit resolves a SOCKS5 name to three addresses, in this order: one refuses, one
     # never answers (its accept queue is full, so the SYN is dropped), the third is the
     # echo server. The exit moves on from a refusal and from a connect timeout alike.
     refusing, silent, serving = "127.0.0.131", "127.0.0.132", "127.0.0.130"
-    hosts = tmp_path / "hosts"
-    hosts.write_text("".join(f"{ip} multi.test\n" for ip in (refusing, silent, serving)))
+    names = own_names(tmp_path, "".join(f"{ip} multi.test\n" for ip in (refusing, silent, serving)))
     run_dir = tmp_path / "run"
     port = free_port()
     config = (
@@ -232,7 +216,7 @@ def test_a_name_is_tried_address_by_address(tmp_path, ids):
         bound_only.bind((refusing, echo.port))  # reserved, not listening: a SYN gets RST
         with (
             BlackholeListener(host=silent, port=echo.port),
-            relay_process(config, tmp_path, wrapper=own_hosts_file(hosts)),
+            relay_process(config, tmp_path, wrapper=names),
         ):
             start = time.monotonic()
             with tls_to(port, ids["entry"]) as s:
@@ -288,7 +272,9 @@ def test_what_stops_an_exit_node_from_starting(tmp_path, ids, case, code, messag
     path.write_text(
         relay_head(tmp_path / "run") + exit_table("x", free_port(), node, allow, target)
     )
-    out = relaycore("run", "-c", str(path), timeout=60)
+    # No name resolves in the node's own name service: the unresolvable target fails
+    # without a DNS query leaving the machine.
+    out = relaycore("run", "-c", str(path), timeout=60, wrapper=own_names(tmp_path))
     assert out.returncode == code, out.stderr
     assert out.stderr.startswith(message), out.stderr
     assert "Traceback" not in out.stderr

@@ -120,8 +120,12 @@ cdef void conn_linger(Worker *w, int32_t i) noexcept nogil:
     # (RFC 1122 4.2.2.13), and a RST may make the client's kernel drop the refusal before
     # the client reads it: a TLS 1.3 client's Certificate is refused with its Finished
     # still unread, a pipelining client's first bytes follow its request. (nginx's
-    # lingering_close, for the same reason.)
+    # lingering_close, for the same reason.) Not when every slot is taken: a device
+    # waiting to be served matters more than the reason reaching a refused client.
     cdef Conn *c = &w.conns[i]
+    if w.active >= w.max_conns:
+        conn_close(w, i, False)
+        return
     if c.ssl != NULL and not c.tls_dead and not SSL_get_shutdown(c.ssl) & SSL_SENT_SHUTDOWN:
         ERR_clear_error()
         SSL_shutdown(c.ssl)

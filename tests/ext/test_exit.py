@@ -657,3 +657,20 @@ def test_a_denied_request_is_answered_then_ends_in_a_fin(
         finally:
             client.close()
     wait_error(exit_node, "proxy_denied")
+
+
+def test_refusals_linger_only_while_slots_are_free(start_exit: ExitSetup, ids: Identities) -> None:
+    # A refused client that keeps its socket open holds its slot while the exit lingers,
+    # unless that slot is the last one: then the exit closes at once, so that the next
+    # device is not kept waiting by a stranger.
+    roomy = start_exit("socks5")
+    full = start_exit("socks5", max_connections=1)
+    for relay, lingering in ((roomy, 1), (full, 0)):
+        client = RawTLS(relay.port, ids.stranger)
+        try:
+            client.handshake()
+            wait_error(relay, "tls_pin_mismatch")
+            assert relay.active() == lingering
+        finally:
+            client.close()
+        relay.wait_idle()

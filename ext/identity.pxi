@@ -1,7 +1,8 @@
 # Node identities for tunnels: a key pair and a self-signed certificate per node, known to
 # the other nodes by its pin (SHA-256 of the DER SubjectPublicKeyInfo, as `pin` and
-# `allow` take it). ECDSA P-256: every TLS stack of both ends has it, and a handshake
-# signs with it faster than with RSA.
+# `allow` take it). ECDSA P-256 by default: every TLS stack has it, and a handshake signs
+# with it faster than with RSA. Ed25519 on request: smaller and faster still, and both ends
+# of a tunnel are relaycore on OpenSSL 3, which has it (TLS 1.2 and 1.3, RFC 8422 / 8446).
 
 
 cdef bytes bio_bytes(BIO *bio):
@@ -17,24 +18,31 @@ cdef bytes cert_pin(X509 *cert):
     return md[:32]
 
 
-def make_identity(str key_path, str cert_path, str common_name, int days=3650):
-    """A new ECDSA P-256 key (written 0600) and a self-signed certificate for it; returns
-    the pin digest (SHA-256 of the DER SubjectPublicKeyInfo). Raises OSError, ValueError.
-    Neither file may exist yet."""
+def make_identity(str key_path, str cert_path, str common_name, int days=3650,
+                  str key_type="p256"):
+    """A new key (key_type "p256": ECDSA P-256, or "ed25519"; written 0600) and a
+    self-signed certificate for it; returns the pin digest (SHA-256 of the DER
+    SubjectPublicKeyInfo). Raises OSError, ValueError. Neither file may exist yet."""
     cdef EVP_PKEY *pkey = NULL
     cdef X509 *cert = NULL
     cdef BIO *key_bio = NULL
     cdef BIO *cert_bio = NULL
     cdef X509V3_CTX v3
     cdef X509_EXTENSION *ext
+    cdef const void *digest
     cdef bytes cn = common_name.encode()
     if not 1 <= len(cn) <= 64:
         raise ValueError("common name: 1 to 64 bytes")
     if not 1 <= days <= 36500:
         raise ValueError("days: 1 to 36500")
+    if key_type not in ("p256", "ed25519"):
+        raise ValueError(f"key type: p256 or ed25519, not {key_type!r}")
     ERR_clear_error()
     try:
-        pkey = EVP_EC_gen(b"P-256")
+        if key_type == "ed25519":
+            pkey = EVP_PKEY_Q_keygen(NULL, NULL, b"ED25519")
+        else:
+            pkey = EVP_EC_gen(b"P-256")
         cert = X509_new()
         key_bio = BIO_new(BIO_s_mem())
         cert_bio = BIO_new(BIO_s_mem())
@@ -60,7 +68,11 @@ def make_identity(str key_path, str cert_path, str common_name, int days=3650):
                 raise ValueError(f"certificate extension: {ssl_error_text()}")
             X509_add_ext(cert, ext, -1)
             X509_EXTENSION_free(ext)
-        if not X509_sign(cert, pkey, EVP_sha256()):
+        # Ed25519 hashes inside its signature scheme: it takes no digest (RFC 8410 §6).
+        digest = NULL
+        if key_type != "ed25519":
+            digest = EVP_sha256()
+        if not X509_sign(cert, pkey, digest):
             raise ValueError(f"cannot sign the certificate: {ssl_error_text()}")
         if not PEM_write_bio_PrivateKey(key_bio, pkey, NULL, NULL, 0, NULL, NULL) or \
                 not PEM_write_bio_X509(cert_bio, cert):

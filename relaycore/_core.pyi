@@ -126,9 +126,12 @@ class TLSServerContext:
         ktls: str = "auto",
     ) -> None: ...
 
-def make_identity(key_path: str, cert_path: str, common_name: str, days: int = 3650) -> bytes:
-    """A new ECDSA P-256 key (written 0600) and a self-signed certificate for it; returns
-    the pin digest (SHA-256 of the DER SubjectPublicKeyInfo). Raises OSError, ValueError."""
+def make_identity(
+    key_path: str, cert_path: str, common_name: str, days: int = 3650, key_type: str = "p256"
+) -> bytes:
+    """A new key (key_type "p256": ECDSA P-256, or "ed25519"; written 0600) and a
+    self-signed certificate for it; returns the pin digest (SHA-256 of the DER
+    SubjectPublicKeyInfo). Raises OSError, ValueError."""
 
 def spki_pin(cert_path: str) -> bytes:
     """The pin digest of the first certificate in a PEM file. Raises ValueError."""

@@ -131,7 +131,12 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 def cmd_identity(args: argparse.Namespace) -> int:
     if args.init is None:
-        options = {"--cn": args.cn, "--days": args.days, "--force": args.force or None}
+        options = {
+            "--cn": args.cn,
+            "--days": args.days,
+            "--key-type": args.key_type,
+            "--force": args.force or None,
+        }
         given = [name for name, value in options.items() if value is not None]
         if given:
             args.usage_error(f"{given[0]} goes with --init")
@@ -142,6 +147,7 @@ def cmd_identity(args: argparse.Namespace) -> int:
         socket.gethostname() if args.cn is None else args.cn,
         identity.DEFAULT_DAYS if args.days is None else args.days,
         force=args.force,
+        key_type=identity.KEY_TYPES[0] if args.key_type is None else args.key_type,
     )
     # stdout carries the pin alone, so that `$(relaycore identity --init DIR)` is the pin.
     print(made.pin, flush=True)
@@ -159,8 +165,9 @@ Tunnel mode: make or show this node's identity, a key and a self-signed
 certificate that the other node knows by its pin, sha256/<base64>.
 
   relaycore identity --init DIR   create DIR/node.key (mode 0600) and DIR/node.crt
-                                  (ECDSA P-256), and DIR itself (0700) if missing;
-                                  print the pin on stdout (and nothing else)
+                                  (ECDSA P-256, or Ed25519 with --key-type ed25519),
+                                  and DIR itself (0700) if missing; print the pin on
+                                  stdout (and nothing else)
   relaycore identity DIR|CERT     print the pin of DIR/node.crt, or of a certificate
 
 Exchange pins: on the exit node, list each entry node's pin in `allow` of the
@@ -300,6 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help=f"with --init: days the certificate is valid (default: {identity.DEFAULT_DAYS})",
+    )
+    p.add_argument(
+        "--key-type",
+        choices=identity.KEY_TYPES,
+        help="with --init: p256 (ECDSA P-256, the default) or ed25519; both ends of a"
+        " tunnel are relaycore, which speaks either",
     )
     p.add_argument(
         "--force",

@@ -27,6 +27,7 @@ CERT_FILE = "node.crt"
 DEFAULT_DAYS = 3650
 MAX_DAYS = 36500
 MAX_CN = 64
+KEY_TYPES = ("p256", "ed25519")  # the first is the default
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,9 @@ def format_pin(digest: bytes) -> str:
     return "sha256/" + base64.b64encode(digest).decode()
 
 
-def create(directory: str, common_name: str, days: int, *, force: bool) -> Identity:
+def create(
+    directory: str, common_name: str, days: int, *, force: bool, key_type: str = KEY_TYPES[0]
+) -> Identity:
     """Make DIR/node.key (0600) and DIR/node.crt, creating DIR (0700) if it is missing.
     Existing files are replaced only with `force`: a new key changes the node's pin, and
     every peer that has the old one stops accepting this node. Raises ConfigError."""
@@ -54,6 +57,8 @@ def create(directory: str, common_name: str, days: int, *, force: bool) -> Ident
         )
     if not 1 <= days <= MAX_DAYS:
         raise ConfigError(f"--days: expected 1-{MAX_DAYS}, got {days}")
+    if key_type not in KEY_TYPES:
+        raise ConfigError(f"--key-type: expected {' or '.join(KEY_TYPES)}, got {key_type!r}")
     _make_directory(directory)
     key, cert = os.path.join(directory, KEY_FILE), os.path.join(directory, CERT_FILE)
     if not force:
@@ -70,7 +75,7 @@ def create(directory: str, common_name: str, days: int, *, force: bool) -> Ident
     try:
         new_key, new_cert = os.path.join(scratch, KEY_FILE), os.path.join(scratch, CERT_FILE)
         try:
-            digest = _core.make_identity(new_key, new_cert, common_name, days)
+            digest = _core.make_identity(new_key, new_cert, common_name, days, key_type)
         except ValueError as e:
             raise ConfigError(f"{directory}: cannot make an identity: {e}") from None
         except OSError as e:

@@ -217,6 +217,7 @@ cdef extern from "<openssl/evp.h>" nogil:
                    const void *type, void *impl)
     const void *EVP_sha256()
     EVP_PKEY *EVP_EC_gen(const char *curve)
+    EVP_PKEY *EVP_PKEY_Q_keygen(void *libctx, const char *propq, const char *type, ...)
     void EVP_PKEY_free(EVP_PKEY *pkey)
 
 

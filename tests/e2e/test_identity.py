@@ -83,6 +83,20 @@ def test_init_makes_a_p256_key_and_certificate_and_prints_only_the_pin(tmp_path:
     assert cert_pub == key_pub
 
 
+def test_init_can_make_an_ed25519_identity(tmp_path: Path) -> None:
+    node = tmp_path / "node"
+    pin = init(node, "--key-type", "ed25519").stdout.strip()
+    assert pin == openssl_pin(node)
+    key_text = openssl_text("pkey", "-in", str(node / "node.key"), "-noout", "-text")
+    assert key_text.startswith("ED25519 Private-Key"), key_text
+    cert_text = openssl_text("x509", "-in", str(node / "node.crt"), "-noout", "-text")
+    assert "Signature Algorithm: ED25519" in cert_text, cert_text
+    openssl_text("verify", "-CAfile", str(node / "node.crt"), str(node / "node.crt"))
+    cert_pub = openssl_text("x509", "-in", str(node / "node.crt"), "-pubkey", "-noout")
+    assert cert_pub == openssl_text("pkey", "-in", str(node / "node.key"), "-pubout")
+    assert stat.S_IMODE(os.stat(node / "node.key").st_mode) == 0o600
+
+
 def expires_within(cert: Path, seconds: int) -> bool:
     done = subprocess.run(
         ["openssl", "x509", "-in", str(cert), "-noout", "-checkend", str(seconds)],
@@ -212,7 +226,15 @@ def test_bad_paths_and_values_are_one_clear_line(
 
 @pytest.mark.parametrize(
     "args",
-    [[], ["--init", "a", "b"], ["--force", "a"], ["--cn", "x", "a"], ["--days", "3", "a"]],
+    [
+        [],
+        ["--init", "a", "b"],
+        ["--force", "a"],
+        ["--cn", "x", "a"],
+        ["--days", "3", "a"],
+        ["--key-type", "ed25519", "a"],
+        ["--init", "a", "--key-type", "rsa"],
+    ],
 )
 def test_usage_errors(args: list[str]) -> None:
     out = relaycore("identity", *args)
@@ -232,6 +254,7 @@ def test_help_explains_the_pin_exchange() -> None:
         "`allow` of the [[exit]]",
         "`pin` of the [[connector]]",
         "verify = false",
+        "--key-type",
         "--force",
         "--cn NAME",
         "--days N",

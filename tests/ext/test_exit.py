@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.clients import Reader, connect, exchange, recv_exact, wait_closed
+from support.clients import Reader, connect, exchange, ping, recv_exact, wait_closed
 from support.data import MiB, RandomStream, stream_digest
 from support.pki import Pki, make_pki
 from support.relay import LoopThread
@@ -51,17 +51,27 @@ class Identities:
     entry: Identity
     stranger: Identity
     pki: Pki
+    exit_ed25519: Identity
+    entry_ed25519: Identity
 
 
 @pytest.fixture(scope="module")
 def ids(tmp_path_factory: pytest.TempPathFactory) -> Identities:
     d = tmp_path_factory.mktemp("identities")
 
-    def make(name: str) -> Identity:
-        pin = _core.make_identity(str(d / f"{name}.key"), str(d / f"{name}.crt"), name)
-        return Identity(d / f"{name}.crt", d / f"{name}.key", pin)
+    def make(name: str, key_type: str = "p256") -> Identity:
+        key, crt = d / f"{name}.key", d / f"{name}.crt"
+        pin = _core.make_identity(str(key), str(crt), name, 3650, key_type)
+        return Identity(crt, key, pin)
 
-    return Identities(make("exit"), make("entry"), make("stranger"), make_pki(d / "pki"))
+    return Identities(
+        make("exit"),
+        make("entry"),
+        make("stranger"),
+        make_pki(d / "pki"),
+        make("exit-ed25519", "ed25519"),
+        make("entry-ed25519", "ed25519"),
+    )
 
 
 ExitSetup = Callable[..., LoopThread]
@@ -77,11 +87,13 @@ def start_exit(make_relay: Callable[..., LoopThread], ids: Identities) -> ExitSe
         allow: Sequence[tuple[str, int]] | None = (("127.0.0.0/8", 0), ("::1", 0)),
         allow_pins: Sequence[bytes] | None = None,
         ca: str | None = None,
+        identity: Identity | None = None,
         **loop_kwargs: Any,
     ) -> LoopThread:
+        me = identity or ids.exit
         ctx = _core.TLSServerContext(
-            cert=str(ids.exit.cert),
-            key=str(ids.exit.key),
+            cert=str(me.cert),
+            key=str(me.key),
             allow_pins=[ids.entry.pin] if allow_pins is None else list(allow_pins),
             ca=ca,
         )
@@ -156,6 +168,16 @@ def wait_error(relay: LoopThread, cause: str) -> tuple[Any, ...]:
     raise AssertionError(f"no {cause} event; events: {relay.errors}")
 
 
+def assert_pin_refused(entry: LoopThread, judge: LoopThread, refused: Identity) -> None:
+    """A device's connection through `entry` dies at the handshake, and `judge` (the node
+    that refused) logs tls_pin_mismatch naming the key it was shown."""
+    with connect(entry.port) as dev:
+        dev.sendall(b"hello")
+        assert wait_closed(dev, TIMEOUT) != "data"
+    event = wait_error(judge, "tls_pin_mismatch")
+    assert refused.pin_text in event[5], event
+
+
 # -- data path ---------------------------------------------------------------------------
 
 
@@ -178,6 +200,27 @@ def test_fixed_target_relays_both_ways_with_half_close(
         assert exit_counters["handshakes"] == 1
         assert exit_counters["bytes_in"] == 4 << 20
         assert exit_counters["bytes_out"] == 32 + (4 << 20)
+
+
+def test_ed25519_nodes_make_a_tunnel(
+    start_exit: ExitSetup, start_entry: ExitSetup, ids: Identities
+) -> None:
+    # Both nodes made with --key-type ed25519: each admits the other by its Ed25519 pin,
+    # and a P-256 node is still told apart by its pin.
+    with EchoServer() as echo:
+        exit_node = start_exit(
+            "fixed",
+            host="127.0.0.1",
+            port=echo.port,
+            identity=ids.exit_ed25519,
+            allow_pins=[ids.entry_ed25519.pin],
+        )
+        entry = start_entry(exit_node.port, identity=ids.entry_ed25519, pin=ids.exit_ed25519.pin)
+        with connect(entry.port) as dev:
+            ping(dev, b"over ed25519")
+        assert exit_node.wait_idle()["handshakes"] == 1
+        p256_entry = start_entry(exit_node.port, pin=ids.exit_ed25519.pin)
+        assert_pin_refused(p256_entry, exit_node, ids.entry)
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost"])
@@ -226,11 +269,7 @@ def test_an_entry_whose_pin_is_not_allowed_is_refused_and_named(
     with EchoServer() as echo:
         exit_node = start_exit("fixed", host="127.0.0.1", port=echo.port)
         stranger = start_entry(exit_node.port, identity=ids.stranger)
-        with connect(stranger.port) as dev:
-            dev.sendall(b"hello")
-            assert wait_closed(dev, TIMEOUT) != "data"
-        event = wait_error(exit_node, "tls_pin_mismatch")
-        assert ids.stranger.pin_text in event[5], event
+        assert_pin_refused(stranger, exit_node, ids.stranger)
         assert echo.connections == []
         # The exit serves an allowed entry right after.
         entry = start_entry(exit_node.port)
@@ -245,11 +284,7 @@ def test_an_exit_whose_pin_does_not_match_is_refused_by_the_entry(
     with EchoServer() as echo:
         exit_node = start_exit("fixed", host="127.0.0.1", port=echo.port)
         entry = start_entry(exit_node.port, pin=ids.stranger.pin)
-        with connect(entry.port) as dev:
-            dev.sendall(b"hello")
-            assert wait_closed(dev, TIMEOUT) != "data"
-        event = wait_error(entry, "tls_pin_mismatch")
-        assert ids.exit.pin_text in event[5], event
+        assert_pin_refused(entry, entry, ids.exit)
         # The entry refuses inside the handshake, before its Finished: the exit hears why
         # and never dials its target.
         alert = wait_error(exit_node, "tls_alert")

@@ -495,13 +495,9 @@ def test_events_name_the_client_after_it_reset(start_exit: ExitSetup, ids: Ident
     # The address comes from accept: getpeername has nothing to say once the peer is gone.
     with EchoServer() as echo:
         exit_node = start_exit("fixed", host="127.0.0.1", port=echo.port)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        ctx.load_cert_chain(str(ids.entry.cert), str(ids.entry.key))
         raw = connect(exit_node.port)
         port = raw.getsockname()[1]
-        with ctx.wrap_socket(raw) as tls:
+        with entry_context(ids.entry).wrap_socket(raw) as tls:
             tls.sendall(b"ping")
             assert tls.recv(4) == b"ping"
             set_linger0(tls)

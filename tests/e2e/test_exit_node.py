@@ -106,13 +106,19 @@ def refused(port: int, identity: Identity) -> bool:
         return True
 
 
-def socks5_reply(port: int, identity: Identity, dest_port: int) -> tuple[int, bytes]:
-    """SOCKS5 CONNECT to 127.0.0.1:dest_port through the exit; the reply code and, on
-    success, the echo of b"ping"."""
+def socks5_reply(
+    port: int, identity: Identity, dest_port: int, host: str = HOST
+) -> tuple[int, bytes]:
+    """SOCKS5 CONNECT to host:dest_port (an IPv4 address, or a name the exit resolves)
+    through the exit; the reply code and, on success, the echo of b"ping"."""
+    try:
+        address = b"\x01" + socket.inet_aton(host)
+    except OSError:
+        address = b"\x03" + bytes([len(host)]) + host.encode()
     with tls_to(port, identity) as s:
         s.sendall(b"\x05\x01\x00")
         assert recv_exact(s, 2) == b"\x05\x00"
-        s.sendall(b"\x05\x01\x00\x01" + socket.inet_aton(HOST) + struct.pack("!H", dest_port))
+        s.sendall(b"\x05\x01\x00" + address + struct.pack("!H", dest_port))
         reply = recv_exact(s, 10)
         assert reply[:1] == b"\x05", reply
         if reply[1] != SOCKS5_OK:
@@ -219,18 +225,11 @@ def test_a_name_is_tried_address_by_address(tmp_path, ids):
             relay_process(config, tmp_path, wrapper=names),
         ):
             start = time.monotonic()
-            with tls_to(port, ids["entry"]) as s:
-                s.sendall(b"\x05\x01\x00")
-                assert recv_exact(s, 2) == b"\x05\x00"
-                name = b"multi.test"
-                s.sendall(
-                    b"\x05\x01\x00\x03" + bytes([len(name)]) + name + struct.pack("!H", echo.port)
-                )
-                reply = recv_exact(s, 10)
-                assert reply[:2] == b"\x05\x00", reply
-                elapsed = time.monotonic() - start
-                s.sendall(b"ping")
-                assert recv_exact(s, 4) == b"ping"
+            assert socks5_reply(port, ids["entry"], echo.port, "multi.test") == (
+                SOCKS5_OK,
+                b"ping",
+            )
+            elapsed = time.monotonic() - start
             # Served in the end, so the tries that failed are not logged as failures: the
             # log holds only how this client left (no close_notify), which comes later.
             logged = wait_for(

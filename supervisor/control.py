@@ -1,11 +1,10 @@
 """The supervisor's ZeroMQ sockets, bound in run_dir (protocol.py says what flows where).
 
-run_dir is the operator's: mode 0700, and a lock file so that a second relaycore given
-the same run_dir stops with a clear message instead of taking the first one's sockets
-(ZeroMQ unlinks an existing ipc path when it binds).
+run_dir has been claimed by the supervisor before (relaycore.rundir: a safe directory,
+and a lock so that a second relaycore given the same run_dir stops with a clear message
+instead of taking the first one's sockets, which ZeroMQ would unlink when it binds).
 """
 
-import fcntl
 import os
 
 import msgspec
@@ -15,13 +14,11 @@ from relaycore import protocol
 from relaycore.errors import StartupError
 
 EVENTS_HWM = 100_000  # worker messages queued in the supervisor before workers drop reports
-LOCK_FILE = "relaycore.lock"
 
 
 class ControlPlane:
     def __init__(self, run_dir: str, publish: str | None) -> None:
         self.run_dir = run_dir
-        self._lock_fd = _lock(run_dir)
         self._encoder = msgspec.msgpack.Encoder()
         self._worker_decoder = msgspec.msgpack.Decoder(protocol.WorkerMessage)
         self._admin_decoder = msgspec.msgpack.Decoder(protocol.AdminRequest)
@@ -109,20 +106,3 @@ class ControlPlane:
                 os.unlink(os.path.join(self.run_dir, name))
             except FileNotFoundError:
                 pass
-        os.close(self._lock_fd)
-
-
-def _lock(run_dir: str) -> int:
-    path = os.path.join(run_dir, LOCK_FILE)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise StartupError(
-            f"another relaycore (pid {owner}) is running with run_dir {run_dir}"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 
 import zmq
 
-from relaycore import gateway, logs, protocol, tls, worker
+from relaycore import gateway, logs, protocol, rundir, tls, worker
 from relaycore.addresses import HostPort, parse_host_port
 from relaycore.capabilities import ktls_unavailable
 from relaycore.config import Config, load_config
@@ -85,7 +85,7 @@ class Supervisor:
         """Serve until SIGTERM/SIGINT, then drain. 0 on a clean stop; raises
         WorkerFailedError when a worker keeps crashing, StartupError when none starts."""
         config = self.current.config
-        self._make_run_dir(config.relay.run_dir)
+        lock_fd = rundir.claim(config.relay.run_dir)
         self._install_signals()
         try:
             self._manage_rules(None, config)
@@ -111,6 +111,7 @@ class Supervisor:
                 self.metrics.close()
             if self.plane is not None:
                 self.plane.close()
+            os.close(lock_fd)
         log.info("stopped")
         return 0
 
@@ -545,14 +546,6 @@ class Supervisor:
                 log.info("nftables rules removed")
             except RuntimeError as e:
                 log.error("could not remove the gateway rules: %s", e)
-
-    def _make_run_dir(self, path: str) -> None:
-        # Owner only: the control sockets that will live here carry admin commands.
-        try:
-            os.makedirs(path, mode=0o700, exist_ok=True)
-            os.chmod(path, 0o700)
-        except OSError as e:
-            raise StartupError(f"run_dir {path}: {e.strerror}") from e
 
     def _install_signals(self) -> None:
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)

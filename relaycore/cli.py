@@ -29,7 +29,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     set_role("supervisor")
-    return int(Supervisor(args.config, config).run())
+    return Supervisor(args.config, config).run()
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ import msgspec
 import pytest
 import zmq
 
-from relaycore import protocol
+from relaycore import protocol, rundir
 from relaycore.errors import StartupError
 from relaycore.supervisor.control import ControlPlane
 
@@ -280,9 +280,15 @@ def test_worker_messages_skip_what_is_not_a_worker_message(
     push.close()
 
 
-def test_a_second_control_plane_on_the_same_run_dir_is_refused(plane: ControlPlane) -> None:
-    with pytest.raises(StartupError) as info:
-        ControlPlane(plane.run_dir, None)
+def test_a_second_relaycore_on_the_same_run_dir_is_refused(plane: ControlPlane) -> None:
+    # The supervisor claims run_dir (relaycore.rundir) before it binds the sockets; a
+    # second claim is refused before it could take them over.
+    lock = rundir.claim(plane.run_dir)
+    try:
+        with pytest.raises(StartupError) as info:
+            rundir.claim(plane.run_dir)
+    finally:
+        os.close(lock)
     assert str(info.value) == (
         f"another relaycore (pid {os.getpid()}) is running with run_dir {plane.run_dir}"
     )

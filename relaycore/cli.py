@@ -102,19 +102,24 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     run_dir = run_dir_of(args)
+
+    def show(record: protocol.ErrorRecord) -> None:
+        if args.json:
+            print_json(record)
+        else:
+            print(render.error_line(record, dated=True), flush=True)
+
     reply = client.admin(run_dir, protocol.LogsRequest(connector=args.connector, limit=args.lines))
     assert isinstance(reply, protocol.LogsReply)
     for record in reply.records:
-        print_json(record) if args.json else print(render.error_record(record), flush=True)
+        show(record)
     if not args.follow:
         return 0
     try:
         for message in client.subscribe(run_dir, protocol.TOPIC_LOG):
             assert isinstance(message, protocol.ErrorRecord)
             if args.connector in (None, message.connector):
-                print_json(message) if args.json else print(
-                    render.error_record(message), flush=True
-                )
+                show(message)
     except KeyboardInterrupt:
         pass
     return 0

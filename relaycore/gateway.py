@@ -21,17 +21,21 @@ if TYPE_CHECKING:
     from relaycore.config import Config  # config imports this module: no cycle at run time
 
 TABLE = "relaycore"
-PASSTHROUGH = -1  # a match target: plain TCP to the original destination
+# The gateway's own routes, named as connectors are in counters and error records (names
+# a connector cannot have, so they never clash): plain TCP to the original destination,
+# and the reject route (a reset and a no_route event).
+PASSTHROUGH_ROUTE = "(passthrough)"
+REJECT_ROUTE = "(gateway)"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
 class MatchRule:
-    """Original destinations in `network` (and `port`, 0 = any) go to `target`: a
-    connector index, or PASSTHROUGH."""
+    """Original destinations in `network` (and `port`, 0 = any) go to `target`, the name
+    of a route: a connector's, or PASSTHROUGH_ROUTE."""
 
-    target: int
+    target: str
     network: Network
     port: int
 
@@ -71,7 +75,7 @@ def matching_order(rules: list[MatchRule]) -> list[MatchRule]:
     name a port before those that do not. Ties keep the config's order."""
     return sorted(
         rules,
-        key=lambda r: (r.target != PASSTHROUGH, -r.network.prefixlen, r.port == 0),
+        key=lambda r: (r.target != PASSTHROUGH_ROUTE, -r.network.prefixlen, r.port == 0),
     )
 
 
@@ -82,9 +86,9 @@ def match_rules(config: "Config") -> list[MatchRule]:
     for p in config.passthrough:
         if p.protocol == "tcp":
             nets = [p.network] if p.network is not None else list(_ANY)
-            rules += [MatchRule(PASSTHROUGH, net, p.port or 0) for net in nets]
-    for k, c in enumerate(config.connectors):
-        rules += [MatchRule(k, net, port) for net, port in c.match_networks]
+            rules += [MatchRule(PASSTHROUGH_ROUTE, net, p.port or 0) for net in nets]
+    for c in config.connectors:
+        rules += [MatchRule(c.name, net, port) for net, port in c.match_networks]
     return matching_order(rules)
 
 

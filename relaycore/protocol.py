@@ -54,9 +54,13 @@ class CounterReport(_Message, tag="counters"):
 
 class ErrorRecord(msgspec.Struct, kw_only=True, frozen=True):
     """Failures of one cause on one connector and upstream, merged: `count` of them
-    between `first` and `last` (Unix time), with the last one's reason and device."""
+    between `first` and `last` (Unix time), with the last one's reason and device.
 
-    connector: str
+    The one shape a failure has from the worker that saw it (one record per error event
+    of its loop) through the supervisor's log to `relaycore logs`; relaycore.render's
+    error_line is the one way it is written as text."""
+
+    connector: str  # the route's name: a connector, an exit, "(gateway)"...
     cause: str
     upstream: str
     reason: str
@@ -67,6 +71,22 @@ class ErrorRecord(msgspec.Struct, kw_only=True, frozen=True):
     destination: str = ""  # gateway mode: the device's original destination
     worker: int
     generation: int
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """What records merge by: (connector, cause, upstream)."""
+        return (self.connector, self.cause, self.upstream)
+
+    def merge(self, other: "ErrorRecord") -> "ErrorRecord":
+        """Both records as one: the latest failure speaks for it (reason, device,
+        worker), the count and the time span cover both."""
+        latest = other if other.last >= self.last else self
+        return msgspec.structs.replace(
+            latest,
+            count=self.count + other.count,
+            first=min(self.first, other.first),
+            last=max(self.last, other.last),
+        )
 
 
 class ErrorBatch(_Message, tag="errors"):

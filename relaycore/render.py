@@ -66,11 +66,15 @@ def stats(report: StatsReport) -> str:
     return "\n".join(lines)
 
 
-def error_record(r: ErrorRecord) -> str:
-    when = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(r.last))
-    times = f" x{r.count}" if r.count > 1 else ""
+def error_line(r: ErrorRecord, *, dated: bool = False) -> str:
+    """An error record as the one line every reader gets: the supervisor's log, a
+    worker's own log ([stats] interval_s = 0) and, `dated` by its latest failure,
+    `relaycore logs`."""
     meant = f", meant for {r.destination}" if r.destination else ""
-    return (
-        f"{when} {r.connector}: {r.cause}{times}: upstream {r.upstream}: {r.reason}"
-        f" (last client {r.client}{meant}, worker {r.worker} g{r.generation})"
+    line = (
+        f"connector {r.connector}: {r.cause}: upstream {r.upstream}: {r.reason}"
+        f" (x{r.count}, last client {r.client}{meant}, worker {r.worker} g{r.generation})"
     )
+    if not dated:
+        return line
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(r.last))} {line}"

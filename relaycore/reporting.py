@@ -1,6 +1,7 @@
 """The worker's side of the control plane: report to the supervisor, never wait for it.
 
-Every tick the worker hands its error events to `collect`; every interval `report` sends
+Every tick the worker hands its loop's failures, one ErrorRecord each, to `collect`;
+every interval `report` sends
 the cumulative counters and the merged error records with NOBLOCK. A full queue (the
 supervisor is stalled) drops the counter report, which costs nothing because the next
 one carries the same totals, and keeps the error records, merged, for the next try:
@@ -17,6 +18,7 @@ that `relaycore logs` says x10000 for 10,000 failures, not the few the ring item
 import os
 import time
 from collections import Counter
+from collections.abc import Iterable
 
 import msgspec
 import zmq
@@ -34,21 +36,26 @@ from relaycore.protocol import (
 SEND_HWM = 4  # messages queued towards the supervisor before reports are dropped
 BYE_LINGER_MS = 1000  # how long the last report may take to leave at exit
 
-# (connector_id, cause, errno, client, upstream, reason, original destination), as
-# Loop.pop_errors gives them
-ErrorEvent = tuple[int, str, int, str, str, str, str]
+RecordKey = tuple[str, str, str]  # ErrorRecord.key: (connector, cause, upstream)
+
+
+def merge_records(
+    pending: dict[RecordKey, ErrorRecord], records: Iterable[ErrorRecord]
+) -> dict[RecordKey, ErrorRecord]:
+    """Merge `records` into `pending`, one record per key; returns `pending`."""
+    for r in records:
+        old = pending.get(r.key)
+        pending[r.key] = r if old is None else old.merge(r)
+    return pending
 
 
 class Reporter:
-    def __init__(
-        self, run_dir: str, slot: int, generation: int, names: dict[int, str], interval_s: float
-    ) -> None:
+    def __init__(self, run_dir: str, slot: int, generation: int, interval_s: float) -> None:
         self.slot = slot
         self.generation = generation
-        self.names = names
         self.interval_s = interval_s
         self.dropped = 0
-        self._pending: dict[tuple[str, str, str], ErrorRecord] = {}
+        self._pending: dict[RecordKey, ErrorRecord] = {}
         self._itemised: Counter[tuple[str, str]] = Counter()  # events collected per cause
         self._counted: dict[tuple[str, str], int] = {}  # errors_<cause> at the last report
         self._next_report = 0.0
@@ -66,39 +73,25 @@ class Reporter:
         self._sub.connect(f"ipc://{os.path.join(run_dir, protocol.CONTROL_SOCKET)}")
         self._send(WorkerHello(slot=slot, generation=generation, pid=os.getpid()))
 
-    def collect(self, events: list[ErrorEvent]) -> None:
-        now = time.time()
-        for connector_id, cause, _err, client, upstream, reason, destination in events:
-            connector = self.names.get(connector_id, str(connector_id))
-            self._itemised[connector, cause] += 1
-            key = (connector, cause, upstream)
-            old = self._pending.get(key)
-            self._pending[key] = ErrorRecord(
-                connector=connector,
-                cause=cause,
-                upstream=upstream,
-                reason=reason,
-                count=(old.count if old else 0) + 1,
-                first=old.first if old else now,
-                last=now,
-                client=client,
-                destination=destination,
-                worker=self.slot,
-                generation=self.generation,
-            )
+    def collect(self, records: list[ErrorRecord]) -> None:
+        """Keep the loop's failures (one record each) for the next report, merged."""
+        for r in records:
+            self._itemised[r.connector, r.cause] += 1
+        merge_records(self._pending, records)
 
     def due(self) -> bool:
         return time.monotonic() >= self._next_report
 
-    def report(self, connectors: dict[int, dict[str, int]], worker: dict[str, int]) -> None:
+    def report(self, routes: dict[str, dict[str, int]], worker: dict[str, int]) -> None:
+        """Send the counters (`routes`: route name -> counters) and the pending records."""
         self._next_report = time.monotonic() + self.interval_s
-        self._top_up(connectors)
+        self._top_up(routes)
         counters = CounterReport(
             slot=self.slot,
             generation=self.generation,
             pid=os.getpid(),
             time=time.time(),
-            connectors={self.names.get(k, str(k)): v for k, v in connectors.items()},
+            connectors=routes,
             worker=worker,
             reports_dropped=self.dropped,
         )
@@ -114,12 +107,11 @@ class Reporter:
             if self._send(batch):
                 self._pending.clear()
 
-    def _top_up(self, connectors: dict[int, dict[str, int]]) -> None:
+    def _top_up(self, routes: dict[str, dict[str, int]]) -> None:
         # Failures the counters saw but the ring could not itemise go to the newest
         # record of their (connector, cause); without one, to a record of their own.
         now = time.time()
-        for connector_id, values in connectors.items():
-            connector = self.names.get(connector_id, str(connector_id))
+        for connector, values in routes.items():
             for name, total in values.items():
                 if not name.startswith("errors_"):
                     continue
@@ -165,9 +157,9 @@ class Reporter:
     def draining(self) -> None:
         self._send(WorkerDraining(slot=self.slot, generation=self.generation, pid=os.getpid()))
 
-    def bye(self, connectors: dict[int, dict[str, int]], worker: dict[str, int]) -> None:
+    def bye(self, routes: dict[str, dict[str, int]], worker: dict[str, int]) -> None:
         """Final report at exit; the only send allowed to wait (BYE_LINGER_MS at most)."""
-        self.report(connectors, worker)
+        self.report(routes, worker)
         self._send(WorkerBye(slot=self.slot, generation=self.generation, pid=os.getpid()))
         self._push.setsockopt(zmq.LINGER, BYE_LINGER_MS)
 

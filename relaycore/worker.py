@@ -1,108 +1,40 @@
 """The worker process: runs one relaycore._core.Loop on inherited listeners.
 
 Python runs here only between turns of the loop (every TICK_MS): to notice signals,
-to log error events, and to drain on SIGTERM. The supervisor forks this process and
-calls `serve()`, which never returns.
+to pass on error records, and to drain on SIGTERM. The supervisor forks this process and
+calls `serve()` with the worker's plan (relaycore.plan), which never returns.
 """
 
 import logging
 import os
 import signal
 import time
-from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
 from types import FrameType
 
 from relaycore import _core
 from relaycore.capabilities import ktls_unavailable
-from relaycore.gateway import PASSTHROUGH
-from relaycore.protocol import SetLogLevel
-from relaycore.reporting import ErrorEvent, Reporter
+from relaycore.plan import (
+    ExitRoute,
+    PassthroughRoute,
+    RejectRoute,
+    Route,
+    UpstreamRoute,
+    WorkerPlan,
+)
+from relaycore.protocol import ErrorRecord, SetLogLevel
+from relaycore.render import error_line
+from relaycore.reporting import Reporter, merge_records
 
 log = logging.getLogger("relaycore.worker")
 
 TICK_MS = 200
 
 
-# Names of the gateway's own routes in counters and error events (not valid connector
-# names, so they cannot clash).
-PASSTHROUGH_NAME = "(passthrough)"
-GATEWAY_NAME = "(gateway)"
-
-
-@dataclass(frozen=True)
-class Upstream:
-    """Connector `connector_id`'s upstream, resolved, with its TLS context (None: plain)."""
-
-    connector_id: int
-    name: str
-    ip: str
-    port: int
-    tls: _core.TLSClientContext | None
-
-
-@dataclass(frozen=True)
-class ExitSpec:
-    """A tunnel exit: TLS from entry nodes on its listeners, relayed to a target."""
-
-    connector_id: int
-    name: str
-    tls: _core.TLSServerContext
-    target: str  # "fixed", "socks5" or "http-connect"
-    host: str  # fixed: the target's IP, resolved at start; proxies: ""
-    port: int  # fixed: the target's port; proxies: 0
-    # Proxies: the destinations allowed, (network, port or 0 = any). Empty: the default
-    # policy of the loop (anything but loopback, link-local and unspecified).
-    destinations: Sequence[tuple[str, int]]
-    listen_fds: Sequence[int]
-
-
-def exit_connector_id(connectors: int, index: int) -> int:
-    """The connector id of the `index`-th exit: after the connectors and the gateway's two
-    pseudo-connectors (reserved whether or not there is a gateway), so ids never clash."""
-    return connectors + 2 + index
-
-
-@dataclass(frozen=True)
-class GatewaySpec:
-    listen_fds: Sequence[int]
-    # (connector_id or gateway.PASSTHROUGH, network, port), most specific first
-    matches: Sequence[tuple[int, str, int]]
-    default: int | None  # connector_id, or None: reject
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """Everything a worker needs, fixed at fork time (one config generation)."""
-
-    slot: int
-    generation: int
-    upstreams: Sequence[Upstream]  # index = connector_id
-    listeners: Sequence[tuple[int, int]]  # (listen fd, connector_id)
-    gateway: GatewaySpec | None
-    max_connections: int
-    splice: str
-    connect_timeout_ms: int
-    handshake_timeout_ms: int
-    idle_timeout_ms: int
-    drain_timeout_s: float
-    run_dir: str
-    stats_interval_s: float  # 0: no reports; the worker logs its error events itself
-    exits: Sequence[ExitSpec] = ()
-
-    @property
-    def listen_fds(self) -> list[int]:
-        gateway = list(self.gateway.listen_fds) if self.gateway is not None else []
-        exits = [fd for x in self.exits for fd in x.listen_fds]
-        return [fd for fd, _ in self.listeners] + gateway + exits
-
-
-def serve(spec: WorkerSpec, ready_fd: int) -> None:
+def serve(plan: WorkerPlan, ready_fd: int) -> None:
     """Run the worker until it has drained after SIGTERM, then exit the process."""
     code = 1
     try:
-        _serve(spec, ready_fd)
+        _serve(plan, ready_fd)
         code = 0
     except BaseException:
         log.exception("worker failed")
@@ -111,7 +43,7 @@ def serve(spec: WorkerSpec, ready_fd: int) -> None:
         os._exit(code)
 
 
-def _serve(spec: WorkerSpec, ready_fd: int) -> None:
+def _serve(plan: WorkerPlan, ready_fd: int) -> None:
     drain = _DrainFlag()
     signal.signal(signal.SIGTERM, drain.set)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
@@ -121,45 +53,51 @@ def _serve(spec: WorkerSpec, ready_fd: int) -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     _core.set_parent_death_signal(signal.SIGTERM)
 
+    shared = plan.plan
     loop = _core.Loop(
-        max_connections=spec.max_connections,
-        splice=spec.splice,
-        connect_timeout_ms=spec.connect_timeout_ms,
-        handshake_timeout_ms=spec.handshake_timeout_ms,
-        idle_timeout_ms=spec.idle_timeout_ms,
+        max_connections=shared.loop.max_connections,
+        splice=shared.loop.splice,
+        connect_timeout_ms=shared.loop.connect_timeout_ms,
+        handshake_timeout_ms=shared.loop.handshake_timeout_ms,
+        idle_timeout_ms=shared.loop.idle_timeout_ms,
     )
-    names = _add_routes(loop, spec)
-    if spec.exits or any(u.tls is not None for u in spec.upstreams):
+    apply_plan(loop, plan)
+    if plan.uses_tls:
         # Once per worker: whether TLS 1.2 connections will be offloaded (ktls = auto);
         # the per-connection outcome is counted (ktls_conns, ktls_declined).
         missing = ktls_unavailable()
         log.info("kernel TLS %s", f"unavailable ({missing})" if missing else "available")
     reporter = None
-    if spec.stats_interval_s > 0:
-        reporter = Reporter(spec.run_dir, spec.slot, spec.generation, names, spec.stats_interval_s)
+    if shared.stats_interval_s > 0:
+        reporter = Reporter(shared.run_dir, plan.slot, shared.generation, shared.stats_interval_s)
     # Ready only once everything the worker holds exists (its fds included).
     os.write(ready_fd, b"r")
     os.close(ready_fd)
     # Python's turn comes every tick; a report interval shorter than that shortens it.
-    tick_ms = min(TICK_MS, max(10, round(spec.stats_interval_s * 1000))) if reporter else TICK_MS
+    interval_ms = round(shared.stats_interval_s * 1000)
+    tick_ms = min(TICK_MS, max(10, interval_ms)) if reporter else TICK_MS
     deadline = None
     try:
         while True:
             loop.run(tick_ms)
+            records = _error_records(loop, plan)
             if reporter is None:
-                _log_errors(loop.pop_errors(), names)
+                # One line per (connector, cause, upstream) per tick, with a count: a
+                # flood of refused connects is a few lines, not thousands.
+                for record in merge_records({}, records).values():
+                    log.warning("%s", error_line(record))
             else:
-                reporter.collect(loop.pop_errors())
+                reporter.collect(records)
                 for message in reporter.control():
                     if isinstance(message, SetLogLevel):
                         logging.getLogger("relaycore").setLevel(message.level.upper())
                 if reporter.due():
-                    reporter.report(loop.connector_counters(), _worker_counters(loop, reporter))
+                    reporter.report(_route_counters(loop, plan), _worker_counters(loop, reporter))
             if drain.requested and deadline is None:
                 loop.stop_accepting()
                 if reporter is not None:
                     reporter.draining()
-                deadline = time.monotonic() + spec.drain_timeout_s
+                deadline = time.monotonic() + shared.drain_timeout_s
                 log.info("draining %d connections", loop.active)
             if deadline is not None:
                 if loop.active == 0:
@@ -170,8 +108,8 @@ def _serve(spec: WorkerSpec, ready_fd: int) -> None:
     finally:
         counters = loop.counters()
         if reporter is not None:
-            reporter.collect(loop.pop_errors())
-            reporter.bye(loop.connector_counters(), _worker_counters(loop, reporter))
+            reporter.collect(_error_records(loop, plan))
+            reporter.bye(_route_counters(loop, plan), _worker_counters(loop, reporter))
             reporter.close()
         loop.close()
     log.info(
@@ -183,39 +121,24 @@ def _serve(spec: WorkerSpec, ready_fd: int) -> None:
     )
 
 
-def _add_routes(loop: _core.Loop, spec: WorkerSpec) -> dict[int, str]:
-    """Give the loop its routes and listeners; returns the name of each connector id."""
-    names = {u.connector_id: u.name for u in spec.upstreams}
-    route = {
-        u.connector_id: loop.add_upstream(u.connector_id, u.ip, u.port, u.tls)
-        for u in spec.upstreams
-    }
-    if spec.gateway is not None:
-        passthrough_id, gateway_id = len(spec.upstreams), len(spec.upstreams) + 1
-        names[passthrough_id] = PASSTHROUGH_NAME
-        names[gateway_id] = GATEWAY_NAME
-        route[PASSTHROUGH] = loop.add_passthrough(passthrough_id)
-        reject = loop.add_reject(gateway_id)
-        g = spec.gateway
-        loop.set_gateway(reject if g.default is None else route[g.default], reject)
-        for target, network, port in g.matches:
-            loop.add_match(route[target], network, port)
-        for fd in g.listen_fds:
-            loop.add_listener(fd, -1)
-    for fd, connector_id in spec.listeners:
-        loop.add_listener(fd, route[connector_id])
-    for x in spec.exits:
-        names[x.connector_id] = x.name
-        _add_exit(loop, x)
-    return names
-
-
-def _add_exit(loop: _core.Loop, x: ExitSpec) -> None:
-    route = loop.add_exit(x.connector_id, x.tls, x.target, x.host, x.port)
-    for network, port in x.destinations:
-        loop.allow_destination(route, network, port)
-    for fd in x.listen_fds:
-        loop.add_listener(fd, route)
+def apply_plan(loop: _core.Loop, plan: WorkerPlan) -> None:
+    """Give the loop the plan's routes, match table and listeners: the one place where a
+    plan becomes loop calls. Routes go in route-id order, so each gets its id."""
+    for route_id, route in enumerate(plan.plan.routes):
+        index = _add_route(loop, route_id, route)
+        assert index == route_id, f"route {route.name}: the loop made it {index}, not {route_id}"
+        if isinstance(route, ExitRoute):
+            for network, port in route.destinations:
+                loop.allow_destination(route_id, network, port)
+    g = plan.plan.gateway
+    if g is not None:
+        loop.set_gateway(g.default_route, g.reject_route)
+        for m in g.matches:
+            loop.add_match(m.route, m.network, m.port)
+        for fd in plan.gateway_listeners:
+            _add_gateway_listener(loop, fd)
+    for fd, route_id in plan.listeners:
+        loop.add_listener(fd, route_id)
 
 
 def _worker_counters(loop: _core.Loop, reporter: Reporter) -> dict[str, int]:
@@ -229,25 +152,54 @@ class _DrainFlag:
         self.requested = True
 
 
-def _log_errors(events: list[ErrorEvent], names: dict[int, str]) -> None:
-    # One line per (connector, cause, upstream, reason) per tick, with a count: a flood
-    # of refused connects is a few lines, not thousands.
-    if not events:
-        return
-    counts: Counter[tuple[int, str, str, str]] = Counter()
-    last_client: dict[tuple[int, str, str, str], str] = {}
-    for connector_id, cause, _err, client, upstream, reason, _destination in events:
-        key = (connector_id, cause, upstream, reason)
-        counts[key] += 1
-        last_client[key] = client
-    for key, count in counts.items():
-        connector_id, cause, upstream, reason = key
-        log.warning(
-            "connector %s: %s: upstream %s: %s%s (client %s)",
-            names.get(connector_id, connector_id),
-            cause,
-            upstream,
-            reason,
-            f" (x{count})" if count > 1 else "",
-            last_client[key],
+# -- today's Loop API ----------------------------------------------------------------------
+# The loop keys counters and error events by a `connector_id` it is given with each route,
+# and a gateway listener is route -1. The worker passes the route id as connector_id, so
+# that both are keyed by route id, as in the Loop API to come (route ids only, no
+# connector_id, add_gateway_listener, route_counters() as a list, ErrorEvent objects).
+
+
+def _add_route(loop: _core.Loop, route_id: int, route: Route) -> int:
+    """Add `route` as the loop's next route; returns the index the loop gave it."""
+    match route:
+        case UpstreamRoute():
+            return loop.add_upstream(route_id, route.host, route.port, route.tls)
+        case PassthroughRoute():
+            return loop.add_passthrough(route_id)
+        case RejectRoute():
+            return loop.add_reject(route_id)
+        case ExitRoute():
+            return loop.add_exit(route_id, route.tls, route.target, route.host, route.port)
+
+
+def _add_gateway_listener(loop: _core.Loop, fd: int) -> None:
+    loop.add_listener(fd, -1)
+
+
+def _route_counters(loop: _core.Loop, plan: WorkerPlan) -> dict[str, dict[str, int]]:
+    """{route name: its counters in this worker}."""
+    counters = loop.connector_counters()
+    return {route.name: counters[k] for k, route in enumerate(plan.plan.routes)}
+
+
+def _error_records(loop: _core.Loop, plan: WorkerPlan) -> list[ErrorRecord]:
+    """The loop's error events since the last call, each as an ErrorRecord of count 1:
+    the one place where a failure from the loop becomes the record that the supervisor,
+    `relaycore logs` and every log line carry."""
+    now = time.time()
+    return [
+        ErrorRecord(
+            connector=plan.plan.routes[route].name,
+            cause=cause,
+            upstream=upstream,
+            reason=reason,
+            count=1,
+            first=now,
+            last=now,
+            client=client,
+            destination=destination,
+            worker=plan.slot,
+            generation=plan.plan.generation,
         )
+        for route, cause, _errno, client, upstream, reason, destination in loop.pop_errors()
+    ]

@@ -13,8 +13,6 @@ and the first and last time, whatever the number of workers and failures. A floo
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
-import msgspec
-
 from relaycore.protocol import (
     ConnectorStats,
     CounterReport,
@@ -69,19 +67,8 @@ class Aggregator:
 
     def errors(self, records: list[ErrorRecord]) -> None:
         for r in records:
-            key = (r.connector, r.cause, r.upstream)
-            old = self.log.pop(key, None)
-            if old is not None:
-                # The newest failure speaks for the record (reason, device, worker...);
-                # count and time span cover both.
-                newest = r if r.last >= old.last else old
-                r = msgspec.structs.replace(
-                    newest,
-                    count=old.count + r.count,
-                    first=min(old.first, r.first),
-                    last=max(old.last, r.last),
-                )
-            self.log[key] = r
+            old = self.log.pop(r.key, None)  # re-inserted: the least recently updated go first
+            self.log[r.key] = r if old is None else old.merge(r)
             while len(self.log) > LOG_KEYS:
                 self.log.popitem(last=False)
 

@@ -12,21 +12,23 @@ no connection is refused across a reload or a crash.
 """
 
 import errno
+import functools
 import logging
 import os
 import select
 import signal
-import socket
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
 import zmq
 
 from relaycore import gateway, logs, protocol, rundir, tls, worker
-from relaycore.addresses import HostPort, parse_host_port
+from relaycore.addresses import parse_host_port
 from relaycore.capabilities import ktls_unavailable
 from relaycore.config import Config, load_config
 from relaycore.errors import ConfigError, StartupError, WorkerFailedError
+from relaycore.plan import Plan, WorkerPlan, compile_plan
+from relaycore.render import error_line
 
 from .aggregate import Aggregator
 from .control import ControlPlane
@@ -54,11 +56,12 @@ class Child:
     draining: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class Generation:
     number: int
     config: Config
-    specs: dict[int, worker.WorkerSpec] = field(default_factory=dict)
+    plan: Plan
+    workers: dict[int, WorkerPlan]  # by slot
 
 
 class Supervisor:
@@ -164,81 +167,19 @@ class Supervisor:
     # -- generations --------------------------------------------------------------------
 
     def _build(self, config: Config, number: int) -> tuple[Generation, list[ListenerKey]]:
-        """Bind what the config needs and fix every worker's spec. Returns the generation
-        and the listeners it bound anew. Raises StartupError."""
-        addrs = _listen_addrs(config)
-        workers = config.relay.workers
-        upstreams = [_resolve(f"connector {c.name}", c.upstream_addr) for c in config.connectors]
-        contexts = [
-            tls.client_context(c, k) if c.tls else None for k, c in enumerate(config.connectors)
-        ]
-        exit_targets = [
-            ("", 0) if x.target_addr is None else _resolve(f"exit {x.name}", x.target_addr)
-            for x in config.exits
-        ]
-        exit_contexts = [tls.server_context(x, k) for k, x in enumerate(config.exits)]
-        tls.check_ktls_requirements(config.connectors, config.exits)
-        added = self.listeners.ensure(addrs, workers)
+        """Compile the config (relaycore.plan) and bind what it needs. Returns the
+        generation and the listeners it bound anew. Raises ConfigError, StartupError."""
+        plan = compile_plan(config, number)
+        added = self.listeners.ensure(plan.addresses, plan.workers)
         tls.warn_insecure(config.connectors)
-        gen = Generation(number, config)
-        # The same for every slot but the listener fds, filled in per slot below.
-        exit_specs = [
-            worker.ExitSpec(
-                connector_id=worker.exit_connector_id(len(config.connectors), k),
-                name=x.name,
-                tls=exit_contexts[k],
-                target=x.target_kind,
-                host=exit_targets[k][0],
-                port=exit_targets[k][1],
-                destinations=[(str(net), port) for net, port in x.destination_networks],
-                listen_fds=[],
-            )
-            for k, x in enumerate(config.exits)
-        ]
-        names = [c.name for c in config.connectors]
-        upstream_specs = [
-            worker.Upstream(k, c.name, upstreams[k][0], upstreams[k][1], contexts[k])
-            for k, c in enumerate(config.connectors)
-        ]
-        for slot in range(workers):
-            gateway_spec = None
-            if config.gateway is not None:
-                gateway_spec = worker.GatewaySpec(
-                    listen_fds=[self.listeners.fd(a, slot) for a in config.gateway.listen_addrs],
-                    matches=[
-                        (m.target, str(m.network), m.port) for m in gateway.match_rules(config)
-                    ],
-                    default=None
-                    if config.gateway.default == "reject"
-                    else names.index(config.gateway.default),
-                )
-            gen.specs[slot] = worker.WorkerSpec(
-                slot=slot,
-                generation=number,
-                upstreams=upstream_specs,
-                listeners=[
-                    (self.listeners.fd(c.listen_addr, slot), k)
-                    for k, c in enumerate(config.connectors)
-                    if c.listen_addr is not None
-                ],
-                gateway=gateway_spec,
-                max_connections=config.relay.max_connections,
-                splice=config.relay.splice,
-                connect_timeout_ms=round(config.timeouts.connect_s * 1000),
-                handshake_timeout_ms=round(config.timeouts.handshake_s * 1000),
-                idle_timeout_ms=round(config.timeouts.idle_s * 1000),
-                drain_timeout_s=config.relay.drain_timeout_s,
-                run_dir=config.relay.run_dir,
-                stats_interval_s=config.stats.interval_s,
-                exits=[
-                    replace(spec, listen_fds=[self.listeners.fd(x.listen_addr, slot)])
-                    for x, spec in zip(config.exits, exit_specs, strict=True)
-                ],
-            )
-        return gen, added
+        workers = {
+            slot: plan.for_slot(slot, functools.partial(self.listeners.fd, slot=slot))
+            for slot in range(plan.workers)
+        }
+        return Generation(number, config, plan, workers), added
 
     def _start(self, gen: Generation) -> None:
-        children = [self._spawn(gen.specs[slot]) for slot in gen.specs]
+        children = [self._spawn(w) for w in gen.workers.values()]
         if not self._wait_ready(children):
             raise StartupError("workers did not start (see the lines above)")
         self._announce(gen)
@@ -255,7 +196,7 @@ class Supervisor:
         except (ConfigError, StartupError) as e:
             log.error("reload rejected, generation %d stays: %s", old.number, e)
             return str(e)
-        children = [self._spawn(gen.specs[slot]) for slot in gen.specs]
+        children = [self._spawn(w) for w in gen.workers.values()]
         if not self._wait_ready(children):
             for c in children:
                 c.draining = True
@@ -285,9 +226,8 @@ class Supervisor:
         if config.stats.interval_s > 0:
             # Say "reloaded" only once every new connection goes to the new generation.
             self._wait_drained(old_pids)
-        addrs = _listen_addrs(config)
         # The old workers keep their own copies until they stop accepting.
-        self.listeners.close(self.listeners.unused(addrs, config.relay.workers))
+        self.listeners.close(self.listeners.unused(gen.plan.addresses, gen.plan.workers))
         self.respawn_at.clear()
         self._announce(gen)
         return None
@@ -303,14 +243,14 @@ class Supervisor:
         log.info(
             "ready generation=%d workers=%d config=%s: %s",
             gen.number,
-            len(gen.specs),
+            len(gen.workers),
             self.config_path,
             listening,
         )
 
     # -- workers --------------------------------------------------------------------
 
-    def _spawn(self, spec: worker.WorkerSpec) -> Child:
+    def _spawn(self, spec: WorkerPlan) -> Child:
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         # Blocked across fork so that no signal reaches the child while it still runs
         # the supervisor's handlers; the worker unblocks once its own are in place.
@@ -322,13 +262,14 @@ class Supervisor:
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)
         os.close(ready_w)
-        child = Child(pid, spec.slot, spec.generation, time.monotonic(), ready_r)
+        generation = spec.plan.generation
+        child = Child(pid, spec.slot, generation, time.monotonic(), ready_r)
         self.children[pid] = child
-        self.aggregator.started(pid, spec.slot, spec.generation, time.time())
-        log.debug("worker %d g%d forked, pid %d", spec.slot, spec.generation, pid)
+        self.aggregator.started(pid, spec.slot, generation, time.time())
+        log.debug("worker %d g%d forked, pid %d", spec.slot, generation, pid)
         return child
 
-    def _become_worker(self, spec: worker.WorkerSpec, ready_w: int) -> None:
+    def _become_worker(self, spec: WorkerPlan, ready_w: int) -> None:
         try:
             signal.set_wakeup_fd(-1)
             for signum in _HANDLED:
@@ -338,7 +279,7 @@ class Supervisor:
             keep = sorted({0, 1, 2, ready_w, *spec.listen_fds})
             for low, high in zip(keep, [*keep[1:], os.sysconf("SC_OPEN_MAX")], strict=True):
                 os.closerange(low + 1, high)
-            logs.set_role(f"worker {spec.slot} g{spec.generation}")
+            logs.set_role(f"worker {spec.slot} g{spec.plan.generation}")
             worker.serve(spec, ready_w)
         finally:
             os._exit(1)
@@ -409,7 +350,7 @@ class Supervisor:
         for slot, at in list(self.respawn_at.items()):
             if at <= now and not self.stopping:
                 del self.respawn_at[slot]
-                self._spawn(self.current.specs[slot])
+                self._spawn(self.current.workers[slot])
 
     # -- stopping -------------------------------------------------------------------
 
@@ -461,16 +402,7 @@ class Supervisor:
                 self.aggregator.errors(message.records)
                 for r in message.records:
                     self.plane.publish(protocol.TOPIC_LOG, r)
-                    log.warning(
-                        "connector %s: %s: upstream %s: %s (x%d, worker %d, last client %s)",
-                        r.connector,
-                        r.cause,
-                        r.upstream,
-                        r.reason,
-                        r.count,
-                        r.worker,
-                        r.client,
-                    )
+                    log.warning("%s", error_line(r))
 
     def _on_admin(self) -> None:
         assert self.plane is not None
@@ -513,7 +445,7 @@ class Supervisor:
         )
 
     def _stats(self) -> protocol.StatsReport:
-        names = _route_names(self.current.config)
+        names = self.current.plan.stats_names
         return self.aggregator.stats(names, self.current.number, time.time())
 
     def _publish_stats(self) -> None:
@@ -521,7 +453,7 @@ class Supervisor:
             return
         self._next_stats = time.monotonic() + STATS_PERIOD_S
         self.aggregator.retire(time.time())
-        names = _route_names(self.current.config)
+        names = self.current.plan.stats_names
         report = self.aggregator.stats(names, self.current.number, time.time(), advance=True)
         self.plane.publish(protocol.TOPIC_STATS, report)
 
@@ -554,30 +486,6 @@ class Supervisor:
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.pending.append(signum)
-
-
-def _listen_addrs(config: Config) -> list[HostPort]:
-    addrs = [c.listen_addr for c in config.connectors if c.listen_addr is not None]
-    if config.gateway is not None:
-        addrs += config.gateway.listen_addrs
-    addrs += [x.listen_addr for x in config.exits]
-    return addrs
-
-
-def _route_names(config: Config) -> list[str]:
-    """What stats list first, in the config's order: connectors, then exits."""
-    return [c.name for c in config.connectors] + [x.name for x in config.exits]
-
-
-def _resolve(what: str, addr: HostPort) -> tuple[str, int]:
-    # Upstream and fixed exit target names are resolved once per generation: a reload
-    # picks up DNS changes. `what` names the table ("connector acme").
-    try:
-        infos = socket.getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM)
-    except socket.gaierror as e:
-        raise StartupError(f"{what}: cannot resolve {addr.host}: {e.strerror}") from e
-    ip, port = infos[0][4][:2]
-    return str(ip), int(port)
 
 
 def _kill(pid: int, signum: int) -> None:

@@ -16,7 +16,7 @@ from relaycore import cli
 from relaycore.config import parse_config
 from relaycore.errors import ConfigError
 from relaycore.gateway import (
-    PASSTHROUGH,
+    PASSTHROUGH_ROUTE,
     MatchRule,
     PassthroughRule,
     apply_rules,
@@ -119,50 +119,50 @@ def test_parse_match_errors(text: str, message: str) -> None:
 # -- matching_order and match_rules ---------------------------------------------------------------
 
 
-def rule(target: int, network: str, port: int = 0) -> MatchRule:
+def rule(target: str, network: str, port: int = 0) -> MatchRule:
     return MatchRule(target, net(network), port)
 
 
 def test_passthrough_comes_first_even_when_less_specific() -> None:
-    api = rule(0, "192.0.2.10/32", 80)
-    everything = rule(PASSTHROUGH, "0.0.0.0/0", 0)
+    api = rule("a", "192.0.2.10/32", 80)
+    everything = rule(PASSTHROUGH_ROUTE, "0.0.0.0/0", 0)
     assert matching_order([api, everything]) == [everything, api]
 
 
 def test_longer_prefixes_come_first() -> None:
-    wide, mid, host = rule(0, "10.0.0.0/8"), rule(1, "10.1.0.0/16"), rule(2, "10.1.2.3/32")
+    wide, mid, host = rule("a", "10.0.0.0/8"), rule("b", "10.1.0.0/16"), rule("c", "10.1.2.3/32")
     assert matching_order([wide, host, mid]) == [host, mid, wide]
 
 
 def test_a_port_comes_before_any_port_at_the_same_prefix() -> None:
-    any_port, port = rule(0, "10.1.0.0/16"), rule(1, "10.1.0.0/16", 443)
+    any_port, port = rule("a", "10.1.0.0/16"), rule("b", "10.1.0.0/16", 443)
     assert matching_order([any_port, port]) == [port, any_port]
 
 
 def test_the_prefix_weighs_more_than_the_port() -> None:
     # A /32 for any port is more specific than a /16 with a port.
-    host, net_port = rule(0, "10.1.2.3/32"), rule(1, "10.1.0.0/16", 443)
+    host, net_port = rule("a", "10.1.2.3/32"), rule("b", "10.1.0.0/16", 443)
     assert matching_order([net_port, host]) == [host, net_port]
 
 
 def test_passthrough_rules_are_ordered_among_themselves_too() -> None:
-    wide, host = rule(PASSTHROUGH, "10.0.0.0/8"), rule(PASSTHROUGH, "10.0.0.1/32", 53)
-    api = rule(0, "10.0.0.1/32", 53)
+    wide, host = rule(PASSTHROUGH_ROUTE, "10.0.0.0/8"), rule(PASSTHROUGH_ROUTE, "10.0.0.1/32", 53)
+    api = rule("a", "10.0.0.1/32", 53)
     assert matching_order([api, wide, host]) == [host, wide, api]
 
 
 def test_ties_keep_the_config_order() -> None:
-    a, b, c = rule(0, "10.0.0.0/8", 80), rule(1, "11.0.0.0/8", 80), rule(2, "12.0.0.0/8", 80)
+    a, b, c = rule("a", "10.0.0.0/8", 80), rule("b", "11.0.0.0/8", 80), rule("c", "12.0.0.0/8", 80)
     assert matching_order([b, c, a]) == [b, c, a]
     assert matching_order([c, a, b]) == [c, a, b]
     # Identical rules too: the first written wins.
-    first, second = rule(0, "10.0.0.0/8"), rule(1, "10.0.0.0/8")
+    first, second = rule("a", "10.0.0.0/8"), rule("b", "10.0.0.0/8")
     assert matching_order([first, second]) == [first, second]
     assert matching_order([second, first]) == [second, first]
 
 
 def test_matching_order_does_not_change_its_argument() -> None:
-    rules = [rule(0, "10.0.0.0/8"), rule(1, "10.0.0.1/32")]
+    rules = [rule("a", "10.0.0.0/8"), rule("b", "10.0.0.1/32")]
     before = list(rules)
     matching_order(rules)
     assert rules == before
@@ -212,14 +212,14 @@ port = 22
     assert match_rules(config) == [
         # TCP passthrough only (UDP and ICMP never reach a listener); without `ip`, both
         # families.
-        rule(PASSTHROUGH, "10.99.2.2/32", 9000),
-        rule(PASSTHROUGH, "0.0.0.0/0", 22),
-        rule(PASSTHROUGH, "::/0", 22),
-        # Then the connectors (0 = api, 1 = broker), most specific first.
-        rule(0, "192.0.2.10/32", 80),
-        rule(0, "2001:db8::/32"),
-        rule(1, "10.1.0.0/16", 8883),
-        rule(1, "10.1.0.0/16"),
+        rule(PASSTHROUGH_ROUTE, "10.99.2.2/32", 9000),
+        rule(PASSTHROUGH_ROUTE, "0.0.0.0/0", 22),
+        rule(PASSTHROUGH_ROUTE, "::/0", 22),
+        # Then the connectors, most specific first.
+        rule("api", "192.0.2.10/32", 80),
+        rule("api", "2001:db8::/32"),
+        rule("broker", "10.1.0.0/16", 8883),
+        rule("broker", "10.1.0.0/16"),
     ]
 
 

@@ -1,6 +1,7 @@
 """relaycore/protocol.py on the wire: every message round-trips through msgpack under its
 "type" tag, the unions tell their members apart, docs/PROTOCOL.md names every message and
-field, and the supervisor's sockets answer garbage without falling over."""
+field, and the supervisor's sockets answer garbage without falling over. Last, the one
+text form of an ErrorRecord (render.error_line) and how records merge."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import zmq
 
 from relaycore import protocol, rundir
 from relaycore.errors import StartupError
+from relaycore.render import error_line
+from relaycore.reporting import merge_records
 from relaycore.supervisor.control import ControlPlane
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"
@@ -295,3 +298,57 @@ def test_a_second_relaycore_on_the_same_run_dir_is_refused(plane: ControlPlane) 
     # ... and the first one's sockets are still its own.
     for name in (protocol.EVENTS_SOCKET, protocol.ADMIN_SOCKET):
         assert os.path.exists(os.path.join(plane.run_dir, name))
+
+
+# -- an ErrorRecord's one text form, and how records merge on their way ----------------------
+
+
+def test_error_line_names_everything_a_record_holds() -> None:
+    assert error_line(RECORD) == (
+        "connector acme: connect_refused: upstream 10.0.0.5:443: Connection refused"
+        " (x37, last client 192.0.2.7:40112, worker 1 g2)"
+    )
+
+
+def test_error_line_of_a_gateway_record_says_where_the_device_meant_to_go() -> None:
+    record = msgspec.structs.replace(
+        RECORD,
+        connector="(gateway)",
+        cause="no_route",
+        upstream="198.51.100.7:80",
+        reason="no connector or passthrough rule matches the original destination",
+        count=1,
+        destination="198.51.100.7:80",
+    )
+    assert error_line(record) == (
+        "connector (gateway): no_route: upstream 198.51.100.7:80: no connector or passthrough"
+        " rule matches the original destination (x1, last client 192.0.2.7:40112, meant for"
+        " 198.51.100.7:80, worker 1 g2)"
+    )
+
+
+def test_relaycore_logs_dates_the_same_line_by_the_latest_failure() -> None:
+    when = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(RECORD.last))
+    assert error_line(RECORD, dated=True) == f"{when} {error_line(RECORD)}"
+
+
+def test_records_merge_by_connector_cause_and_upstream_and_the_latest_speaks() -> None:
+    def failure(at: float, client: str, upstream: str = "10.0.0.5:443") -> protocol.ErrorRecord:
+        return msgspec.structs.replace(
+            RECORD, count=1, first=at, last=at, client=client, upstream=upstream
+        )
+
+    merged = merge_records(
+        {},
+        [
+            failure(3.0, "192.0.2.1:1"),
+            failure(1.0, "192.0.2.2:2"),
+            failure(2.0, "192.0.2.3:3", upstream="10.0.0.6:443"),
+        ],
+    )
+    assert list(merged) == [
+        ("acme", "connect_refused", "10.0.0.5:443"),
+        ("acme", "connect_refused", "10.0.0.6:443"),
+    ]
+    first = merged["acme", "connect_refused", "10.0.0.5:443"]
+    assert (first.count, first.first, first.last, first.client) == (2, 1.0, 3.0, "192.0.2.1:1")

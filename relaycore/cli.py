@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import msgspec
 
 from relaycore import __version__, client, demo, gateway, identity, protocol, render
-from relaycore.config import Relay, config_summary, load_config
+from relaycore.config import Relay, load_config
 from relaycore.errors import EXIT_UNEXPECTED, ConfigError, RelayError
 from relaycore.logs import set_role, setup_logging
 
@@ -35,7 +35,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     print(f"{args.config}: ok")
-    print(config_summary(config))
+    print(render.config_summary(config))
     return 0
 
 

@@ -1,32 +1,34 @@
 """The config file: TOML decoded by msgspec into frozen Structs, and the one place where a
 problem with it becomes a ConfigError.
 
-msgspec checks types, ranges and unknown keys while it decodes, and says where in its own
-words ("Expected `int` >= 1 - at `$.relay.workers`"); _explain rewrites that as relaycore's
-one line, path first, with the value the user wrote ("relay.workers: expected an integer
->= 1, got 0"), which msgspec leaves out and we find again in the untyped document. Checks
-that need parsing or span several fields run in __post_init__, so that a Struct built in
-code is held to them too. They raise ConfigError with a path relative to their own Struct
-("listen: ..."); msgspec wraps it, and the location it adds completes the path. The one
-check a Struct cannot make, whether a key was written at all, parse_config makes on the
-untyped document.
+msgspec checks types, ranges and unknown keys while it decodes; relaycore.explain turns
+its words into relaycore's one line, path first, with the value the user wrote. Checks
+that need parsing or span several fields run in __post_init__ (single values through
+relaycore.configcheck), so that a Struct built in code is held to them too. They raise
+ConfigError with a path relative to their own Struct ("listen: ..."); msgspec wraps it,
+and the location it adds completes the path. The one check a Struct cannot make, whether
+a key was written at all, parse_config makes on the untyped document.
 """
 
-import base64
-import binascii
-import errno
 import ipaddress
 import os
-import re
-import stat
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
-import msgspec.inspect as mi
 import msgspec.structs
 
-from relaycore.addresses import HostPort, is_dns_name, parse_host_port
+from relaycore.addresses import HostPort, parse_host_port
+from relaycore.configcheck import (
+    IFNAME,
+    NAME,
+    check_pins,
+    check_readable,
+    is_ip,
+    pin_digest,
+    tls_host,
+)
 from relaycore.errors import ConfigError
+from relaycore.explain import explain, lower_first
 from relaycore.gateway import Network, parse_match
 
 MAX_WORKERS = 256
@@ -42,10 +44,6 @@ Ktls = Literal["auto", "off", "require"]
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 
 _V4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
-_IFNAME = re.compile(r"[A-Za-z0-9_.:-]{1,15}")
-_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-# `sha256/` and the base64 of 32 bytes: 43 characters and one '=' of padding.
-_PIN = re.compile(r"sha256/([A-Za-z0-9+/]{43}=)")
 
 
 def _default_workers() -> int:
@@ -100,7 +98,7 @@ class Connector(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     ktls: Ktls = "auto"
 
     def __post_init__(self) -> None:
-        if not _NAME.fullmatch(self.name):
+        if not NAME.fullmatch(self.name):
             raise ConfigError(f"name: expected 1-64 of A-Z a-z 0-9 _ . -, got {self.name!r}")
         for key, require_ip in (("listen", True), ("upstream", False)):
             if getattr(self, key) is None:
@@ -124,19 +122,19 @@ class Connector(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
                 if getattr(self, key) != default:
                     raise ConfigError(f"{key}: only meaningful with tls = true")
             return
-        if self.server_name is not None and _tls_host(self.server_name) is None:
+        if self.server_name is not None and tls_host(self.server_name) is None:
             raise ConfigError(
                 f"server_name: expected a DNS name or an IP address, got {self.server_name!r}"
             )
         if self.ca is not None:
-            _check_readable("ca", self.ca, directory_ok=True)
+            check_readable("ca", self.ca, directory_ok=True)
         if (self.cert is None) != (self.key is None):
             missing, given = ("key", "cert") if self.key is None else ("cert", "key")
             raise ConfigError(f"{missing}: required when {given} is set")
         if self.cert is not None and self.key is not None:
-            _check_readable("cert", self.cert, directory_ok=False)
-            _check_readable("key", self.key, directory_ok=False)
-        _check_pins("pin", self.pin)
+            check_readable("cert", self.cert, directory_ok=False)
+            check_readable("key", self.key, directory_ok=False)
+        check_pins("pin", self.pin)
 
     @property
     def listen_addr(self) -> HostPort | None:
@@ -154,7 +152,7 @@ class Connector(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     def verify_name(self) -> str:
         """What the server certificate must name: `server_name`, else the upstream host.
         A DNS name loses its trailing dot; an IP literal is normalised (no brackets)."""
-        name = _tls_host(self.server_name or self.upstream_addr.host)
+        name = tls_host(self.server_name or self.upstream_addr.host)
         assert name is not None  # both were checked when the Struct was made
         return name
 
@@ -164,7 +162,7 @@ class Connector(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
         which RFC 6066 does not allow in SNI (the certificate is then checked against
         the IP address)."""
         name = self.verify_name
-        return None if _is_ip(name) else name
+        return None if is_ip(name) else name
 
     @property
     def insecure(self) -> bool:
@@ -174,7 +172,7 @@ class Connector(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     @property
     def pin_digests(self) -> tuple[bytes, ...]:
         """The `pin` entries as raw 32-byte SHA-256 digests of a SubjectPublicKeyInfo."""
-        return tuple(d for d in map(_pin_digest, self.pin) if d is not None)
+        return tuple(d for d in map(pin_digest, self.pin) if d is not None)
 
 
 # Every other key means something only for TLS; with the value it has when left out.
@@ -212,17 +210,17 @@ class Exit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     ktls: Ktls = "auto"
 
     def __post_init__(self) -> None:
-        if not _NAME.fullmatch(self.name):
+        if not NAME.fullmatch(self.name):
             raise ConfigError(f"name: expected 1-64 of A-Z a-z 0-9 _ . -, got {self.name!r}")
         try:
             parse_host_port(self.listen, require_ip=True)
         except ValueError as e:
             raise ConfigError(f"listen: {e}") from e
-        _check_readable("cert", self.cert, directory_ok=False)
-        _check_readable("key", self.key, directory_ok=False)
-        _check_pins("allow", self.allow)
+        check_readable("cert", self.cert, directory_ok=False)
+        check_readable("key", self.key, directory_ok=False)
+        check_pins("allow", self.allow)
         if self.ca is not None:
-            _check_readable("ca", self.ca, directory_ok=True)
+            check_readable("ca", self.ca, directory_ok=True)
         if not self.allow and self.ca is None:
             raise ConfigError(
                 "allow: required unless ca is given: the pins of the entry nodes that may"
@@ -273,7 +271,7 @@ class Exit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     @property
     def allow_digests(self) -> tuple[bytes, ...]:
         """The `allow` entries as raw 32-byte SHA-256 digests of a SubjectPublicKeyInfo."""
-        return tuple(d for d in map(_pin_digest, self.allow) if d is not None)
+        return tuple(d for d in map(pin_digest, self.allow) if d is not None)
 
     @property
     def target_kind(self) -> Literal["fixed", "socks5", "http-connect"]:
@@ -339,7 +337,7 @@ class Gateway(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
         if len(ports) != 1:
             # One redirect rule (`redirect to :PORT`) serves IPv4 and IPv6 alike.
             raise ConfigError("listen: every gateway listen address needs the same port")
-        if not _IFNAME.fullmatch(self.interface):
+        if not IFNAME.fullmatch(self.interface):
             raise ConfigError(f"interface: expected an interface name, got {self.interface!r}")
 
     @property
@@ -459,73 +457,6 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                 )
 
 
-def _tls_host(text: str) -> str | None:
-    """`text` as a certificate name: an IP literal normalised, a DNS name without its
-    trailing dot (SNI never has one); None if it is neither."""
-    try:
-        ip = ipaddress.ip_address(text)
-    except ValueError:
-        return text.removesuffix(".") if is_dns_name(text) else None
-    # A zone (fe80::1%eth0) picks an interface; no certificate can name one.
-    return None if getattr(ip, "scope_id", None) else str(ip)
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def _check_readable(key: str, path: str, *, directory_ok: bool) -> None:
-    # Now rather than when the first device connects: a typo in a path is a config error,
-    # not a stream of failed handshakes.
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise ConfigError(f"{key}: file not found: {path}") from None
-    except OSError as e:
-        raise ConfigError(f"{key}: cannot read {path}: {e.strerror}") from None
-    is_dir = stat.S_ISDIR(mode)
-    if not (stat.S_ISREG(mode) or (is_dir and directory_ok)):
-        kind = "a file or a directory" if directory_ok else "a file"
-        raise ConfigError(f"{key}: not {kind}: {path}")
-    # Opening is the only test that holds for root, ACLs and security modules alike; a
-    # directory of hashed certificates must also be searchable to be read.
-    try:
-        os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
-        if is_dir and not os.access(path, os.X_OK):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
-    except OSError as e:
-        raise ConfigError(f"{key}: cannot read {path}: {e.strerror}") from None
-
-
-def _check_pins(key: str, pins: tuple[str, ...]) -> None:
-    seen: dict[str, int] = {}
-    for i, pin in enumerate(pins):
-        if _pin_digest(pin) is None:
-            raise ConfigError(
-                f"{key}[{i}]: expected sha256/<base64 of a 32-byte SHA-256>, got {pin!r}"
-            )
-        # One pin pasted twice where a backup pin was meant: a key rotation would then
-        # lock the relay (or the entry node) out.
-        if (j := seen.setdefault(pin, i)) != i:
-            raise ConfigError(f"{key}[{i}]: {pin!r} is also {key}[{j}]")
-
-
-def _pin_digest(pin: str) -> bytes | None:
-    if not (m := _PIN.fullmatch(pin)):
-        return None
-    try:
-        digest = base64.b64decode(m[1], validate=True)
-    except binascii.Error:
-        return None
-    # Only the canonical spelling: in a non-canonical one the last character carries bits
-    # that decoding drops, so two different-looking pins would be the same key.
-    return digest if base64.b64encode(digest).decode() == m[1] else None
-
-
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and check the file at `path`; any problem is a one-line ConfigError."""
     source = os.fspath(path)
@@ -551,9 +482,9 @@ def parse_config(text: str | bytes, source: str = "<string>") -> Config:
     try:
         cfg = msgspec.toml.decode(text, type=Config)
     except msgspec.ValidationError as e:
-        raise ConfigError(_explain(e, text, source)) from e
+        raise ConfigError(explain(e, text, source, Config)) from e
     except msgspec.DecodeError as e:
-        raise ConfigError(f"{source}: invalid TOML: {_lower_first(str(e))}") from e
+        raise ConfigError(f"{source}: invalid TOML: {lower_first(str(e))}") from e
     # The Struct cannot tell `verify = true` written out from the default, so with
     # tls = false its own check misses TLS keys that repeat their default: the file can.
     tables = msgspec.toml.decode(text).get("connector", [])
@@ -563,129 +494,3 @@ def parse_config(text: str | bytes, source: str = "<string>") -> Config:
                 if key in table:
                     raise ConfigError(f"connector[{i}].{key}: only meaningful with tls = true")
     return cfg
-
-
-def config_summary(cfg: Config) -> str:
-    """A few lines for a human, as `relaycore check` prints them."""
-    r = cfg.relay
-    lines = [f"workers: {r.workers} (up to {r.max_connections} connections each)"]
-    lines += [
-        f"{c.name}: {c.listen_addr or 'gateway'} -> {c.upstream_addr} ({_describe_tls(c)})"
-        for c in cfg.connectors
-    ]
-    lines += [
-        f"{x.name}: exit {x.listen_addr} -> {x.target} ({_describe_exit(x)})" for x in cfg.exits
-    ]
-    return "\n".join(lines)
-
-
-def _describe_exit(x: Exit) -> str:
-    parts = ["tls server"]
-    if x.allow:
-        parts.append(f"allow pins {len(x.allow)}")
-    if x.ca is not None:
-        parts.append(f"client CA {x.ca}")
-    if x.target_kind != "fixed":
-        n = len(x.allow_destinations or ())
-        parts.append(f"destinations {n}" if n else "destinations default")
-    if x.min_tls != "1.2":
-        parts.append(f"TLS >= {x.min_tls}")
-    parts.append(f"ktls {x.ktls}")
-    return ", ".join(parts)
-
-
-def _describe_tls(c: Connector) -> str:
-    if not c.tls:
-        return "plain"
-    parts = ["tls", f"SNI {c.sni}" if c.sni else f"no SNI, IP {c.verify_name}"]
-    if c.verify:
-        parts.append(f"CA {c.ca or 'system'}")
-    else:
-        parts.append("verify off (insecure)" if c.insecure else "verify off")
-    if c.cert:
-        parts.append("client cert")
-    if c.pin:
-        parts.append(f"pins {len(c.pin)}")
-    if c.min_tls != "1.2":
-        parts.append(f"TLS >= {c.min_tls}")
-    parts.append(f"ktls {c.ktls}")
-    return ", ".join(parts)
-
-
-_WORDS = {
-    "int": "an integer",
-    "float": "a number",
-    "str": "a string",
-    "bool": "true or false",
-    "object": "a table",
-    "array": "an array",
-}
-
-
-def _explain(err: msgspec.ValidationError, text: str | bytes, source: str) -> str:
-    match = re.fullmatch(r"(?s)(.*?)(?: - at `\$([^`]*)`)?", str(err))
-    assert match is not None  # the pattern matches any string
-    body, path = match[1], (match[2] or "").removeprefix(".")
-    if isinstance(err.__cause__, ConfigError):
-        return f"{path}.{err.__cause__}".removeprefix(".")
-    if m := re.fullmatch(r"Object contains unknown field `(.*)`", body):
-        # The top level has no path of its own; the file stands for it.
-        return f"{path or source}: unknown key {m[1]!r}"
-    if m := re.fullmatch(r"Object missing required field `(.*)`", body):
-        return f"{path}.{m[1]}: required key is missing".removeprefix(".")
-    got = _got(msgspec.toml.decode(text), path)
-    if body.startswith("Invalid enum value"):
-        return f"{path}: expected one of {_one_of(path)}{got}"
-    if body.startswith("Expected `str`") and _choices(path):
-        # `min_tls = 1.2` is the natural slip: TOML reads a number where the key wants text.
-        return f"{path}: expected one of {_one_of(path)} (in quotes){got}"
-    if m := re.fullmatch(r"Expected `str \| array`(?:, got `\w+`)?", body):
-        # A key that takes one string or a list of them ([gateway] listen).
-        return f"{path}: expected a string or an array of strings{got}"
-    # TOML has no null: `str | null` is how msgspec names an optional key's type.
-    if m := re.fullmatch(r"Expected `(\w+)(?: \| null)?`(?:, got `\w+`)?(.*)", body):
-        bound = re.sub(r"(\d)\.0\b", r"\1", m[2])
-        return f"{path}: expected {_WORDS.get(m[1], m[1])}{bound}{got}"
-    return f"{path or source}: {_lower_first(body)}"
-
-
-def _parts(path: str) -> list[str | int]:
-    return [int(p[1:-1]) if p[0] == "[" else p for p in re.findall(r"\[\d+\]|[^.\[]+", path)]
-
-
-def _got(doc: Any, path: str) -> str:
-    # The value as the user wrote it: msgspec's messages name only its type.
-    for part in _parts(path):
-        try:
-            doc = doc[part]
-        except (KeyError, IndexError, TypeError):
-            return ""
-    return f", got {_show(doc)}"
-
-
-def _choices(path: str) -> tuple[Any, ...]:
-    t: mi.Type = mi.type_info(Config)
-    for part in _parts(path):
-        if isinstance(t, mi.StructType):
-            t = next((f.type for f in t.fields if f.encode_name == part), mi.AnyType())
-        elif isinstance(t, mi.VarTupleType | mi.ListType):
-            t = t.item_type
-    return t.values if isinstance(t, mi.LiteralType) else ()
-
-
-def _one_of(path: str) -> str:
-    return ", ".join(repr(v) for v in _choices(path))
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    return repr(value) if isinstance(value, str) else str(value)
-
-
-def _lower_first(s: str) -> str:
-    return s[:1].lower() + s[1:]

@@ -1,7 +1,9 @@
-"""Text for a terminal: status, stats and error-log lines, as `relaycore` prints them."""
+"""Text for a terminal: status, stats, error-log lines and config summaries, as `relaycore`
+prints them."""
 
 import time
 
+from relaycore.config import Config, Connector, Exit
 from relaycore.protocol import ErrorRecord, StatsReport, StatusReply, WorkerStatus
 
 
@@ -78,3 +80,50 @@ def error_line(r: ErrorRecord, *, dated: bool = False) -> str:
     if not dated:
         return line
     return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(r.last))} {line}"
+
+
+def config_summary(cfg: Config) -> str:
+    """A few lines for a human, as `relaycore check` prints them."""
+    r = cfg.relay
+    lines = [f"workers: {r.workers} (up to {r.max_connections} connections each)"]
+    lines += [
+        f"{c.name}: {c.listen_addr or 'gateway'} -> {c.upstream_addr} ({_describe_tls(c)})"
+        for c in cfg.connectors
+    ]
+    lines += [
+        f"{x.name}: exit {x.listen_addr} -> {x.target} ({_describe_exit(x)})" for x in cfg.exits
+    ]
+    return "\n".join(lines)
+
+
+def _describe_exit(x: Exit) -> str:
+    parts = ["tls server"]
+    if x.allow:
+        parts.append(f"allow pins {len(x.allow)}")
+    if x.ca is not None:
+        parts.append(f"client CA {x.ca}")
+    if x.target_kind != "fixed":
+        n = len(x.allow_destinations or ())
+        parts.append(f"destinations {n}" if n else "destinations default")
+    if x.min_tls != "1.2":
+        parts.append(f"TLS >= {x.min_tls}")
+    parts.append(f"ktls {x.ktls}")
+    return ", ".join(parts)
+
+
+def _describe_tls(c: Connector) -> str:
+    if not c.tls:
+        return "plain"
+    parts = ["tls", f"SNI {c.sni}" if c.sni else f"no SNI, IP {c.verify_name}"]
+    if c.verify:
+        parts.append(f"CA {c.ca or 'system'}")
+    else:
+        parts.append("verify off (insecure)" if c.insecure else "verify off")
+    if c.cert:
+        parts.append("client cert")
+    if c.pin:
+        parts.append(f"pins {len(c.pin)}")
+    if c.min_tls != "1.2":
+        parts.append(f"TLS >= {c.min_tls}")
+    parts.append(f"ktls {c.ktls}")
+    return ", ".join(parts)

@@ -142,6 +142,16 @@ class Bench:
         derive(result)
         return result
 
+    def warm_up(self, relay: Relay, target: str, tls: list[str]) -> None:
+        """64 MiB to the sink, not recorded: first handshakes, session caches, allocators."""
+        warm = Loadgen(
+            self.bins["loadgen"],
+            ["bulk", target, "--conns", "1", "--bytes", str(64 * MiB), *tls],
+            self.settings.loadgen_timeout_s,
+        ).finish()
+        if "error" in warm or warm.get("errors"):
+            raise RuntimeError(f"warm-up failed through {relay.name}: {warm}")
+
     # -- suites
     def run_tls(self, relay: Relay) -> None:
         s = self.settings
@@ -156,14 +166,7 @@ class Bench:
         try:
             addr = {k: f"{v[0][0]}:{v[0][1]}" for k, v in relay.addresses(routes).items()}
             tls = ["--tls", str(self.ca)] if isinstance(relay, Direct) and relay.tls else []
-            # Warm-up, not recorded: first handshakes, session caches, allocators.
-            warm = Loadgen(
-                self.bins["loadgen"],
-                ["bulk", addr["sink"], "--conns", "1", "--bytes", str(64 * MiB), *tls],
-                s.loadgen_timeout_s,
-            ).finish()
-            if "error" in warm or warm.get("errors"):
-                raise RuntimeError(f"warm-up failed through {relay.name}: {warm}")
+            self.warm_up(relay, addr["sink"], tls)
             for conns in (1, 8):
                 args = ["bulk", addr["sink"], "--conns", str(conns)]
                 args += ["--bytes", str(s.bulk_bytes // conns), *tls]
@@ -189,13 +192,7 @@ class Bench:
         try:
             addr = relay.addresses(routes)["sink"][0]
             target = f"{addr[0]}:{addr[1]}"
-            warm = Loadgen(
-                self.bins["loadgen"],
-                ["bulk", target, "--conns", "1", "--bytes", str(64 * MiB)],
-                s.loadgen_timeout_s,
-            ).finish()
-            if "error" in warm or warm.get("errors"):
-                raise RuntimeError(f"warm-up failed through {relay.name}: {warm}")
+            self.warm_up(relay, target, [])
             for conns in (1, 8):
                 args = ["bulk", target, "--conns", str(conns)]
                 args += ["--bytes", str(s.plain_bytes // conns)]

@@ -63,10 +63,12 @@ $(VENV)/.installed: .stamp-deb pyproject.toml
 clean:  ## remove build products (keeps .venv)
 	rm -rf build relaycore/.built relaycore/_core*.so ext/_core.c
 
-# kTLS tests need a kernel with the tls module: they run in a throw-away QEMU guest (root;
-# the first run installs qemu with apt and caches a Debian kernel in /var/cache/ktls-vm).
-# RELAYCORE_KTLS_REQUIRED=1 turns a "kTLS unavailable" skip into a failure in there.
-KTLS_VM ?= ../shared/tools/ktls-vm/run-in-ktls-vm
+# kTLS tests need a kernel with the tls module: tests/ktls/guest.sh runs them in a throw-away
+# QEMU guest booting Debian's stock kernel (root; the first run installs qemu with apt-get and
+# caches the kernel in /var/cache/relaycore-ktls; KTLS_VM_KERNEL and KTLS_VM_SUITE pick
+# another kernel package). RELAYCORE_KTLS_REQUIRED=1 turns a "kTLS unavailable" skip into a
+# failure in there.
+KTLS_VM ?= tests/ktls/guest.sh
 KTLS_VM_TIMEOUT ?= 900
 
 test-ktls: build  ## kernel TLS tests (tests/ktls, -m ktls) in a QEMU guest with tls.ko

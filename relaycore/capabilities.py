@@ -10,7 +10,7 @@ TCP_ULP = 31  # linux/tcp.h; not exported by the socket module
 def ktls_unavailable() -> str | None:
     """None when this kernel accepts the "tls" upper-layer protocol, else why not.
 
-    The authoritative test (hotpath.md §1.8): set TCP_ULP "tls" on an established loopback
+    The authoritative test (docs/HOTPATH.md §1.8): TCP_ULP "tls" on an established loopback
     connection. As root the kernel loads the module on demand; otherwise it must be loaded
     already (modprobe tls)."""
     with socket.socket() as listener:

@@ -3,7 +3,7 @@
 The supervisor holds every listening socket for its whole life and never accepts on
 them. A socket is destroyed only when its last fd closes, so a worker that crashes or
 drains does not take the connections queued on its socket with it: the next worker on
-that slot (or the next generation) accepts them (hotpath.md §4).
+that slot (or the next generation) accepts them (docs/HOTPATH.md §4).
 """
 
 import errno

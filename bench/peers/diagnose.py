@@ -1,4 +1,4 @@
-"""Where relaycore's time and memory go, beside the peers: the checks behind bench/README.md.
+"""Where relaycore's time and memory go, beside the peers: the checks behind docs/BENCHMARKS.md.
 
     .venv/bin/python bench/peers/diagnose.py syscalls [--relays relaycore,haproxy,nginx,stunnel]
         strace -c -f on each relay's processes: system calls per 64-byte echo round trip
@@ -26,8 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from procfs import proc_table, tree
+from programs import HERE, Loadgen, Upstream, build
 from relays import HAProxy, Nginx, Relay, Relaycore, Routes, Stunnel
-from run import HERE, Loadgen, Upstream, build, proc_table, tree
 
 from relaycore._demo_pki import DemoPki, make_demo_pki
 from relaycore.demo import free_port

@@ -1,7 +1,7 @@
 """tests/ktls: the relay's kernel-TLS path end to end, over loopback.
 
 The tests marked `ktls` need a kernel with the `tls` module. `make test-ktls` runs them in
-a QEMU guest that has one (../shared/tools/ktls-vm). Anywhere else they are skipped with
+a QEMU guest that has one (tests/ktls/guest.sh). Anywhere else they are skipped with
 the reason `relaycore.capabilities.ktls_unavailable()` gives, unless
 RELAYCORE_KTLS_REQUIRED=1 (make test-ktls sets it): then that skip is a failure, so a
 guest without kTLS cannot pass by skipping everything.

@@ -1,4 +1,4 @@
-"""Kernel TLS through the relay (hotpath.md §1; test list items 16-18).
+"""Kernel TLS through the relay (docs/HOTPATH.md §1; its test list, items 16-18).
 
 With ktls = "auto", a TLS 1.2 connection with AES-GCM or ChaCha20-Poly1305 has both
 directions offloaded: the worker then moves plaintext over the kTLS socket with its plain

@@ -1,0 +1,143 @@
+"""The C programs of bench-peers: the upstream peers (upstream.c) and the load generator
+(loadgen.c), compiled at the start of a run and driven over their stdin and stdout."""
+
+from __future__ import annotations
+
+import json
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from relays import HOST
+
+HERE = Path(__file__).resolve().parent
+
+
+def build(tmp: Path) -> dict[str, Path]:
+    cc = shutil.which("cc")
+    if cc is None:
+        sys.exit("bench-peers: a C compiler is needed (apt-get install gcc libssl-dev)")
+    out = {}
+    for name in ("upstream", "loadgen"):
+        binary = tmp / name
+        res = subprocess.run(
+            [cc, "-O2", "-Wall", "-o", str(binary), str(HERE / f"{name}.c"), "-lssl", "-lcrypto"],
+            capture_output=True,
+            text=True,
+        )
+        if res.returncode != 0:
+            sys.exit(f"bench-peers: cc {name}.c failed (libssl-dev?):\n{res.stderr}")
+        out[name] = binary
+    return out
+
+
+class Upstream:
+    """bench/peers/upstream.c: `upstream sink|echo [--tls CERT KEY]`, 2 processes."""
+
+    def __init__(self, binary: Path, mode: str, tls: tuple[Path, Path] | None) -> None:
+        args = [str(binary), mode, "--procs", "2"]
+        if tls is not None:
+            args += ["--tls", str(tls[0]), str(tls[1])]
+        self.name = ("tls-" if tls else "") + mode
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.strip().isdigit():
+            self.close()
+            sys.exit(f"bench-peers: upstream {self.name} did not start (got {line!r})")
+        self.address = (HOST, int(line))
+
+    def stats(self) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.proc.stdin.write("stats\n")
+        self.proc.stdin.flush()
+        words = self.proc.stdout.readline().split()
+        return {
+            words[i]: (int(words[i + 1]) if words[i + 1].isdigit() else words[i + 1])
+            for i in range(0, len(words) - 1, 2)
+        }
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Loadgen:
+    """One bench/peers/loadgen.c run: its "phase" lines go to a queue as they come."""
+
+    def __init__(self, binary: Path, args: list[str], timeout_s: float) -> None:
+        self.proc = subprocess.Popen(
+            [str(binary), *args, "--timeout", str(timeout_s)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.result: dict[str, Any] | None = None
+        self.deadline = time.monotonic() + timeout_s + 15
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.strip())
+        self.lines.put(None)
+
+    def next_line(self) -> str | None:
+        """The next line, or None at EOF; the run is killed past its deadline."""
+        try:
+            return self.lines.get(timeout=max(0.1, self.deadline - time.monotonic()))
+        except queue.Empty:
+            self.proc.kill()
+            return None
+
+    def until(self, on_phase: Callable[[str], None] | None = None, stop_at: str = "") -> None:
+        """Read lines, calling on_phase for each phase line, up to phase `stop_at` or the
+        result (kept in self.result)."""
+        while True:
+            line = self.next_line()
+            if line is None:
+                return
+            if line.startswith("phase "):
+                name = line.split()[1]
+                if on_phase is not None:
+                    on_phase(name)
+                if name == stop_at:
+                    return
+            elif line.startswith("result "):
+                self.result = json.loads(line[len("result ") :])
+                return
+
+    def finish(self) -> dict[str, Any]:
+        if self.result is None:
+            self.until()
+        if self.proc.stdin is not None:
+            try:
+                self.proc.stdin.close()
+            except BrokenPipeError:
+                pass
+        try:
+            self.proc.wait(timeout=max(1.0, self.deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        assert self.proc.stderr is not None
+        err = self.proc.stderr.read().strip()
+        if self.result is None:
+            return {"error": f"loadgen exited {self.proc.returncode} without a result: {err}"}
+        if self.proc.returncode not in (0, None) and "error" not in self.result:
+            self.result["error"] = f"loadgen exit code {self.proc.returncode}"
+        return self.result

@@ -61,8 +61,8 @@ from relays import (
     Stunnel,
 )
 
-from relaycore._demo_pki import make_demo_pki
-from relaycore.demo import free_port
+from relaycore.lab.base import free_port
+from relaycore.lab.pki import make_server_pki
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -1290,7 +1290,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_s)
         os.chmod(tmp, 0o755)  # nginx workers run as nobody
         bins = build(tmp)
-        pki = make_demo_pki(tmp / "pki", "localhost")
+        pki = make_server_pki(tmp / "pki", "localhost")
         for p in (tmp / "pki").iterdir():
             p.chmod(0o644)
         with upstreams(bins["upstream"], pki) as peers:

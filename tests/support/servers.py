@@ -353,6 +353,16 @@ class _Server:
             if echo:
                 cls._send_all(conn, record, view[:n])
 
+    @classmethod
+    def _send_stream(
+        cls, conn: socket.socket | TLSConn, record: ConnRecord, stream: RandomStream
+    ) -> None:
+        """All of `stream`, in 64 KiB writes."""
+        while not stream.done:
+            chunk = stream.peek(64 * 1024)
+            cls._send_all(conn, record, chunk)
+            stream.advance(len(chunk))
+
     @staticmethod
     def _send_all(
         conn: socket.socket | TLSConn, record: ConnRecord, data: bytes | memoryview
@@ -414,11 +424,7 @@ class SinkServer(_Server):
         with self._cond:
             self.digests.append(digest)
         self._send_all(conn, record, digest)
-        stream = RandomStream(self.extra_reply, self.reply_seed)
-        while not stream.done:
-            chunk = stream.peek(64 * 1024)
-            self._send_all(conn, record, chunk)
-            stream.advance(len(chunk))
+        self._send_stream(conn, record, RandomStream(self.extra_reply, self.reply_seed))
 
 
 class SourceServer(_Server):
@@ -499,10 +505,6 @@ class ResetServer(_Server):
                 break
             record._sha.update(data)
             record.received += len(data)
-        stream = RandomStream(self.send_bytes, self.seed)
-        while not stream.done:
-            chunk = stream.peek(64 * 1024)
-            self._send_all(conn, record, chunk)
-            stream.advance(len(chunk))
+        self._send_stream(conn, record, RandomStream(self.send_bytes, self.seed))
         self._close(conn, reset=True)
         record.reset_sent = True

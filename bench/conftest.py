@@ -47,9 +47,10 @@ from benchlib import (
 )
 
 from relaycore import _core
-from relaycore._demo_pki import DemoPki, make_demo_pki
-from relaycore.demo import RelayProcess, free_port
 from relaycore.errors import StartupError
+from relaycore.lab.base import free_port
+from relaycore.lab.pki import ServerPki, make_server_pki
+from relaycore.lab.relay import RelayProcess
 
 RELAY_START_TIMEOUT_S = 30.0
 RELAY_STOP_TIMEOUT_S = 20.0
@@ -82,16 +83,16 @@ def peer_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def bench_pki(tmp_path_factory: pytest.TempPathFactory) -> DemoPki:
+def bench_pki(tmp_path_factory: pytest.TempPathFactory) -> ServerPki:
     """A throwaway CA and a certificate for TLS_SERVER_NAME, made with the openssl CLI."""
     try:
-        return make_demo_pki(tmp_path_factory.mktemp("pki"), TLS_SERVER_NAME)
+        return make_server_pki(tmp_path_factory.mktemp("pki"), TLS_SERVER_NAME)
     except StartupError as exc:
         pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")
-def peers(peer_binary: Path, bench_pki: DemoPki) -> Iterator[dict[str, Peer]]:
+def peers(peer_binary: Path, bench_pki: ServerPki) -> Iterator[dict[str, Peer]]:
     """sink, echo (plain); tls-sink, tls-echo (TLS 1.3, TLS_AES_128_GCM_SHA256, session
     tickets); tls-echo-full (the same without tickets: every handshake a full one)."""
     started: dict[str, Peer] = {}
@@ -112,7 +113,7 @@ def peers(peer_binary: Path, bench_pki: DemoPki) -> Iterator[dict[str, Peer]]:
 def endpoints(
     request: pytest.FixtureRequest,
     peers: dict[str, Peer],
-    bench_pki: DemoPki,
+    bench_pki: ServerPki,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Endpoints]:
     path: str = request.param

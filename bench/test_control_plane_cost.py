@@ -20,7 +20,8 @@ from benchlib import Peer, connect, relay_config
 from test_bulk_throughput import BULK_BYTES, send_all_to_sink
 from test_echo_round_trips import ROUND_TRIPS, ping_pong
 
-from relaycore.demo import RelayProcess, free_port
+from relaycore.lab.base import free_port
+from relaycore.lab.relay import RelayProcess
 
 MODES = {"reports on": 1.0, "reports off": 0.0}
 START_TIMEOUT_S = 30.0

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from benchlib import TIMEVAL, TLS_NOTES, TLS_SERVER_NAME, Endpoints, Peer, PeerStats
 
-from relaycore._demo_pki import DemoPki
+from relaycore.lab.pki import ServerPki
 
 CONNECTIONS = 2_000
 ROUNDS = 5
@@ -132,7 +132,7 @@ def open_tls_echo_close(
 
 @pytest.mark.benchmark(group="new connections, 64 B echo each")
 def test_new_connections_direct_tls(
-    benchmark: Any, peers: dict[str, Peer], bench_pki: DemoPki
+    benchmark: Any, peers: dict[str, Peer], bench_pki: ServerPki
 ) -> None:
     """The TLS reference: the client itself speaks TLS to the TLS echo peer."""
     peer = peers["tls-echo"]

@@ -30,8 +30,8 @@ from procfs import proc_table, tree
 from programs import HERE, Loadgen, Upstream, build
 from relays import HAProxy, Nginx, Relay, Relaycore, Routes, Stunnel
 
-from relaycore._demo_pki import DemoPki, make_demo_pki
-from relaycore.demo import free_port
+from relaycore.lab.base import free_port
+from relaycore.lab.pki import ServerPki, make_server_pki
 
 RELAYS: dict[str, type[Relay]] = {
     "relaycore": Relaycore,
@@ -52,7 +52,7 @@ def parse_strace(text: str) -> dict[str, tuple[int, int]]:
     return out
 
 
-def syscalls(tmp: Path, bins: dict[str, Path], pki: DemoPki, names: list[str]) -> None:
+def syscalls(tmp: Path, bins: dict[str, Path], pki: ServerPki, names: list[str]) -> None:
     if shutil.which("strace") is None:
         sys.exit("diagnose: strace is needed (apt-get install strace)")
     echo = Upstream(bins["upstream"], "echo", (pki.cert, pki.key))
@@ -99,7 +99,7 @@ def syscalls(tmp: Path, bins: dict[str, Path], pki: DemoPki, names: list[str]) -
         echo.close()
 
 
-def resumption(tmp: Path, bins: dict[str, Path], pki: DemoPki, workers: list[int]) -> None:
+def resumption(tmp: Path, bins: dict[str, Path], pki: ServerPki, workers: list[int]) -> None:
     echo = Upstream(bins["upstream"], "echo", (pki.cert, pki.key))
     try:
         for n in workers:
@@ -131,7 +131,7 @@ def resumption(tmp: Path, bins: dict[str, Path], pki: DemoPki, workers: list[int
         echo.close()
 
 
-def tls_heap(tmp: Path, bins: dict[str, Path], pki: DemoPki, conns: int) -> None:
+def tls_heap(tmp: Path, bins: dict[str, Path], pki: ServerPki, conns: int) -> None:
     binary = tmp / "tlsheap"
     subprocess.run(
         ["cc", "-O2", "-o", str(binary), str(HERE / "tlsheap.c"), "-lssl", "-lcrypto"],
@@ -162,7 +162,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-diagnose-") as tmp_s:
         tmp = Path(tmp_s)
         bins = build(tmp)
-        pki = make_demo_pki(tmp / "pki", "localhost")
+        pki = make_server_pki(tmp / "pki", "localhost")
         if args.check == "syscalls":
             syscalls(tmp, bins, pki, [r for r in args.relays.split(",") if r])
         elif args.check == "resumption":

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from relaycore.demo import RelayProcess
+from relaycore.lab.relay import RelayProcess
 
 HOST = "127.0.0.1"
 SERVER_NAME = "localhost"
@@ -147,7 +147,7 @@ class Relay:
 
 
 class Relaycore(Relay):
-    """`python -m relaycore run -c relay.toml`, workers = 2 (relaycore.demo.RelayProcess)."""
+    """`python -m relaycore run -c relay.toml`, workers = 2 (relaycore.lab.relay.RelayProcess)."""
 
     def describe(self) -> str:
         return f"{self.label} (a supervisor and 2 worker processes)"

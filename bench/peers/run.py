@@ -48,7 +48,7 @@ from relays import NGINX_STREAM_MODULE, Direct, HAProxy, Nginx, Relay, Relaycore
 from report import REPO, environment, report, targets
 from workloads import QUICK, Bench, Settings
 
-from relaycore._demo_pki import make_demo_pki
+from relaycore.lab.pki import make_server_pki
 
 
 def relays_for(suite: str, workdir: Path, ca: Path, only: set[str] | None) -> list[Relay]:
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_s)
         os.chmod(tmp, 0o755)  # nginx workers run as nobody
         bins = build(tmp)
-        pki = make_demo_pki(tmp / "pki", "localhost")
+        pki = make_server_pki(tmp / "pki", "localhost")
         for p in (tmp / "pki").iterdir():
             p.chmod(0o644)
         with upstreams(bins["upstream"], pki) as peers:

@@ -25,7 +25,7 @@ from procfs import (
 from programs import Loadgen, Upstream
 from relays import Direct, Relay, Relaycore, Routes, Stunnel
 
-from relaycore.demo import free_port
+from relaycore.lab.base import free_port
 
 MiB = 1 << 20
 

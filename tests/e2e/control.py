@@ -1,5 +1,5 @@
 """Helpers for the control-plane tests: the CLI as a subprocess, configs with a [stats]
-table and more connectors, waits with deadlines, refused connects, a tagged echo upstream.
+table and more connectors, a wait for a log line, refused connects, a tagged echo upstream.
 
 Everything talks to 127.0.0.1 only, and every wait has a deadline.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 import collections
 import errno
 import json
-import re
 import selectors
 import signal
 import socket
@@ -17,14 +16,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from support.relay import RelayProcess
-from support.servers import RECV_SIZE, ConnRecord, EchoServer, TLSConn
+from support.servers import RECV_SIZE, ConnRecord, EchoServer
+from support.tlsconn import TLSConn
 
-HOST = "127.0.0.1"
+from relaycore.lab.base import HOST
+from relaycore.lab.relay import RelayProcess
+
 CLI_TIMEOUT = 30.0
 
 
@@ -164,29 +165,9 @@ tls = false
 # -- waiting -------------------------------------------------------------------------------
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll predicate (20 ms apart) until it returns something true; that value."""
-    deadline = time.monotonic() + timeout
-    pacing = threading.Event()
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        pacing.wait(0.02)
-    return value
-
-
 def wait_line(relay: RelayProcess, pattern: str, timeout: float = 20.0) -> str:
     """The first output line of the relay matching `pattern` (a regex)."""
-    regex = re.compile(pattern)
-
-    def seen() -> str | None:
-        return next((line for line in list(relay.lines) if regex.search(line)), None)
-
-    try:
-        line: str = wait_for(seen, timeout, f"a log line matching {pattern!r}")
-    except AssertionError as e:
-        raise AssertionError(f"{e}\n{relay.output()}") from None
-    return line
+    return relay.wait_line(pattern, timeout)
 
 
 # -- traffic -------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ out, and deleting the namespaces deletes the links: no packet leaves the lab, an
 is left behind. The names carry the caller's tag (the pid), so concurrent runs do not meet.
 
 Run as a script (`python netns.py COMMAND`, inside a namespace with `ip netns exec`) this
-file is also the lab's software, stdlib only:
+file is also the lab's software (the stdlib, and relaycore.lab's HTTPS server):
 
     serve RECORDS CERT KEY CA   the server namespace's servers (below); each connection
                                 they see is one JSON line appended to RECORDS
@@ -22,7 +22,7 @@ file is also the lab's software, stdlib only:
     dns HOST PORT NAME TIMEOUT  one A query; print {"answer", "error"}
 
 The servers: HTTPS on 10.99.2.2:8443 for api.test (records path, SNI, client certificate
-CN, peer), a DNS responder on udp 10.99.2.2:53 and :5353 (A records: DNS_ANSWER), a
+CN, peer; or the failure), a DNS responder on udp 10.99.2.2:53 and :5353 (A records: DNS_ANSWER), a
 "firmware" server on tcp 10.99.2.2:9000 and [fd99:2::2]:9000, and a plain one on
 192.0.2.99:80 (each sends a banner, records its peer, closes).
 """
@@ -30,22 +30,23 @@ CN, peer), a DNS responder on udp 10.99.2.2:53 and :5353 (A records: DNS_ANSWER)
 from __future__ import annotations
 
 import contextlib
-import http.server
 import json
 import os
 import signal
 import socket
 import socketserver
-import ssl
 import struct
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from relaycore.lab.base import wait_for
+from relaycore.lab.https import Failure, HttpsUpstream, Received, Reply
 
 DEVICE_IP = "10.99.1.2"
 GATEWAY_DEVICE_IP = "10.99.1.1"  # on the device-facing interface, DEVICE_IFACE
@@ -205,17 +206,6 @@ def _wire(lab: Lab) -> None:
 # -- processes in a namespace ----------------------------------------------------------------
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """predicate()'s first true value, polled until the deadline."""
-    deadline = time.monotonic() + timeout
-    pacing = threading.Event()
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        pacing.wait(0.02)
-    return value
-
-
 class NsProcess:
     """A long-running command in a namespace, its output (stdout and stderr) in a file.
     stop(): SIGTERM, then SIGKILL after a deadline; its exit code."""
@@ -245,7 +235,7 @@ class NsProcess:
 
         try:
             wait_for(seen, timeout, repr(text))
-        except AssertionError as e:
+        except TimeoutError as e:
             raise AssertionError(f"{e}\n{self.output()}") from None
 
     def stop(self, timeout: float = 15.0) -> int:
@@ -281,6 +271,8 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 
 class _Recorder:
+    """Appends each record, one JSON line, to the records file (the test reads it)."""
+
     def __init__(self, path: str) -> None:
         self.path = path
         self.lock = threading.Lock()
@@ -289,70 +281,6 @@ class _Recorder:
         line = json.dumps(record) + "\n"
         with self.lock, open(self.path, "a") as f:
             f.write(line)
-
-
-class _HttpsHandler(http.server.BaseHTTPRequestHandler):
-    server: _HttpsServer
-
-    def setup(self) -> None:
-        self.request.settimeout(10)
-        try:
-            self.request = self.server.context.wrap_socket(self.request, server_side=True)
-        except OSError as e:
-            self.server.record(kind="https_error", error=str(e), peer=self.client_address[0])
-            raise
-        super().setup()
-
-    def do_GET(self) -> None:
-        cert = self.request.getpeercert() or {}
-        subject = dict(rdn[0] for rdn in cert.get("subject", ()))
-        self.server.record(
-            kind="https",
-            path=self.path,
-            host=self.headers.get("Host"),
-            sni=getattr(self.request, "sni", None),
-            client_cn=subject.get("commonName"),
-            peer=self.client_address[0],
-        )
-        body = f"api.test got {self.path}\n".encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def finish(self) -> None:
-        super().finish()
-        # close_notify before the FIN, as a careful HTTPS server does: the relay then
-        # reports no tls_truncated.
-        with contextlib.suppress(OSError):
-            self.request.unwrap()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-class _HttpsServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, addr: tuple[str, int], context: ssl.SSLContext, record: _Recorder):
-        self.context = context
-        self.record = record
-        super().__init__(addr, _HttpsHandler)
-
-
-def _https_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    context.load_verify_locations(ca)
-    context.verify_mode = ssl.CERT_OPTIONAL  # a client certificate is recorded, if any
-
-    def remember_sni(sock: Any, name: str | None, _context: ssl.SSLContext) -> None:
-        sock.sni = name
-
-    context.sni_callback = remember_sni
-    return context
 
 
 def dns_query(ident: int, name: str) -> bytes:
@@ -446,10 +374,37 @@ class _BannerServer(socketserver.ThreadingTCPServer):
         super().__init__(addr, _BannerHandler)
 
 
+def _https(cert: str, key: str, ca: str, record: _Recorder) -> HttpsUpstream:
+    """api.test: answers every GET with a line naming its path. Each request is a record
+    (path, Host, SNI, the client certificate's CN, peer), and so is each failure."""
+
+    def answer(got: Received) -> Reply:
+        return Reply(200, f"api.test got {got.path}\n".encode(), close=True)
+
+    def on_request(got: Received) -> None:
+        record(
+            kind="https",
+            path=got.path,
+            host=got.host,
+            sni=got.sni,
+            client_cn=got.leg.client_cn,
+            peer=got.peer,
+        )
+
+    def on_failure(failure: Failure) -> None:
+        record(kind="https_error", error=failure.error, peer=failure.peer, stage=failure.stage)
+
+    https = HttpsUpstream(
+        Path(cert), Path(key), answer=answer, client_ca=Path(ca), host=SERVER_IP, port=HTTPS_PORT
+    )
+    https.on_request, https.on_failure = on_request, on_failure
+    return https
+
+
 def serve(records: str, cert: str, key: str, ca: str) -> None:
     record = _Recorder(records)
+    https = _https(cert, key, ca, record).start()
     servers: list[socketserver.BaseServer] = [
-        _HttpsServer((SERVER_IP, HTTPS_PORT), _https_context(cert, key, ca), record),
         _BannerServer((SERVER_IP, FIRMWARE_PORT), FIRMWARE_BANNER, record),
         _BannerServer((SERVER_IP6, FIRMWARE_PORT), FIRMWARE_BANNER, record),
         _BannerServer((OTHER_SERVER_IP, OTHER_PORT), OTHER_BANNER, record),
@@ -462,6 +417,7 @@ def serve(records: str, cert: str, key: str, ca: str) -> None:
         threading.Thread(target=_serve_dns, args=(sock, record), daemon=True).start()
     record(kind="ready", pid=os.getpid())
     signal.sigwait({signal.SIGTERM, signal.SIGINT})  # blocked in every thread: see main()
+    https.stop()
 
 
 def tcp_client(host: str, port: int, timeout: float) -> dict[str, Any]:

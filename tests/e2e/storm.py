@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-HOST = "127.0.0.1"
+from relaycore.lab.base import HOST
 
 
 class AsyncEchoServer:

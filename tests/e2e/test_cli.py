@@ -8,9 +8,9 @@ import sys
 
 import pytest
 from support.relay import relay_config
-from support.servers import free_port
 
 from relaycore import __version__
+from relaycore.lab.base import free_port
 
 
 def relaycore(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

@@ -32,7 +32,6 @@ from control import (
     refused_once,
     relaycore,
     round_trip,
-    wait_for,
     with_stats,
 )
 from plane_checks import (
@@ -46,7 +45,10 @@ from plane_checks import (
 )
 from storm import AsyncEchoServer, StormResult, storm
 from support.relay import relay_config, relay_process
-from support.servers import EchoServer, free_port, refused_port
+from support.servers import EchoServer
+from support.unreachable import refused_port
+
+from relaycore.lab.base import free_port, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,6 @@ from control import (
     refused_once,
     relaycore,
     round_trip,
-    wait_for,
     wait_line,
     with_connector,
     with_stats,
@@ -29,7 +28,10 @@ from control import (
 from plane_checks import LOG_FIELDS, WORKER_FIELDS, metric_samples, scrape, two_connectors
 from prometheus_client.parser import text_string_to_metric_families
 from support.relay import relay_config, relay_process
-from support.servers import EchoServer, free_port, refused_port
+from support.servers import EchoServer
+from support.unreachable import refused_port
+
+from relaycore.lab.base import free_port, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -17,9 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from control import cli_json, cli_json_lines, connector, own_names, relaycore, wait_for
+from control import cli_json, cli_json_lines, connector, own_names, relaycore
 from support.relay import relay_process
-from support.servers import HOST, BlackholeListener, EchoServer, free_port
+from support.servers import HOST, EchoServer
+from support.unreachable import BlackholeListener
+
+from relaycore.lab.base import free_port, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

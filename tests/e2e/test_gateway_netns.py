@@ -44,11 +44,11 @@ from netns import (
     Lab,
     NsProcess,
     read_records,
-    wait_for,
 )
-from support.pki import make_pki
 
 from relaycore.gateway import PassthroughRule, render_rules
+from relaycore.lab.base import wait_for
+from relaycore.lab.pki import make_pki
 
 pytestmark = pytest.mark.netns
 
@@ -104,7 +104,7 @@ class Servers:
     def wait_record(self, kind: str, since: int, timeout: float = 5.0) -> dict[str, Any]:
         try:
             found = wait_for(lambda: self.records(kind, since), timeout, f"a {kind!r} record")
-        except AssertionError as e:
+        except TimeoutError as e:
             raise AssertionError(
                 f"{e}; records: {read_records(self.records_path)}\n{self.process.output()}"
             ) from None

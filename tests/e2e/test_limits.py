@@ -17,7 +17,8 @@ import psutil
 import pytest
 from storm import AsyncEchoServer
 from support.relay import relay_config, relay_process
-from support.servers import free_port
+
+from relaycore.lab.base import free_port
 
 ROOM = 10
 DEVICES = 30

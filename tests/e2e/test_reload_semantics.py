@@ -10,17 +10,10 @@ from __future__ import annotations
 import signal
 
 import pytest
-from control import (
-    Session,
-    TaggedEchoServer,
-    cli_json,
-    relaycore,
-    round_trip,
-    wait_for,
-    wait_line,
-)
+from control import Session, TaggedEchoServer, cli_json, relaycore, round_trip, wait_line
 from support.relay import relay_config, relay_process
-from support.servers import free_port
+
+from relaycore.lab.base import free_port, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from support.relay import relay_config
-from support.servers import free_port
+
+from relaycore.lab.base import free_port
 
 NOBODY = 65534
 

@@ -20,35 +20,13 @@ import time
 
 import psutil
 import pytest
+from control import wait_line
 from storm import AsyncEchoServer, StormResult, storm
 from support.relay import relay_config, relay_process
-from support.servers import free_port
+
+from relaycore.lab.base import free_port, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    pacing = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        pacing.wait(0.02)
-
-
-def wait_line(relay, pattern: str, timeout: float = 20.0) -> str:  # type: ignore[no-untyped-def]
-    regex = re.compile(pattern)
-    found: list[str] = []
-
-    def seen() -> bool:
-        found[:] = [line for line in list(relay.lines) if regex.search(line)]
-        return bool(found)
-
-    try:
-        wait_for(seen, timeout, f"a log line matching {pattern!r}")
-    except AssertionError as e:
-        raise AssertionError(f"{e}\n{relay.output()}") from None
-    return found[0]
 
 
 def listen_queues(port: int) -> list[int]:

@@ -30,11 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from control import cli_json_lines, relaycore, wait_for
-from support.https import HttpsServer
-from support.pki import Issued, Pki, make_pki
-from support.relay import RelayProcess, relay_process
-from support.servers import HOST, free_port
+from control import cli_json_lines, relaycore
+from support.relay import relay_process
+from support.servers import HOST
+
+from relaycore.lab.base import free_port, wait_for
+from relaycore.lab.https import HttpsUpstream, pages
+from relaycore.lab.pki import Issued, NodeIdentity, Pki, make_identity, make_pki
+from relaycore.lab.relay import RelayProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -58,43 +61,11 @@ SOCKS5_HOST_UNREACHABLE = 4
 
 
 @dataclass(frozen=True)
-class Identity:
-    """A node identity made by `relaycore identity --init DIR`."""
-
-    directory: Path
-    pin: str
-
-    @property
-    def cert(self) -> Path:
-        return self.directory / "node.crt"
-
-    @property
-    def key(self) -> Path:
-        return self.directory / "node.key"
-
-
-def make_identity(directory: Path, cn: str) -> Identity:
-    """`relaycore identity --init DIR --cn CN`: its one line of output is the pin, and it
-    is the pin openssl computes from the certificate it wrote."""
-    out = relaycore("identity", "--init", str(directory), "--cn", cn)
-    assert out.returncode == 0, (out.returncode, out.stdout, out.stderr)
-    lines = out.stdout.splitlines()
-    assert len(lines) == 1, out.stdout
-    pin = lines[0]
-    identity = Identity(directory=directory, pin=pin)
-    assert identity.cert.is_file(), list(directory.iterdir())
-    assert identity.key.is_file(), list(directory.iterdir())
-    computed = Issued(cert=identity.cert, key=identity.key, chain=identity.cert).spki_pin()
-    assert pin == computed, f"printed {pin}, openssl computes {computed}"
-    return identity
-
-
-@dataclass(frozen=True)
 class Identities:
-    exit: Identity
-    entry: Identity
-    stranger: Identity  # an entry the exit does not allow
-    rogue: Identity  # an identity the entry takes for the exit's
+    exit: NodeIdentity
+    entry: NodeIdentity
+    stranger: NodeIdentity  # an entry the exit does not allow
+    rogue: NodeIdentity  # an identity the entry takes for the exit's
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +93,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
 
 
 @pytest.fixture
-def server(site: Site) -> Iterator[HttpsServer]:
-    with HttpsServer(site.server.chain, site.server.key, {PAGE_PATH: PAGE}) as https:
+def server(site: Site) -> Iterator[HttpsUpstream]:
+    with HttpsUpstream(
+        site.server.chain, site.server.key, answer=pages({PAGE_PATH: PAGE})
+    ) as https:
         yield https
 
 
@@ -132,7 +105,7 @@ def server(site: Site) -> Iterator[HttpsServer]:
 
 def exit_table(
     port: int,
-    identity: Identity,
+    identity: NodeIdentity,
     *,
     allow: Sequence[str],
     target: str,
@@ -154,7 +127,7 @@ def exit_table(
     return "\n".join(lines) + "\n"
 
 
-def entry_table(name: str, port: int, exit_port: int, exit_pin: str, identity: Identity) -> str:
+def entry_table(name: str, port: int, exit_port: int, exit_pin: str, identity: NodeIdentity) -> str:
     """One [[connector]] to the exit: pinned, no chain or name check, this identity."""
     return f"""\
 [[connector]]
@@ -186,7 +159,7 @@ class Node:
 
         try:
             records: list[dict[str, Any]] = wait_for(found, EVENT_TIMEOUT, f"{connector}: any")
-        except AssertionError as e:
+        except TimeoutError as e:
             raise AssertionError(f"{e}; records: {self.records()}\n{self.relay.output()}") from None
         return records
 
@@ -201,7 +174,7 @@ class Node:
 
         try:
             record: dict[str, Any] = wait_for(found, EVENT_TIMEOUT, f"{connector}: {cause}")
-        except AssertionError as e:
+        except TimeoutError as e:
             raise AssertionError(f"{e}; records: {self.records()}\n{self.relay.output()}") from None
         return record
 
@@ -290,7 +263,7 @@ def curl(*args: str) -> Fetched:
 
 
 def via_socks5h(
-    entry_port: int, site: Site, server: HttpsServer, host: str = "localhost"
+    entry_port: int, site: Site, server: HttpsUpstream, host: str = "localhost"
 ) -> Fetched:
     """The page over SOCKS5 with the name resolved by the proxy (here: the exit)."""
     return curl(
@@ -304,7 +277,7 @@ def via_socks5h(
     )
 
 
-def via_http_connect(entry_port: int, site: Site, server: HttpsServer) -> Fetched:
+def via_http_connect(entry_port: int, site: Site, server: HttpsUpstream) -> Fetched:
     """The page through an HTTP CONNECT tunnel (`-p`, even for https)."""
     return curl(
         "-p",
@@ -393,7 +366,7 @@ def test_socks5h_fetches_the_page_with_tls_end_to_end(tmp_path, ids, site, serve
         assert request.sni == "localhost"  # curl's ClientHello, not a node's
         assert request.tls_version == "TLSv1.3"
         assert request.peer == HOST
-        assert server.tls_errors == []
+        assert server.failures == []
         # A second fetch: the tunnel serves connection after connection.
         again = via_socks5h(entry_port, site, server)
         assert again.ok, explain(again, exit_node, entry_node)

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from support.pki import make_pki
 from support.relay import (
     SERVER_NAME,
     SPLICE_UNAVAILABLE,
@@ -23,6 +22,8 @@ from support.relay import (
     TLSFiles,
     pipe_fds,
 )
+
+from relaycore.lab.pki import make_pki
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import struct
 import time
 
 from support.relay import HOST
-from support.servers import BlackholeListener
+from support.unreachable import BlackholeListener
 
 
 def test_device_reset_during_connect_frees_the_slot_without_blaming_upstream(make_relay):

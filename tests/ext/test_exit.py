@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 from support.clients import Reader, connect, exchange, ping, recv_exact, wait_closed
 from support.data import MiB, RandomStream, stream_digest
-from support.pki import Pki, make_pki
 from support.relay import LoopThread
 from support.servers import EchoServer, SinkServer, SourceServer, errno_name, set_linger0
 
 from relaycore import _core
+from relaycore.lab.pki import Pki, make_pki
 
 TIMEOUT = 10.0
 # A name getaddrinfo refuses without asking any DNS server (a label over 63 bytes): the

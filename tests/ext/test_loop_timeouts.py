@@ -11,7 +11,8 @@ import time
 
 import pytest
 from support.clients import connect, ping, wait_closed
-from support.servers import HOST, BlackholeListener, EchoServer, refused_port
+from support.servers import HOST, EchoServer
+from support.unreachable import BlackholeListener, refused_port
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from support.clients import connect, connect_until_closed, exchange, is_reset, ping
 from support.data import RandomStream
-from support.pki import Issued, self_signed
 from support.relay import SERVER_NAME, LoopThread, TLSFiles
 from support.servers import EchoServer, tls_server_context
 
 from relaycore._core import TLSClientContext
+from relaycore.lab.pki import Issued, self_signed
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -14,14 +14,14 @@ import os
 import shutil
 import socket
 import subprocess
-import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from support.pki import Issued
 from support.servers import HOST
+
+from relaycore.lab.base import wait_for
+from relaycore.lab.pki import Issued
 
 READY_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
@@ -32,17 +32,6 @@ _SBIN = os.pathsep.join(["/usr/local/sbin", "/usr/sbin", "/sbin"])
 def find_binary(name: str) -> str | None:
     """The program's path: on PATH, or in an sbin directory."""
     return shutil.which(name) or shutil.which(name, path=_SBIN)
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll predicate every 20 ms until it holds; AssertionError naming `what` at the
-    deadline."""
-    deadline = time.monotonic() + timeout
-    pacing = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        pacing.wait(0.02)
 
 
 def read_text(path: Path) -> str:
@@ -105,23 +94,22 @@ def peer_process(
             list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=cwd
         )
     peer = Peer(name=name, proc=proc, ports=tuple(ports), log=log)
+    waiting = list(ports)
+
+    def listening() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"{name} exited with {proc.returncode} before listening on {waiting}:\n"
+                f"{peer.output()}"
+            )
+        waiting[:] = [p for p in waiting if not _accepts(p)]
+        return not waiting
+
     try:
-        deadline = time.monotonic() + ready_timeout
-        pacing = threading.Event()
-        waiting = list(ports)
-        while waiting:
-            if proc.poll() is not None:
-                raise AssertionError(
-                    f"{name} exited with {proc.returncode} before listening on {waiting}:\n"
-                    f"{peer.output()}"
-                )
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{name} not listening on {waiting} after {ready_timeout}s:\n{peer.output()}"
-                )
-            waiting = [p for p in waiting if not _accepts(p)]
-            if waiting:
-                pacing.wait(0.02)
+        try:
+            wait_for(listening, ready_timeout, f"{name} to listen on {list(ports)}")
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}; not on {waiting}:\n{peer.output()}") from None
         yield peer
     finally:
         _stop(proc)

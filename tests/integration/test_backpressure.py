@@ -12,9 +12,11 @@ import psutil
 import pytest
 from support.clients import Reader, connect
 from support.data import MiB
-from support.pki import make_pki
 from support.relay import SPLICE_UNAVAILABLE, relay_config, relay_process
-from support.servers import SourceServer, free_port, tls_server_context
+from support.servers import SourceServer, tls_server_context
+
+from relaycore.lab.base import free_port
+from relaycore.lab.pki import make_pki
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 

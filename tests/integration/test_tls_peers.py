@@ -27,11 +27,13 @@ from peers import (
     nginx_https,
     openssl_server,
     read_text,
-    wait_for,
 )
-from support.pki import Issued, make_pki, self_signed
-from support.relay import RelayProcess, relay_process
-from support.servers import HOST, free_port
+from support.relay import relay_process
+from support.servers import HOST
+
+from relaycore.lab.base import free_port, wait_for
+from relaycore.lab.pki import Issued, make_pki, self_signed
+from relaycore.lab.relay import RelayProcess
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -127,17 +129,7 @@ def warnings_of(relay: RelayProcess) -> list[str]:
 def wait_relay_line(relay: RelayProcess, pattern: str) -> str:
     """The first line of the relay's output matching the regex, waiting for the worker's
     next error tick."""
-    found: list[str] = []
-
-    def seen() -> bool:
-        found[:] = [line for line in list(relay.lines) if re.search(pattern, line)]
-        return bool(found)
-
-    try:
-        wait_for(seen, LOG_TIMEOUT, f"a relaycore line matching {pattern!r}")
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}; relaycore said:\n{relay.output()}") from None
-    return found[0]
+    return relay.wait_line(pattern, LOG_TIMEOUT)
 
 
 def wait_relay_count(relay: RelayProcess, pattern: str, count: int) -> list[str]:
@@ -151,7 +143,7 @@ def wait_relay_count(relay: RelayProcess, pattern: str, count: int) -> list[str]
 
     try:
         wait_for(lambda: total() >= count, LOG_TIMEOUT, f"{count} events matching {pattern!r}")
-    except AssertionError as exc:
+    except TimeoutError as exc:
         raise AssertionError(
             f"{exc}: relaycore logged {total()}; it said:\n{relay.output()}"
         ) from None
@@ -215,7 +207,7 @@ def mqtt_receive(
                 CLIENT_TIMEOUT,
                 "the broker to acknowledge the subscription",
             )
-        except AssertionError as exc:
+        except TimeoutError as exc:
             raise AssertionError(f"{exc}; the broker said:\n{read_text(broker_log)}") from None
         for message in messages:
             pub = mqtt_pub(pub_port, message)

@@ -30,12 +30,12 @@ from typing import Any
 
 import pytest
 from support.data import RandomStream
-from support.pki import Issued, make_pki
 from support.relay import SPLICE_UNAVAILABLE, LoopThread
 from support.servers import HOST
 
 from relaycore import _core
 from relaycore.capabilities import ktls_unavailable
+from relaycore.lab.pki import Issued, make_pki
 
 # Why kTLS cannot run here (None: it can).
 KTLS_UNAVAILABLE = ktls_unavailable()

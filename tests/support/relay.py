@@ -1,5 +1,6 @@
 """Run the relay under test: the compiled Loop in a thread of the test process
-(`LoopThread`), or the whole `relaycore run` in a subprocess (`relay_process`).
+(`LoopThread`), or the whole `relaycore run` in a subprocess (`relay_process`, on the
+shared relaycore.lab.relay.RelayProcess).
 
 LoopThread confines the Loop to one thread: `run(50)` in a loop, and between two runs it
 executes the requests the test queued with `call()` (counters, pop_errors, ...). No lock is
@@ -12,20 +13,20 @@ import contextlib
 import os
 import queue
 import select
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from .pki import Issued, Pki
+from relaycore.errors import StartupError
+from relaycore.lab.pki import Issued, Pki
+from relaycore.lab.relay import RelayProcess
+
 from .servers import HOST, set_bufsize, tls_server_context
 
 T = TypeVar("T")
@@ -283,34 +284,6 @@ tls = false
 """
 
 
-@dataclass
-class RelayProcess:
-    proc: subprocess.Popen[bytes]
-    config_path: Path
-    lines: list[str] = field(default_factory=list)
-    ready: threading.Event = field(default_factory=threading.Event)
-    ended: threading.Event = field(default_factory=threading.Event)
-
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def worker_pids(self, expected: int = 1, timeout: float = 10.0) -> list[int]:
-        """The supervisor's direct children (the workers), once `expected` of them exist."""
-        import psutil
-
-        deadline = time.monotonic() + timeout
-        pacing = threading.Event()
-        children: list[int] = []
-        for _ in range(int(timeout * 1000 / 20) + 1):
-            children = [p.pid for p in psutil.Process(self.proc.pid).children()]
-            if len(children) >= expected or time.monotonic() > deadline:
-                break
-            pacing.wait(0.02)
-        if len(children) < expected:
-            raise AssertionError(f"{len(children)} workers, wanted {expected}:\n{self.output()}")
-        return children
-
-
 @contextlib.contextmanager
 def relay_process(
     config_text: str,
@@ -320,59 +293,17 @@ def relay_process(
     options: Sequence[str] = (),
     wrapper: Sequence[str] = (),
 ) -> Iterator[RelayProcess]:
-    """`python -m relaycore [OPTIONS] run -c FILE` until its output shows `ready
-    generation=`; on exit SIGTERM, then SIGKILL after a deadline. All output lines (stderr,
-    merged with stdout) are kept in `.lines`, complete once the block has ended.
-    `wrapper`: a command that execs the rest of its arguments (so that the signals still
-    reach relaycore), e.g. to give it a mount namespace of its own."""
+    """`config_text` written to tmp_path/relay.toml, and `relaycore [OPTIONS] run -c` on it
+    (a RelayProcess, in tmp_path) until the block ends, once it is ready. Not ready in
+    time, or exited first: AssertionError with its output."""
     config_path = tmp_path / "relay.toml"
     config_path.write_text(config_text)
-    proc = subprocess.Popen(
-        [*wrapper, sys.executable, "-m", "relaycore", *options, "run", "-c", str(config_path)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        cwd=tmp_path,
-    )
-    relay = RelayProcess(proc=proc, config_path=config_path)
-    assert proc.stdout is not None
-    stdout = proc.stdout
-
-    def pump() -> None:
+    with RelayProcess(config_path, options=options, wrapper=wrapper, cwd=tmp_path) as relay:
         try:
-            for raw in stdout:
-                line = raw.decode("utf-8", "replace").rstrip("\n")
-                relay.lines.append(line)
-                if "ready generation=" in line:
-                    relay.ready.set()
-        finally:
-            relay.ended.set()
-
-    reader = threading.Thread(target=pump, name="relay-output", daemon=True)
-    reader.start()
-    try:
-        deadline = time.monotonic() + ready_timeout
-        while not relay.ready.wait(0.1):
-            if proc.poll() is not None:
-                reader.join(JOIN_TIMEOUT)
-                raise AssertionError(
-                    f"relaycore exited with {proc.returncode} before ready:\n{relay.output()}"
-                )
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"relaycore not ready after {ready_timeout}s:\n{relay.output()}"
-                )
+            relay.wait_ready(ready_timeout)
+        except StartupError as err:
+            raise AssertionError(f"{err}\n{relay.output()}") from None
         yield relay
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        reader.join(JOIN_TIMEOUT)
-        stdout.close()
 
 
 # -- data paths ----------------------------------------------------------------------------

@@ -6,12 +6,13 @@ name in the record, so a test asserts on what the peer saw (EOF, ECONNRESET, byt
 `stop()` shuts down every open connection, joins every thread and closes every fd.
 
 Every server can speak TLS instead (`tls=` a server-side ssl.SSLContext): each accepted
-socket is wrapped in a TLSConn, which behaves like the socket for the handlers (recv_into,
-sendall, shutdown), so the same handler serves both. Over TLS the record also tells what
-the handshake was (version, resumption, the SNI seen, the client's certificate), and EOF
-means the peer's close_notify: a TCP FIN without one is an error (TLS_TRUNCATED), and the
-FIN that must follow a close_notify is checked too (`tcp_eof`). The server's own end of
-the stream is close_notify then FIN, or a bare FIN with `close_notify=False` (truncation).
+socket is wrapped in a TLSConn (tlsconn.py), which behaves like the socket for the
+handlers (recv_into, sendall, shutdown), so the same handler serves both. Over TLS the
+record also tells what the handshake was (version, resumption, the SNI seen, the client's
+certificate), and EOF means the peer's close_notify: a TCP FIN without one is an error
+(TLS_TRUNCATED), and the FIN that must follow a close_notify is checked too (`tcp_eof`).
+The server's own end of the stream is close_notify then FIN, or a bare FIN with
+`close_notify=False` (truncation).
 """
 
 from __future__ import annotations
@@ -20,29 +21,26 @@ import contextlib
 import errno
 import hashlib
 import random
-import select
 import selectors
 import socket
 import ssl
 import struct
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
-from .data import RandomStream
+from relaycore.lab.base import HOST
 
-HOST = "127.0.0.1"
+from .data import RandomStream
+from .tlsconn import TLSConn, note_sni
+
 RECV_SIZE = 256 * 1024
 IO_TIMEOUT = 60.0
 JOIN_TIMEOUT = 5.0
 # How long a TLS upstream waits for the TCP FIN that must follow the peer's close_notify.
 TCP_EOF_TIMEOUT = 10.0
-# One ssl write of a TLS upstream: at most this much plaintext sits in its outgoing BIO.
-TLS_WRITE_CHUNK = 64 * 1024
 
 # What a TLS upstream records as `error` when the peer ended TCP without close_notify.
 TLS_TRUNCATED = "UNEXPECTED_EOF_WHILE_READING"
@@ -145,218 +143,6 @@ def tls_server_context(
     return ctx
 
 
-def _note_sni(obj: Any, server_name: str | None, ctx: ssl.SSLContext) -> None:
-    # The servername callback: called for every ClientHello, server_name None without SNI.
-    obj.relay_test_sni = (server_name,)
-
-
-class TLSConn:
-    """The server side of one TLS connection over a blocking socket, for a handler that
-    would otherwise use the socket: recv_into, recv, sendall, shutdown.
-
-    It drives an ssl.SSLObject through memory BIOs so that the server decides what goes
-    on the wire, which SSLSocket does not let it: close_notify alone with the read side
-    still open (a TLS half-close: SSLSocket.unwrap waits for the peer's), or a FIN with no
-    close_notify at all (truncation).
-
-    One reader thread and one writer thread may use it at once (SourceServer does): the
-    SSLObject is only touched under `_lock`, and the reader decrypts every whole record as
-    soon as it arrives, so the incoming BIO never holds one when the writer sends
-    close_notify (OpenSSL's SSL_shutdown would fail on it: "application data after close
-    notify"). Bytes leave the outgoing BIO and reach the socket in order under `_send_lock`.
-    """
-
-    def __init__(
-        self,
-        raw: socket.socket,
-        ctx: ssl.SSLContext,
-        *,
-        close_notify: bool = True,
-        fin_after_close_notify: bool = True,
-        coalesce: int = 0,
-    ) -> None:
-        self.raw = raw
-        self.send_close_notify = close_notify
-        self.fin_after_close_notify = fin_after_close_notify
-        self.coalesce = coalesce
-        self._in = ssl.MemoryBIO()
-        self._out = ssl.MemoryBIO()
-        self._obj = ctx.wrap_bio(self._in, self._out, server_side=True)
-        self._lock = threading.Lock()
-        self._send_lock = threading.Lock()
-        self._plain = bytearray()  # decrypted, not yet returned
-        self._peer_closed = False  # the peer's close_notify was decrypted
-        self._read_error: ssl.SSLError | None = None
-        self._raw_eof = False
-        self._shut_wr = False
-        self.established = False
-
-    # -- handshake ---------------------------------------------------------------------------
-
-    def handshake(self, record: ConnRecord) -> None:
-        """Complete the handshake (raising ssl.SSLError or OSError on failure, after
-        sending the alert) and note what it was in `record`."""
-        while True:
-            failure: ssl.SSLError | None = None
-            done = False
-            with self._lock:
-                try:
-                    self._obj.do_handshake()
-                    done = True
-                except ssl.SSLWantReadError:
-                    pass
-                except ssl.SSLError as exc:
-                    record.tls_error = str(exc)
-                    failure = exc
-                finally:
-                    sni = getattr(self._obj, "relay_test_sni", None)
-                    if sni is not None:
-                        record.sni_checked = True
-                        record.sni = sni[0]
-            self._flush()  # the server's flight, or its alert
-            if failure is not None:
-                raise failure
-            if done:
-                break
-            self._pull()
-        with self._lock:
-            self.established = True
-            record.tls_version = self._obj.version()
-            cipher = self._obj.cipher()
-            record.cipher = cipher[0] if cipher else None
-            record.session_reused = self._obj.session_reused
-            record.peer_cert = self._obj.getpeercert() or None
-            self._decrypt()  # data the client sent with its Finished
-
-    # -- reading -----------------------------------------------------------------------------
-
-    def _pull(self) -> None:
-        """One blocking read of the socket, fed to OpenSSL; decrypt what it completes."""
-        if self._raw_eof:
-            raise ConnectionAbortedError("TLS wants more bytes after the peer's FIN")
-        data = self.raw.recv(RECV_SIZE)
-        with self._lock:
-            if data:
-                self._in.write(data)
-            else:
-                self._in.write_eof()
-                self._raw_eof = True
-            if self.established:
-                self._decrypt()
-        self._flush()
-
-    def _decrypt(self) -> None:
-        # Under _lock: every whole record in the incoming BIO, into _plain.
-        while not self._peer_closed and self._read_error is None:
-            try:
-                chunk = self._obj.read(RECV_SIZE)
-            except ssl.SSLWantReadError:
-                return
-            except ssl.SSLZeroReturnError:
-                chunk = b""
-            except ssl.SSLError as exc:
-                self._read_error = exc
-                return
-            if not chunk:
-                self._peer_closed = True
-                return
-            self._plain += chunk
-
-    def recv_into(self, buf: bytearray | memoryview, nbytes: int = 0) -> int:
-        """Like socket.recv_into: 0 at the peer's close_notify; ssl.SSLEOFError when TCP
-        ended without one (after every byte before it)."""
-        want = nbytes or len(buf)
-        while True:
-            with self._lock:
-                if self._plain:
-                    n = min(want, len(self._plain))
-                    buf[:n] = self._plain[:n]
-                    del self._plain[:n]
-                    return n
-                if self._peer_closed:
-                    return 0
-                if self._read_error is not None:
-                    raise self._read_error
-            self._pull()
-
-    def recv(self, n: int) -> bytes:
-        buf = bytearray(n)
-        k = self.recv_into(buf)
-        return bytes(buf[:k])
-
-    def expect_tcp_eof(self, timeout: float) -> None:
-        """After the peer's close_notify: its FIN must follow, with no byte in between."""
-        with self._lock:
-            stray = self._in.pending
-        if stray:
-            raise ConnectionError(f"{stray} bytes after the peer's close_notify")
-        deadline = time.monotonic() + timeout
-        while not self._raw_eof:
-            # select, not settimeout: a writer thread may be blocked on this socket.
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.raw], [], [], left)[0]:
-                raise TimeoutError(f"no TCP FIN {timeout}s after the peer's close_notify")
-            data = self.raw.recv(RECV_SIZE)
-            if data:
-                raise ConnectionError(f"{len(data)} bytes after the peer's close_notify")
-            self._raw_eof = True
-
-    # -- writing -----------------------------------------------------------------------------
-
-    def _flush(self) -> None:
-        with self._send_lock:
-            with self._lock:
-                data = self._out.read()
-            if data:
-                self.raw.sendall(data)
-
-    def sendall(self, data: bytes | bytearray | memoryview) -> None:
-        """Encrypt and send: one ssl write (so one record, up to 16 KiB) per call, or per
-        64 KiB of a bigger buffer. With `coalesce`, the records wait in the outgoing BIO
-        until that many bytes of them are there, and leave in one socket write (so
-        thousands of tiny records can reach the peer together); shutdown sends the rest."""
-        view = memoryview(data)
-        for off in range(0, len(view), TLS_WRITE_CHUNK):
-            with self._lock:
-                self._obj.write(view[off : off + TLS_WRITE_CHUNK])
-                waiting = self._out.pending
-            if waiting >= self.coalesce:
-                self._flush()
-
-    def close_notify(self) -> None:
-        """Send close_notify (once), the read side staying open."""
-        with self._lock:
-            if self._shut_wr or not self.established:
-                return
-            self._shut_wr = True
-            try:
-                # The first SSL_shutdown sends close_notify; the second finds the peer's
-                # not there yet (the incoming BIO is empty) and says so.
-                self._obj.unwrap()
-            except ssl.SSLWantReadError:
-                pass
-        self._flush()
-
-    def shutdown(self, how: int) -> None:
-        """SHUT_WR: close_notify (unless this server truncates), then the TCP FIN (unless
-        it leaves that to the close)."""
-        if how != socket.SHUT_RD:
-            self._flush()  # coalesced records
-            if self.send_close_notify:
-                self.close_notify()
-                if how == socket.SHUT_WR and not self.fin_after_close_notify:
-                    return
-        self.raw.shutdown(how)
-
-    def finish(self) -> None:
-        """Before a graceful close: coalesced records, then close_notify if the handler did
-        not shut down itself and this server sends one. Best effort: the peer may be gone."""
-        with contextlib.suppress(OSError):
-            self._flush()
-            if self.send_close_notify and not self._shut_wr:
-                self.close_notify()
-
-
 class _Server:
     """Accept loop on 127.0.0.1:0 plus one handler thread per connection."""
 
@@ -381,7 +167,7 @@ class _Server:
         self.fin_after_close_notify = fin_after_close_notify
         self.coalesce = coalesce
         if tls is not None:
-            tls.sni_callback = _note_sni
+            tls.sni_callback = note_sni
         self.connections: list[ConnRecord] = []
         self._cond = threading.Condition()
         self._stopping = threading.Event()
@@ -413,12 +199,7 @@ class _Server:
         self.start()
         return self
 
-    def __exit__(
-        self,
-        et: type[BaseException] | None,
-        ev: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def start(self) -> None:
@@ -555,8 +336,11 @@ class _Server:
             record.tcp_eof = True
 
     @classmethod
-    def _recv_into_record(cls, conn: socket.socket | TLSConn, record: ConnRecord) -> None:
-        """Read until EOF, counting and hashing into record."""
+    def _recv_into_record(
+        cls, conn: socket.socket | TLSConn, record: ConnRecord, *, echo: bool = False
+    ) -> None:
+        """Read until EOF, counting and hashing into record; with `echo`, send each chunk
+        back before reading the next."""
         buf = bytearray(RECV_SIZE)
         view = memoryview(buf)
         while True:
@@ -566,6 +350,18 @@ class _Server:
                 return
             record._sha.update(view[:n])
             record.received += n
+            if echo:
+                cls._send_all(conn, record, view[:n])
+
+    @classmethod
+    def _send_stream(
+        cls, conn: socket.socket | TLSConn, record: ConnRecord, stream: RandomStream
+    ) -> None:
+        """All of `stream`, in 64 KiB writes."""
+        while not stream.done:
+            chunk = stream.peek(64 * 1024)
+            cls._send_all(conn, record, chunk)
+            stream.advance(len(chunk))
 
     @staticmethod
     def _send_all(
@@ -581,16 +377,7 @@ class EchoServer(_Server):
     side and close."""
 
     def serve(self, conn: socket.socket | TLSConn, record: ConnRecord) -> None:
-        buf = bytearray(RECV_SIZE)
-        view = memoryview(buf)
-        while True:
-            n = conn.recv_into(buf)
-            if n == 0:
-                self._got_eof(conn, record)
-                break
-            record._sha.update(view[:n])
-            record.received += n
-            self._send_all(conn, record, view[:n])
+        self._recv_into_record(conn, record, echo=True)
         conn.shutdown(socket.SHUT_WR)
 
 
@@ -637,11 +424,7 @@ class SinkServer(_Server):
         with self._cond:
             self.digests.append(digest)
         self._send_all(conn, record, digest)
-        stream = RandomStream(self.extra_reply, self.reply_seed)
-        while not stream.done:
-            chunk = stream.peek(64 * 1024)
-            self._send_all(conn, record, chunk)
-            stream.advance(len(chunk))
+        self._send_stream(conn, record, RandomStream(self.extra_reply, self.reply_seed))
 
 
 class SourceServer(_Server):
@@ -722,85 +505,6 @@ class ResetServer(_Server):
                 break
             record._sha.update(data)
             record.received += len(data)
-        stream = RandomStream(self.send_bytes, self.seed)
-        while not stream.done:
-            chunk = stream.peek(64 * 1024)
-            self._send_all(conn, record, chunk)
-            stream.advance(len(chunk))
+        self._send_stream(conn, record, RandomStream(self.send_bytes, self.seed))
         self._close(conn, reset=True)
         record.reset_sent = True
-
-
-class BlackholeListener:
-    """A listener on 127.0.0.1 (or another loopback `host`, on `port`) that never accepts,
-    with its accept queue full, so that a further connect() stays in SYN_SENT (Linux drops
-    SYNs to a listener whose accept queue is full) until the connector gives up. No packet
-    leaves loopback."""
-
-    def __init__(self, max_fill: int = 16, *, host: str = HOST, port: int = 0) -> None:
-        self._fillers: list[socket.socket] = []
-        self.host = host
-        self._lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            self._lsock.bind((host, port))
-            self._lsock.listen(0)
-            self.port: int = self._lsock.getsockname()[1]
-            self._fill(max_fill)
-        except BaseException:
-            self.close()
-            raise
-
-    def _fill(self, max_fill: int) -> None:
-        for _ in range(max_fill):
-            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            probe.setblocking(False)
-            err = probe.connect_ex((self.host, self.port))
-            if err not in (0, errno.EINPROGRESS):
-                probe.close()
-                raise OSError(err, "blackhole fill connect failed")
-            with selectors.DefaultSelector() as sel:
-                sel.register(probe, selectors.EVENT_WRITE)
-                ready = sel.select(timeout=0.3)
-            if ready and probe.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
-                self._fillers.append(probe)
-                continue
-            probe.close()  # its SYN was dropped: the queue is full
-            return
-        raise RuntimeError(f"accept queue still not full after {max_fill} connections")
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        et: type[BaseException] | None,
-        ev: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        for sock in self._fillers:
-            sock.close()
-        self._fillers.clear()
-        self._lsock.close()
-
-
-@contextlib.contextmanager
-def refused_port() -> Iterator[int]:
-    """A 127.0.0.1 port that refuses connections: bound (so nobody else takes it) but not
-    listening, so a SYN to it gets RST."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.bind((HOST, 0))
-        yield sock.getsockname()[1]
-    finally:
-        sock.close()
-
-
-def free_port() -> int:
-    """A port free right now on 127.0.0.1 (for configs of processes that bind themselves)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port

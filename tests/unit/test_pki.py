@@ -1,13 +1,13 @@
-"""The test PKI (tests/support/pki.py), checked by the `openssl` command line rather than
+"""The lab PKI (relaycore/lab/pki.py), checked by the `openssl` command line rather than
 by itself: the TLS tests trust what it makes, so it must be what OpenSSL thinks it is."""
 
 import subprocess
 from pathlib import Path
 
 import pytest
-from support.pki import Issued, Pki, make_pki, self_signed
 
 from relaycore.config import parse_config
+from relaycore.lab.pki import Issued, Pki, make_pki, self_signed
 
 
 def openssl(*args: str) -> subprocess.CompletedProcess[str]:

@@ -1,16 +1,21 @@
-"""A throwaway PKI for tests, made with the `openssl` command line: a CA, server and client
-certificates it issues (valid, expired or not yet valid), and self-signed certificates that
-no CA vouches for.
+"""A throwaway PKI made with the `openssl` command line: a CA, the server and client
+certificates it issues (valid, expired or not yet valid), self-signed certificates that no
+CA vouches for, and node identities as `relaycore identity --init` makes them.
+
+For the demo, the tests and bench/ only: keys are unencrypted files in a temp dir. EC P-256
+keys by default, because RSA key generation alone takes longer than a whole EC PKI. The
+certificates come from openssl rather than from relaycore, so that what the relay trusts
+or rejects is checked against another implementation's idea of it.
 
 Certificates are signed with `openssl ca` rather than `openssl x509 -req`: OpenSSL 3.0's
 x509 can only start a certificate now (`-days`, no `-not_before` before 3.4), while `ca`
 takes any -startdate/-enddate, which an expired or not-yet-valid certificate needs. `ca`
-keeps a small database (index.txt) next to the CA; one Pki must not issue from two threads
-at once.
+keeps a small database (ca.db/index.txt) next to the CA: one Pki must not issue from two
+threads at once.
 
-Every file lives in the Pki's directory: `ca.pem`, `ca.key`, and `<name>.pem`,
-`<name>.key`, `<name>-chain.pem` for each certificate issued. EC P-256 keys by default,
-because RSA key generation alone takes longer than a whole EC PKI.
+Every file lives in the Pki's directory: `ca.pem`, `ca.key`, and `<name>.pem`, `<name>.key`,
+`<name>-chain.pem` for each certificate issued. openssl failing (or missing) raises
+StartupError with its last line; arguments that cannot make a certificate, ValueError.
 """
 
 from __future__ import annotations
@@ -19,17 +24,26 @@ import base64
 import hashlib
 import ipaddress
 import re
+import shutil
 import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from relaycore.errors import StartupError
+from relaycore.identity import CERT_FILE, KEY_FILE
+
 OPENSSL = "openssl"
+OPENSSL_TIMEOUT = 60.0
 # Every certificate starts this much before the time asked for, so that a peer whose clock
 # lags a little (a test VM) accepts a certificate made a moment ago.
 CLOCK_SLACK = timedelta(hours=1)
-CA_VALIDITY = (timedelta(days=-365), timedelta(days=3650))
+# The CA starts a year ago, so that it covers any expired certificate a test asks for.
+CA_START = timedelta(days=-365)
+CA_DAYS = 3650
+IDENTITY_TIMEOUT = 30.0
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _KEY_TYPES = {
@@ -38,12 +52,12 @@ _KEY_TYPES = {
 }
 
 # Our own config, so that neither the system's openssl.cnf nor its defaults (extensions
-# `openssl req` adds, the policy `openssl ca` applies) change what the tests get.
+# `openssl req` adds, the policy `openssl ca` applies) change what is made.
 _CONFIG = """\
 [ca]
-default_ca = test_ca
+default_ca = lab_ca
 
-[test_ca]
+[lab_ca]
 database = ca.db/index.txt
 new_certs_dir = ca.db/new
 certificate = ca.pem
@@ -88,7 +102,7 @@ class Issued:
         pem = _openssl("x509", "-in", str(self.cert), "-pubkey", "-noout")
         body = re.search(r"-----BEGIN PUBLIC KEY-----(.*?)-----END PUBLIC KEY-----", pem, re.S)
         if body is None:
-            raise RuntimeError(f"no public key in {self.cert}: {pem!r}")
+            raise StartupError(f"no public key in {self.cert}")
         der = base64.b64decode("".join(body[1].split()))
         return "sha256/" + base64.b64encode(hashlib.sha256(der).digest()).decode()
 
@@ -138,13 +152,9 @@ class Pki:
             str(csr),
             cwd=self.directory,
         )
+        start = now + timedelta(days=not_before_days) - CLOCK_SLACK
         _openssl(
-            *self._sign(
-                csr,
-                cert,
-                now + timedelta(days=not_before_days) - CLOCK_SLACK,
-                now + timedelta(days=days),
-            ),
+            *self._sign(csr, cert, start, now + timedelta(days=days)),
             "-extfile",
             str(ext),
             cwd=self.directory,
@@ -168,8 +178,7 @@ class Pki:
         return self.directory / "openssl.cnf"
 
     def _paths(self, name: str) -> tuple[Path, Path, Path]:
-        if not _NAME.fullmatch(name):
-            raise ValueError(f"a certificate name is a file stem of A-Z a-z 0-9 _ . -: {name!r}")
+        _check_name(name)
         d = self.directory
         return d / f"{name}.key", d / f"{name}.pem", d / f"{name}-chain.pem"
 
@@ -191,9 +200,10 @@ class Pki:
         ]
 
 
-def make_pki(directory: Path, name: str = "Test CA") -> Pki:
-    """A new CA (EC P-256, valid from a year ago for ten years) in `directory`, which is
-    created if needed. One PKI per directory: a second one would overwrite the first."""
+def make_pki(directory: Path, name: str = "Test CA", *, days: int = CA_DAYS) -> Pki:
+    """A new CA (EC P-256, valid from a year ago until `days` from now) in `directory`,
+    which is created if needed. One PKI per directory: a second one would overwrite the
+    first."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "ca.db" / "new").mkdir(parents=True, exist_ok=True)
     (directory / "ca.db" / "index.txt").write_text("")
@@ -207,9 +217,8 @@ def make_pki(directory: Path, name: str = "Test CA") -> Pki:
         cwd=directory,
     )
     now = datetime.now(UTC).replace(microsecond=0)
-    start, end = (now + t for t in CA_VALIDITY)
     _openssl(
-        *pki._sign(csr, pki.ca_cert, start, end),
+        *pki._sign(csr, pki.ca_cert, now + CA_START, now + timedelta(days=days)),
         "-selfsign",
         "-keyfile",
         str(pki.ca_key),
@@ -218,6 +227,33 @@ def make_pki(directory: Path, name: str = "Test CA") -> Pki:
         cwd=directory,
     )
     return pki
+
+
+@dataclass(frozen=True)
+class ServerPki:
+    """A CA and the one server certificate the demo and bench/ need: `ca` is what a
+    connector's `ca` points at; the server presents `cert` (the leaf alone) with `key`."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    server_name: str
+
+
+def make_server_pki(
+    directory: Path, server_name: str = "localhost", *, ca_name: str = "relaycore demo CA"
+) -> ServerPki:
+    """A new CA and a certificate for `server_name` (a DNS name or an IP address) in
+    `directory`, both valid for two days: long enough for a demo or a bench session."""
+    dns: list[str] = []
+    ips: list[str] = []
+    try:
+        ips.append(str(ipaddress.ip_address(server_name)))
+    except ValueError:
+        dns.append(server_name)
+    pki = make_pki(directory, ca_name, days=2)
+    server = pki.issue("server", dns=dns, ips=ips, days=2)
+    return ServerPki(ca=pki.ca_cert, cert=server.cert, key=server.key, server_name=server_name)
 
 
 def self_signed(
@@ -231,8 +267,7 @@ def self_signed(
 ) -> Issued:
     """A server certificate signed by its own key, which no CA vouches for: what a peer
     that trusts only some CA must reject ("self-signed certificate")."""
-    if not _NAME.fullmatch(name):
-        raise ValueError(f"a certificate name is a file stem of A-Z a-z 0-9 _ . -: {name!r}")
+    _check_name(name)
     directory.mkdir(parents=True, exist_ok=True)
     key, cert = directory / f"{name}.key", directory / f"{name}.pem"
     config = directory / f"{name}.cnf"
@@ -252,6 +287,60 @@ def self_signed(
         cwd=directory,
     )
     return Issued(cert=cert, key=key, chain=cert)
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    """A tunnel node's identity as `relaycore identity --init DIR` makes it: DIR/node.key,
+    DIR/node.crt (self-signed) and the pin it printed."""
+
+    directory: Path
+    pin: str
+
+    @property
+    def cert(self) -> Path:
+        return self.directory / CERT_FILE
+
+    @property
+    def key(self) -> Path:
+        return self.directory / KEY_FILE
+
+
+def make_identity(directory: Path, cn: str, *, key_type: str = "p256") -> NodeIdentity:
+    """`relaycore identity --init DIR --cn CN`, run as an operator runs it. Its one line of
+    output is the pin, and it must be the pin openssl computes from the certificate it
+    wrote: StartupError otherwise (or if the command fails)."""
+    argv = [sys.executable, "-m", "relaycore", "identity", "--init", str(directory)]
+    argv += ["--cn", cn, "--key-type", key_type]
+    try:
+        out = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=IDENTITY_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise StartupError(f"relaycore identity --init {directory}: {exc}") from exc
+    lines = out.stdout.splitlines()
+    if out.returncode != 0 or len(lines) != 1:
+        raise StartupError(
+            f"relaycore identity --init {directory}: exit {out.returncode},"
+            f" stdout {out.stdout!r}, stderr {out.stderr.strip()!r}"
+        )
+    identity = NodeIdentity(directory=directory, pin=lines[0])
+    computed = Issued(cert=identity.cert, key=identity.key, chain=identity.cert).spki_pin()
+    if identity.pin != computed:
+        raise StartupError(
+            f"relaycore identity printed {identity.pin}, openssl computes {computed}"
+        )
+    return identity
+
+
+def _check_name(name: str) -> None:
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"a certificate name is a file stem of A-Z a-z 0-9 _ . -: {name!r}")
 
 
 def _new_key_and_request(name: str, key: Path, key_type: str, *, config: Path) -> list[str]:
@@ -294,11 +383,23 @@ def _asn1_time(t: datetime) -> str:
 
 
 def _openssl(*args: str, cwd: Path | None = None) -> str:
-    result = subprocess.run(
-        [OPENSSL, *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=60
-    )
-    if result.returncode != 0:
-        raise RuntimeError(
-            f"openssl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}"
+    if shutil.which(OPENSSL) is None:
+        raise StartupError(
+            "the `openssl` command is needed to make a throwaway CA: apt-get install openssl"
         )
+    try:
+        result = subprocess.run(
+            [OPENSSL, *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=OPENSSL_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise StartupError(f"openssl {args[0]} failed: {exc}") from exc
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no message"])[-1]
+        raise StartupError(f"openssl {args[0]} failed (exit {result.returncode}): {last}")
     return result.stdout

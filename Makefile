@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 DEB_PACKAGES := python3 python3-venv python3-dev gcc make libssl-dev openssl iproute2 procps \
 	curl nginx-light mosquitto mosquitto-clients nftables iputils-ping util-linux mount
-EXT_SOURCES := $(wildcard ext/*.pyx ext/*.pxi ext/includes/*.pxd ext/includes/*.h) setup.py
+EXT_SOURCES := $(wildcard ext/*.pyx ext/*.pxd ext/*/*.pxi ext/*/*.pxd ext/includes/*.h) setup.py
 PYTEST_ARGS ?=
 
 .PHONY: help demo test lint build bench deps clean fmt test-ktls

@@ -147,14 +147,14 @@ def _serve(spec: WorkerSpec, ready_fd: int) -> None:
         while True:
             loop.run(tick_ms)
             if reporter is None:
-                _log_errors(loop.pop_errors(), names)
+                _log_errors(_pop_errors(loop), names)
             else:
-                reporter.collect(loop.pop_errors())
+                reporter.collect(_pop_errors(loop))
                 for message in reporter.control():
                     if isinstance(message, SetLogLevel):
                         logging.getLogger("relaycore").setLevel(message.level.upper())
                 if reporter.due():
-                    reporter.report(loop.connector_counters(), _worker_counters(loop, reporter))
+                    reporter.report(_route_counters(loop), _worker_counters(loop, reporter))
             if drain.requested and deadline is None:
                 loop.stop_accepting()
                 if reporter is not None:
@@ -170,8 +170,8 @@ def _serve(spec: WorkerSpec, ready_fd: int) -> None:
     finally:
         counters = loop.counters()
         if reporter is not None:
-            reporter.collect(loop.pop_errors())
-            reporter.bye(loop.connector_counters(), _worker_counters(loop, reporter))
+            reporter.collect(_pop_errors(loop))
+            reporter.bye(_route_counters(loop), _worker_counters(loop, reporter))
             reporter.close()
         loop.close()
     log.info(
@@ -184,38 +184,49 @@ def _serve(spec: WorkerSpec, ready_fd: int) -> None:
 
 
 def _add_routes(loop: _core.Loop, spec: WorkerSpec) -> dict[int, str]:
-    """Give the loop its routes and listeners; returns the name of each connector id."""
-    names = {u.connector_id: u.name for u in spec.upstreams}
-    route = {
-        u.connector_id: loop.add_upstream(u.connector_id, u.ip, u.port, u.tls)
-        for u in spec.upstreams
-    }
+    """Give the loop its routes and listeners; returns the name of each route id."""
+    names: dict[int, str] = {}
+    route = {}
+    for u in spec.upstreams:
+        route[u.connector_id] = loop.add_upstream(u.ip, u.port, u.tls)
+        names[route[u.connector_id]] = u.name
     if spec.gateway is not None:
-        passthrough_id, gateway_id = len(spec.upstreams), len(spec.upstreams) + 1
-        names[passthrough_id] = PASSTHROUGH_NAME
-        names[gateway_id] = GATEWAY_NAME
-        route[PASSTHROUGH] = loop.add_passthrough(passthrough_id)
-        reject = loop.add_reject(gateway_id)
+        route[PASSTHROUGH] = loop.add_passthrough()
+        names[route[PASSTHROUGH]] = PASSTHROUGH_NAME
+        reject = loop.add_reject()
+        names[reject] = GATEWAY_NAME
         g = spec.gateway
         loop.set_gateway(reject if g.default is None else route[g.default], reject)
         for target, network, port in g.matches:
             loop.add_match(route[target], network, port)
         for fd in g.listen_fds:
-            loop.add_listener(fd, -1)
+            loop.add_gateway_listener(fd)
     for fd, connector_id in spec.listeners:
         loop.add_listener(fd, route[connector_id])
     for x in spec.exits:
-        names[x.connector_id] = x.name
-        _add_exit(loop, x)
+        names[_add_exit(loop, x)] = x.name
     return names
 
 
-def _add_exit(loop: _core.Loop, x: ExitSpec) -> None:
-    route = loop.add_exit(x.connector_id, x.tls, x.target, x.host, x.port)
+def _add_exit(loop: _core.Loop, x: ExitSpec) -> int:
+    route = loop.add_exit(x.tls, x.target, x.host, x.port)
     for network, port in x.destinations:
         loop.allow_destination(route, network, port)
     for fd in x.listen_fds:
         loop.add_listener(fd, route)
+    return route
+
+
+def _route_counters(loop: _core.Loop) -> dict[int, dict[str, int]]:
+    return dict(enumerate(loop.route_counters()))
+
+
+def _pop_errors(loop: _core.Loop) -> list[ErrorEvent]:
+    # The events as reporting's tuples, keyed by route id (H2's rewrite takes ErrorEvent).
+    return [
+        (e.route, e.cause, e.errno, e.client, e.upstream, e.reason, e.destination)
+        for e in loop.pop_errors()
+    ]
 
 
 def _worker_counters(loop: _core.Loop, reporter: Reporter) -> dict[str, int]:

@@ -22,10 +22,11 @@ demo: build  ## install, build, and run the relay on its embedded default (Ctrl-
 test: build  ## install, build, and run every test tier
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
-lint: $(VENV)/.installed  ## ruff, ruff format --check, mypy --strict, cython-lint
+lint: build  ## ruff, ruff format --check, mypy --strict, stubtest, cython-lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(PY) -m mypy.stubtest relaycore._core --allowlist ext/stubtest-allowlist.txt
 	PATH=$(BIN):$$PATH $(BIN)/cython-lint --max-line-length 100 ext/
 
 fmt: $(VENV)/.installed  ## reformat the Python sources

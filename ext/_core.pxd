@@ -7,8 +7,8 @@
 # worker's turn, listeners, a connection's state machine, the plain pumps), TLS (contexts,
 # verification, failures in words, the TLS stream and its pumps), modes (match tables,
 # gateway, tunnel exits and their proxy protocols, the resolver), and the Python API.
-# Types come apart from functions (as HAProxy's *-t.h): <layer>/types.pxd, then
-# <layer>/<layer>.pxd.
+# Types come apart from functions (as HAProxy's *-t.h): <layer>/types.pxd (and
+# base/causes.pxd), then <layer>/<layer>.pxd.
 #
 # Conventions, kept by every function declared here:
 # - The per-connection path is `noexcept nogil` on C structs; it never raises. A
@@ -33,6 +33,7 @@ from includes.linux cimport *
 from includes.openssl cimport *
 
 include "base/types.pxd"
+include "base/causes.pxd"
 include "tls/types.pxd"
 include "modes/types.pxd"
 include "loop/types.pxd"

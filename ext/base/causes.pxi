@@ -6,7 +6,7 @@
 # it stays exact when the ring is full and the newest events are dropped (and counted in
 # events_dropped), so a flood of failures never costs the loop more.
 #
-# The causes are the CAUSE_* enum (base/types.pxd); CAUSES names them in the same order.
+# The causes are the CAUSE_* enum (base/causes.pxd); CAUSES names them in the same order.
 # Which failure gets which cause is decided where it happens: conn_fail's callers
 # (loop/conn.pxi), tls_classify (tls/classify.pxi), the proxy exit (modes/).
 

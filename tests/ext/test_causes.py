@@ -18,8 +18,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def enum_causes() -> list[str]:
-    """The CAUSE_* enum of ext/base/types.pxd, in order, as cause names."""
-    text = (REPO / "ext" / "base" / "types.pxd").read_text()
+    """The CAUSE_* enum of ext/base/causes.pxd, in order, as cause names."""
+    text = (REPO / "ext" / "base" / "causes.pxd").read_text()
     names = re.findall(r"^\s+CAUSE_(\w+)", text, re.M)
     assert names[-1] == "COUNT", names
     return [name.lower() for name in names[:-1]]

@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 DEB_PACKAGES := python3 python3-venv python3-dev gcc make libssl-dev openssl iproute2 procps \
 	curl nginx-light mosquitto mosquitto-clients nftables iputils-ping util-linux mount
-EXT_SOURCES := $(wildcard ext/*.pyx ext/*.pxi ext/includes/*.pxd ext/includes/*.h) setup.py
+EXT_SOURCES := $(wildcard ext/*.pyx ext/*.pxd ext/*/*.pxi ext/*/*.pxd ext/includes/*.h) setup.py
 PYTEST_ARGS ?=
 
 .PHONY: help demo test lint build bench deps clean fmt test-ktls
@@ -22,10 +22,11 @@ demo: build  ## install, build, and run the relay on its embedded default (Ctrl-
 test: build  ## install, build, and run every test tier
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
-lint: $(VENV)/.installed  ## ruff, ruff format --check, mypy --strict, cython-lint
+lint: build  ## ruff, ruff format --check, mypy --strict, stubtest, cython-lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(PY) -m mypy.stubtest relaycore._core --allowlist ext/stubtest-allowlist.txt
 	PATH=$(BIN):$$PATH $(BIN)/cython-lint --max-line-length 100 ext/
 
 fmt: $(VENV)/.installed  ## reformat the Python sources

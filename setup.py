@@ -23,6 +23,8 @@ extension = Extension(
 setup(
     ext_modules=cythonize(
         [extension],
+        # ext/: the parts _core.pyx includes, and ext/relaycore/_core.pxd, where Cython
+        # looks for the interface of relaycore._core (it includes ext/_core.pxd).
         include_path=["ext"],
         language_level=3,
         compiler_directives={

@@ -1,7 +1,8 @@
-# cython: language_level=3, embedsignature=True
+# cython: language_level=3, embedsignature=True, auto_pickle=False, autotestdict=False
 """relaycore._core: the worker's data path. One epoll loop, C structs, no Python per byte.
 
-The parts are included in dependency order; read them in this order too.
+The interface (types, and the contract of every function one part calls in another) is
+_core.pxd. The parts are included below layer by layer; read them in this order.
 """
 
 import ipaddress
@@ -11,34 +12,39 @@ from cpython.exc cimport PyErr_CheckSignals
 from libc.errno cimport (EAGAIN, ECONNREFUSED, ECONNRESET, EHOSTUNREACH, EINPROGRESS, EINTR,
                          EMFILE, ENETUNREACH, ENFILE, EINVAL, EIO, ENOBUFS, ENOMEM,
                          EPROTO, ETIMEDOUT, errno)
-from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memmove, memset, strcmp, strerror, strlen
 from posix.fcntl cimport F_GETFL, F_SETFL
 
-from includes.linux cimport *
-from includes.openssl cimport *
+# base: C errors into Python, addresses, failure causes, owned buffers and pipes, timers
+include "base/errors.pxi"
+include "base/sockaddr.pxi"
+include "base/causes.pxi"
+include "base/pool.pxi"
+include "base/timers.pxi"
 
-include "consts.pxi"
-include "state.pxi"
-include "errors.pxi"
-include "pool.pxi"
-include "timers.pxi"
-include "tls.pxi"
-include "tls_conn.pxi"
-include "pump.pxi"
-include "gateway.pxi"
-include "proxy.pxi"
-include "resolver.pxi"
-include "exit.pxi"
-include "identity.pxi"
-include "listener.pxi"
-include "conn.pxi"
-include "loop.pxi"
+# the loop: plain pumps, a connection's life, accepting, the worker's turn
+include "loop/pump.pxi"
+include "loop/conn.pxi"
+include "loop/listener.pxi"
+include "loop/worker.pxi"
 
+# TLS: verification by pin, contexts, failures in words, a connection's TLS, identities
+include "tls/verify.pxi"
+include "tls/context.pxi"
+include "tls/classify.pxi"
+include "tls/stream.pxi"
+include "tls/identity.pxi"
 
-def set_parent_death_signal(int signum):
-    """prctl(PR_SET_PDEATHSIG): the kernel sends signum when the parent exits."""
-    if prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) < 0:
-        raise_from_errno(errno, "prctl(PR_SET_PDEATHSIG)")
+# modes: match tables, gateway, the proxy protocols, the resolver, tunnel exits
+include "modes/match.pxi"
+include "modes/gateway.pxi"
+include "modes/proxy.pxi"
+include "modes/resolver.pxi"
+include "modes/exit.pxi"
+
+# what Python sees: error events, the Loop, the module's functions
+include "api/events.pxi"
+include "api/loop.pxi"
+include "api/functions.pxi"

@@ -1,8 +1,44 @@
-# Hand-written stub of the compiled module relaycore._core (ext/_core.pyx).
-# Contract for relaycore.worker and the tests; keep in step with ext/.
+# Stub of the compiled module relaycore._core (ext/_core.pyx). `make lint` checks it
+# against the built module with mypy's stubtest; keep the two in step.
 
+from typing_extensions import disjoint_base
+
+CAUSES: tuple[str, ...]
+"""Every failure cause, in the order of the loop's enum; counted as errors_<cause>."""
+
+@disjoint_base
+class ErrorEvent:
+    """One failed connection, as the loop recorded it; made only by Loop.pop_errors."""
+
+    @property
+    def route(self) -> int:
+        """Its route id."""
+    @property
+    def cause(self) -> str:
+        """One of CAUSES (docs/ERRORS.md)."""
+    @property
+    def errno(self) -> int:
+        """The errno behind the failure, or 0."""
+    @property
+    def client(self) -> str:
+        """The device's address, "ip:port" ("[ip]:port" for IPv6, "?" if unknown)."""
+    @property
+    def upstream(self) -> str:
+        """Where it went, the same way ("-" when that was never decided)."""
+    @property
+    def reason(self) -> str:
+        """One human line."""
+    @property
+    def destination(self) -> str:
+        """The device's original destination (gateway), or the address a proxy exit
+        dialled, else ""."""
+
+@disjoint_base
 class Loop:
     """One worker's epoll loop: accepts on its listeners, relays bytes in C.
+
+    Route ids are dense, 0.. in the order the add_* methods make them; they index
+    route_counters() and name the route of each ErrorEvent.
 
     splice: "auto" promotes streaming directions to splice(2), "off" never splices,
     "always" splices every direction from its first byte (pool permitting).
@@ -19,17 +55,30 @@ class Loop:
         max_pipes: int = -1,
         pipe_size: int = 262144,
     ) -> None: ...
-    def add_route(
-        self,
-        listen_fd: int,
-        connector_id: int,
-        upstream_host: str,
-        upstream_port: int,
-        tls: TLSClientContext | None = None,
-    ) -> None:
-        """Accept on listen_fd (bound, listening; the loop owns it from now on) and relay
-        each connection to upstream_host (an IPv4 or IPv6 literal):upstream_port, over
-        TLS made with `tls` when given."""
+    def add_upstream(self, host: str, port: int, tls: TLSClientContext | None = None) -> int:
+        """A route to host (an IP literal):port, over TLS made with `tls` when given."""
+    def add_passthrough(self) -> int:
+        """A route to each connection's original destination, plain (gateway only)."""
+    def add_reject(self) -> int:
+        """A route that resets each connection and records why (cause no_route)."""
+    def add_exit(self, tls: TLSServerContext, target: str, host: str = "", port: int = 0) -> int:
+        """A tunnel exit route. Connections are TLS from entry nodes, authenticated by
+        `tls`. target: "fixed" (relay plain TCP to host, an IP literal, :port), "socks5" or
+        "http-connect" (the entry names the destination; names are resolved off the loop)."""
+    def allow_destination(self, route: int, network: str, port: int = 0) -> None:
+        """Proxy exits: also allow destinations in `network` and `port` (0: any). With
+        none added, any destination but loopback, link-local and unspecified addresses."""
+    def add_listener(self, listen_fd: int, route: int) -> None:
+        """Accept on listen_fd (the loop owns it from now on); connections take `route`."""
+    def add_gateway_listener(self, listen_fd: int) -> None:
+        """Accept on listen_fd (the loop owns it from now on); each connection takes the
+        route its original destination matches (set_gateway first)."""
+    def set_gateway(self, default_route: int, reject_route: int) -> None:
+        """What an unmatched original destination gets, and what a connection that was
+        not redirected gets (a reject route)."""
+    def add_match(self, route: int, network: str, port: int = 0) -> None:
+        """Original destinations in `network` and `port` (0: any) take `route`; tried in
+        the order added (most specific first)."""
     def run(self, timeout_ms: int) -> None:
         """Serve until timeout_ms elapsed or a signal arrived (its Python handler has run
         when this returns; an exception it raised propagates)."""
@@ -38,55 +87,18 @@ class Loop:
     @property
     def active(self) -> int:
         """Connections open now."""
-    def counters(self) -> dict[str, int]:
-        """Snapshot of the worker's counters, all connectors together (names in
-        docs/ERRORS.md)."""
-    def connector_counters(self) -> dict[int, dict[str, int]]:
-        """{connector_id: counters of its connections in this worker, with "active"}."""
+    def route_counters(self) -> list[dict[str, int]]:
+        """The counters of each route's connections, indexed by route id (docs/ERRORS.md)."""
     def worker_counters(self) -> dict[str, int]:
-        """What belongs to the worker rather than a connector (pipes, pauses, drops)."""
-    def pop_errors(self) -> list[tuple[int, str, int, str, str, str, str]]:
-        """Error events since the last call: (connector_id, cause, errno, client,
-        upstream, reason, original_destination); the last is "" outside gateway mode."""
-    def add_upstream(
-        self,
-        connector_id: int,
-        upstream_host: str,
-        upstream_port: int,
-        tls: TLSClientContext | None = None,
-    ) -> int:
-        """A route to a connector's upstream; returns its index."""
-    def add_passthrough(self, connector_id: int) -> int:
-        """A route that relays plain TCP to each connection's original destination."""
-    def add_reject(self, connector_id: int) -> int:
-        """A route that resets each connection and records why (cause no_route)."""
-    def add_listener(self, listen_fd: int, route: int) -> None:
-        """Accept on listen_fd; connections take `route`, or with -1 (gateway) the route
-        their original destination matches."""
-    def set_gateway(self, default_route: int, reject_route: int) -> None:
-        """What an unmatched original destination gets, and what a connection that was
-        not redirected gets (a reject route)."""
-    def add_match(self, route: int, network: str, port: int = 0) -> None:
-        """Original destinations in `network` and `port` (0: any) take `route`; tried in
-        the order added (most specific first)."""
-    def add_exit(
-        self,
-        connector_id: int,
-        tls: TLSServerContext,
-        target: str,
-        host: str = "",
-        port: int = 0,
-    ) -> int:
-        """A tunnel exit route; returns its index (give it listeners with add_listener).
-        Connections are TLS from entry nodes, authenticated by `tls`. target: "fixed"
-        (relay plain TCP to host, an IP literal, :port), "socks5" or "http-connect" (the
-        entry names the destination; domain names are resolved here, off the loop)."""
-    def allow_destination(self, route: int, network: str, port: int = 0) -> None:
-        """Proxy exits: also allow destinations in `network` and `port` (0: any). With
-        none added, any destination but loopback, link-local and unspecified addresses."""
+        """What belongs to the worker rather than a route (pipes, pauses, drops)."""
+    def counters(self) -> dict[str, int]:
+        """Every route's counters summed, then the worker's (for tests and logs)."""
+    def pop_errors(self) -> list[ErrorEvent]:
+        """The ErrorEvents recorded since the last call, oldest first."""
     def close(self) -> None:
         """Abort every connection and release every fd. Idempotent."""
 
+@disjoint_base
 class TLSClientContext:
     """An SSL_CTX for one connector. Raises ValueError("<key>: <reason>") when OpenSSL
     refuses a setting (<key> is the config key at fault)."""
@@ -110,6 +122,7 @@ class TLSClientContext:
     def cached_sessions(self) -> int:
         """Sessions waiting in this context's cache."""
 
+@disjoint_base
 class TLSServerContext:
     """An SSL_CTX for one tunnel exit: its identity (cert, key) and who may connect: a
     client certificate whose key is in `allow_pins` (32-byte SHA-256 of the DER

@@ -125,7 +125,7 @@ def apply_plan(loop: _core.Loop, plan: WorkerPlan) -> None:
     """Give the loop the plan's routes, match table and listeners: the one place where a
     plan becomes loop calls. Routes go in route-id order, so each gets its id."""
     for route_id, route in enumerate(plan.plan.routes):
-        index = _add_route(loop, route_id, route)
+        index = _add_route(loop, route)
         assert index == route_id, f"route {route.name}: the loop made it {index}, not {route_id}"
         if isinstance(route, ExitRoute):
             for network, port in route.destinations:
@@ -136,7 +136,7 @@ def apply_plan(loop: _core.Loop, plan: WorkerPlan) -> None:
         for m in g.matches:
             loop.add_match(m.route, m.network, m.port)
         for fd in plan.gateway_listeners:
-            _add_gateway_listener(loop, fd)
+            loop.add_gateway_listener(fd)
     for fd, route_id in plan.listeners:
         loop.add_listener(fd, route_id)
 
@@ -152,34 +152,25 @@ class _DrainFlag:
         self.requested = True
 
 
-# -- today's Loop API ----------------------------------------------------------------------
-# The loop keys counters and error events by a `connector_id` it is given with each route,
-# and a gateway listener is route -1. The worker passes the route id as connector_id, so
-# that both are keyed by route id, as in the Loop API to come (route ids only, no
-# connector_id, add_gateway_listener, route_counters() as a list, ErrorEvent objects).
-
-
-def _add_route(loop: _core.Loop, route_id: int, route: Route) -> int:
-    """Add `route` as the loop's next route; returns the index the loop gave it."""
+def _add_route(loop: _core.Loop, route: Route) -> int:
+    """Add `route` as the loop's next route; returns the id the loop gave it."""
     match route:
         case UpstreamRoute():
-            return loop.add_upstream(route_id, route.host, route.port, route.tls)
+            return loop.add_upstream(route.host, route.port, route.tls)
         case PassthroughRoute():
-            return loop.add_passthrough(route_id)
+            return loop.add_passthrough()
         case RejectRoute():
-            return loop.add_reject(route_id)
+            return loop.add_reject()
         case ExitRoute():
-            return loop.add_exit(route_id, route.tls, route.target, route.host, route.port)
-
-
-def _add_gateway_listener(loop: _core.Loop, fd: int) -> None:
-    loop.add_listener(fd, -1)
+            return loop.add_exit(route.tls, route.target, route.host, route.port)
 
 
 def _route_counters(loop: _core.Loop, plan: WorkerPlan) -> dict[str, dict[str, int]]:
     """{route name: its counters in this worker}."""
-    counters = loop.connector_counters()
-    return {route.name: counters[k] for k, route in enumerate(plan.plan.routes)}
+    return {
+        route.name: counters
+        for route, counters in zip(plan.plan.routes, loop.route_counters(), strict=True)
+    }
 
 
 def _error_records(loop: _core.Loop, plan: WorkerPlan) -> list[ErrorRecord]:
@@ -189,17 +180,17 @@ def _error_records(loop: _core.Loop, plan: WorkerPlan) -> list[ErrorRecord]:
     now = time.time()
     return [
         ErrorRecord(
-            connector=plan.plan.routes[route].name,
-            cause=cause,
-            upstream=upstream,
-            reason=reason,
+            connector=plan.plan.routes[e.route].name,
+            cause=e.cause,
+            upstream=e.upstream,
+            reason=e.reason,
             count=1,
             first=now,
             last=now,
-            client=client,
-            destination=destination,
+            client=e.client,
+            destination=e.destination,
             worker=plan.slot,
             generation=plan.plan.generation,
         )
-        for route, cause, _errno, client, upstream, reason, destination in loop.pop_errors()
+        for e in loop.pop_errors()
     ]

@@ -5,15 +5,19 @@ through the scratch buffer), "splice" (splice "always": every direction through 
 and "tls" (splice "off", the upstream speaks TLS 1.3: every byte through SSL_write and
 SSL_read). `make_relay` starts a LoopThread and, when the test ends, checks the loop is
 quiescent: no connection open, the pipe pool no bigger than allowed, and `pipes_open`
-matching the pipe fds actually open.
+matching the pipe fds actually open. A relay the test stopped itself is not checked.
+
+`ids`, `start_exit` and `start_entry` make the nodes of the tunnel-exit tests
+(test_exit*.py, helpers in exit_nodes.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
+from exit_nodes import ExitSetup, Identities, Identity, make_identities
 from support.relay import (
     SERVER_NAME,
     SPLICE_UNAVAILABLE,
@@ -23,6 +27,7 @@ from support.relay import (
     pipe_fds,
 )
 
+from relaycore import _core
 from relaycore.lab.pki import make_pki
 
 
@@ -56,6 +61,8 @@ def make_relay() -> Iterator[Callable[..., LoopThread]]:
     yield make
     problems: list[str] = []
     for relay in relays:
+        if relay.stopped:
+            continue
         try:
             check_quiescent(relay)
         except AssertionError as exc:
@@ -81,3 +88,59 @@ def check_quiescent(relay: LoopThread) -> None:
     assert open_pipe_fds == 2 * pipes, (
         f"pipes_open={pipes} but {open_pipe_fds} pipe fds are open in the process"
     )
+
+
+@pytest.fixture(scope="session")
+def ids(tmp_path_factory: pytest.TempPathFactory) -> Identities:
+    return make_identities(tmp_path_factory.mktemp("identities"))
+
+
+@pytest.fixture
+def start_exit(make_relay: Callable[..., LoopThread], ids: Identities) -> ExitSetup:
+    """start(target, host=, port=, allow=, allow_pins=, ca=, identity=, **loop_kwargs): an
+    exit node (route 0) admitting ids.entry by default, allowed loopback destinations."""
+
+    def start(
+        target: str,
+        *,
+        host: str = "",
+        port: int = 0,
+        allow: Sequence[tuple[str, int]] | None = (("127.0.0.0/8", 0), ("::1", 0)),
+        allow_pins: Sequence[bytes] | None = None,
+        ca: str | None = None,
+        identity: Identity | None = None,
+        **loop_kwargs: Any,
+    ) -> LoopThread:
+        me = identity or ids.exit
+        ctx = _core.TLSServerContext(
+            cert=str(me.cert),
+            key=str(me.key),
+            allow_pins=[ids.entry.pin] if allow_pins is None else list(allow_pins),
+            ca=ca,
+        )
+
+        def setup(loop: Any, fd: int) -> None:
+            route = loop.add_exit(ctx, target, host, port)
+            for network, p in allow or ():
+                loop.allow_destination(route, network, p)
+            loop.add_listener(fd, route)
+
+        return make_relay(0, setup=setup, **loop_kwargs)
+
+    return start
+
+
+@pytest.fixture
+def start_entry(make_relay: Callable[..., LoopThread], ids: Identities) -> ExitSetup:
+    """start(exit_port, identity=, pin=): an entry connector to the exit, pinning it."""
+
+    def start(
+        exit_port: int, *, identity: Identity | None = None, pin: bytes | None = None
+    ) -> LoopThread:
+        me = identity or ids.entry
+        tls = _core.TLSClientContext(
+            cert=str(me.cert), key=str(me.key), verify=False, pins=[pin or ids.exit.pin]
+        )
+        return make_relay(exit_port, tls=tls)
+
+    return start

@@ -27,6 +27,6 @@ def test_device_reset_during_connect_frees_the_slot_without_blaming_upstream(mak
         counters = relay.wait_counters(lambda c: c["active"] == 0, 5, "the slot to free")
         elapsed = time.monotonic() - started
     assert elapsed < 2.0, f"slot held {elapsed:.1f}s after the device reset"
-    assert counters["connect_timeout"] == 0
+    assert counters["errors_connect_timeout"] == 0
     assert counters["resets"] == 1
     assert relay.pop_errors() == []

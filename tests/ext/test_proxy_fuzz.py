@@ -212,7 +212,7 @@ class LiveExit:
         self.target = target
 
         def setup(loop: Any, fd: int) -> None:
-            route = loop.add_exit(1, ctx, target)
+            route = loop.add_exit(ctx, target)
             loop.allow_destination(route, "127.0.0.1/32", echo.port)
             loop.add_listener(fd, route)
 

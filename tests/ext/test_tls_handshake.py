@@ -19,10 +19,10 @@ from support.clients import (
     wait_closed,
 )
 from support.data import RandomStream
-from support.relay import SERVER_NAME, LoopThread, TLSFiles
+from support.relay import SERVER_NAME, LoopThread, TLSFiles, tls_failures
 from support.servers import EchoServer, SinkServer, set_linger0, tls_server_context
 
-from relaycore._core import TLSClientContext
+from relaycore._core import ErrorEvent, TLSClientContext
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -51,13 +51,13 @@ def server_ctx(tls_files: TLSFiles, **kwargs: Any) -> ssl.SSLContext:
     return tls_server_context(tls_files.server.chain, tls_files.server.key, **kwargs)
 
 
-def assert_device_reset(relay: LoopThread, cause: str) -> tuple[Any, ...]:
+def assert_device_reset(relay: LoopThread, cause: str) -> ErrorEvent:
     """A device connecting is reset promptly, with one `cause` event; the event."""
     outcome, elapsed = connect_until_closed(relay.port)
     event = relay.wait_error(cause)
     assert is_reset(outcome), f"device saw {outcome!r}, not a RST"
     assert elapsed < RESET_WITHIN, f"device reset {elapsed:.2f}s after connecting"
-    assert event[0] == 0, event
+    assert event.route == 0, event
     return event
 
 
@@ -95,10 +95,10 @@ def test_missing_client_certificate_tls13(tls_relay, tls_files):
         [rec] = up.wait_connections(1)
         rec.wait(10)
         counters = relay.wait_idle()
-    assert "alert 116: tlsv13 alert certificate required" in event[5], event
+    assert "alert 116: tlsv13 alert certificate required" in event.reason, event
     assert rec.error == "PEER_DID_NOT_RETURN_A_CERTIFICATE", rec
     assert counters["handshakes"] == 1, counters
-    assert counters["tls_errors"] == 1, counters
+    assert counters["errors_tls_alert"] == 1, counters
     assert len(relay.errors) == 1, relay.errors
 
 
@@ -123,9 +123,9 @@ def test_missing_client_certificate_tls13_device_speaks_first(tls_relay, tls_fil
         counters = relay.wait_idle()
         relay.pop_errors()
     assert all(is_reset(o) for o in outcomes), outcomes
-    assert [e[1] for e in relay.errors] == ["tls_alert"] * devices, relay.errors
-    assert all("certificate required" in e[5] for e in relay.errors), relay.errors
-    assert counters["tls_errors"] == devices, counters
+    assert [e.cause for e in relay.errors] == ["tls_alert"] * devices, relay.errors
+    assert all("certificate required" in e.reason for e in relay.errors), relay.errors
+    assert counters["errors_tls_alert"] == devices, counters
 
 
 def test_missing_client_certificate_tls12(tls_relay, tls_files):
@@ -137,9 +137,9 @@ def test_missing_client_certificate_tls12(tls_relay, tls_files):
         [rec] = up.wait_connections(1)
         rec.wait(10)
         counters = relay.wait_idle()
-    assert "alert 40: handshake failure" in event[5], event
+    assert "alert 40: handshake failure" in event.reason, event
     assert rec.error == "PEER_DID_NOT_RETURN_A_CERTIFICATE", rec
-    assert counters["tls_failed"] == 1, counters
+    assert counters["errors_tls_alert"] == tls_failures(counters) == 1, counters
     assert counters["handshakes"] == 0, counters
 
 
@@ -154,9 +154,9 @@ def test_protocol_version_alert(tls_relay, tls_files):
         [rec] = up.wait_connections(1)
         rec.wait(10)
         counters = relay.wait_idle()
-    assert "alert 70: protocol version" in event[5], event
+    assert "alert 70: protocol version" in event.reason, event
     assert rec.error == "UNSUPPORTED_PROTOCOL", rec
-    assert counters["tls_failed"] == 1, counters
+    assert counters["errors_tls_alert"] == tls_failures(counters) == 1, counters
 
 
 def test_no_shared_cipher_alert(tls_relay, tls_files):
@@ -168,9 +168,9 @@ def test_no_shared_cipher_alert(tls_relay, tls_files):
         [rec] = up.wait_connections(1)
         rec.wait(10)
         counters = relay.wait_idle()
-    assert "alert 40: handshake failure" in event[5], event
+    assert "alert 40: handshake failure" in event.reason, event
     assert rec.error == "NO_SHARED_CIPHER", rec
-    assert counters["tls_failed"] == 1, counters
+    assert counters["errors_tls_alert"] == tls_failures(counters) == 1, counters
 
 
 def test_server_closes_during_handshake(tls_relay):
@@ -181,7 +181,7 @@ def test_server_closes_during_handshake(tls_relay):
         # The echo server sends the ClientHello back: garbage to a TLS client.
         event = assert_device_reset(relay, "tls_handshake_failed")
         relay.wait_idle()
-    assert event[5], event
+    assert event.reason, event
 
 
 # -- a server that never answers -----------------------------------------------------------
@@ -199,11 +199,11 @@ def test_handshake_timeout(tls_relay):
         counters = relay.wait_idle()
     assert is_reset(outcome), outcome
     assert 0.25 <= elapsed < 2.0, f"device reset {elapsed:.2f}s after connect, timeout 0.3s"
-    assert counters["handshake_timeout"] == 1, counters
-    assert counters["tls_failed"] == counters["handshakes"] == 0, counters
-    assert event[1] == "handshake_timeout", event
-    assert "handshake" in event[5], event
-    assert str(up.port) in event[4], event
+    assert counters["errors_handshake_timeout"] == 1, counters
+    assert tls_failures(counters) == counters["handshakes"] == 0, counters
+    assert event.cause == "handshake_timeout", event
+    assert "handshake" in event.reason, event
+    assert str(up.port) in event.upstream, event
     assert rec.received > 0, "the relay sent no ClientHello"
     assert rec.error == "ECONNRESET", rec
 
@@ -225,7 +225,8 @@ def test_device_reset_during_handshake_frees_the_slot(tls_relay):
         elapsed = time.monotonic() - started
         rec.wait(5)
     assert elapsed < 2.0, f"slot held {elapsed:.1f}s after the device reset"
-    assert counters["handshake_timeout"] == counters["tls_failed"] == 0, counters
+    errors = {name: n for name, n in counters.items() if name.startswith("errors_") and n}
+    assert errors == {}, counters
     assert counters["resets"] == 1, counters
     assert rec.error == "ECONNRESET", rec
     assert relay.pop_errors() == []

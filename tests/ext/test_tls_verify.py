@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from support.clients import connect, connect_until_closed, exchange, is_reset, ping
 from support.data import RandomStream
-from support.relay import SERVER_NAME, LoopThread, TLSFiles
+from support.relay import SERVER_NAME, LoopThread, TLSFiles, tls_failures
 from support.servers import EchoServer, tls_server_context
 
-from relaycore._core import TLSClientContext
+from relaycore._core import ErrorEvent, TLSClientContext
 from relaycore.lab.pki import Issued, self_signed
 
 pytestmark = pytest.mark.timeout(60)
@@ -83,13 +83,13 @@ def assert_relays(relay: LoopThread, up: EchoServer) -> dict[str, int]:
     assert rec.close_notify, rec
     assert relay.pop_errors() == []
     assert counters["handshakes"] == 1, counters
-    assert counters["tls_failed"] == 0, counters
+    assert tls_failures(counters) == 0, counters
     return counters
 
 
 def assert_refused(
     relay: LoopThread, up: EchoServer, cause: str, reason: str
-) -> tuple[tuple[Any, ...], Any]:
+) -> tuple[ErrorEvent, Any]:
     """A device connecting through the relay is reset promptly; one error event with this
     cause, its reason containing `reason`; the server's record."""
     outcome, elapsed = connect_until_closed(relay.port)
@@ -100,12 +100,11 @@ def assert_refused(
     assert is_reset(outcome), f"device saw {outcome!r} after a failed handshake, not a RST"
     assert elapsed < RESET_WITHIN, f"device reset {elapsed:.2f}s after connecting"
     assert len(relay.errors) == 1, relay.errors
-    connector_id, got_cause, _err, client, upstream, got_reason, *_ = event
-    assert (connector_id, got_cause) == (0, cause), event
-    assert reason in got_reason, f"reason {got_reason!r} lacks {reason!r}"
-    assert str(up.port) in upstream, event
-    assert client != "?", event
-    assert counters["tls_failed"] == 1, counters
+    assert (event.route, event.cause) == (0, cause), event
+    assert reason in event.reason, f"reason {event.reason!r} lacks {reason!r}"
+    assert str(up.port) in event.upstream, event
+    assert event.client != "?", event
+    assert counters[f"errors_{cause}"] == tls_failures(counters) == 1, counters
     assert counters["handshakes"] == 0, counters
     assert rec.received == 0, "the relay sent application data over a refused session"
     return event, rec
@@ -251,4 +250,4 @@ def test_refusals_do_not_slow_the_next_device(tls_relay, certs):
         counters = relay.wait_idle()
     assert all(is_reset(o) for o, _ in outcomes), outcomes
     assert time.monotonic() - start < 3 * RESET_WITHIN, outcomes
-    assert counters["tls_failed"] == 3, counters
+    assert tls_failures(counters) == 3, counters

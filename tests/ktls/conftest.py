@@ -116,7 +116,7 @@ class TLSRelay(LoopThread):
             lsock.bind((HOST, 0))
             lsock.listen(16)
             port: int = lsock.getsockname()[1]
-            self.loop.add_route(lsock.detach(), 1, HOST, upstream_port, tls=tls)
+            self.loop.add_listener(lsock.detach(), self.loop.add_upstream(HOST, upstream_port, tls))
         except BaseException:
             lsock.close()
             self.loop.close()

@@ -22,7 +22,7 @@ import time
 import pytest
 from support.clients import Reader, connect, exchange
 from support.data import MiB, RandomStream, stream_digest
-from support.relay import assert_data_path
+from support.relay import assert_data_path, tls_failures
 from support.servers import errno_name
 
 from relaycore.capabilities import ktls_unavailable
@@ -60,8 +60,8 @@ def show(counters: dict[str, int], delta: dict[str, int] | None = None) -> str:
 def check_clean(relay, counters: dict[str, int]) -> None:
     errors = relay.pop_errors()
     assert errors == [], errors
-    for name in ("tls_errors", "tls_truncated", "tls_failed", "resets"):
-        assert counters[name] == 0, f"{name}: {show(counters)}"
+    assert tls_failures(counters) == 0, show(counters)
+    assert counters["resets"] == 0, show(counters)
 
 
 def read_rest(sock: socket.socket, timeout: float) -> tuple[bytes, str]:
@@ -159,22 +159,27 @@ def test_tls13_declined_stays_in_userspace_byte_exact(splice, tls_upstream, tls_
     check_clean(relay, counters)
 
 
-@pytest.mark.ktls
-def test_ktls_off_keeps_tls12_in_userspace(tls_upstream, tls_relay, tls_stat):
-    seed = 1202
-    size = MiB
+def tls12_echo(tls_upstream, tls_relay, tls_stat, *, ktls: str, seed: int):
+    """One MiB echoed over TLS 1.2 AES-GCM through a relay (splice off) with this `ktls`:
+    (upstream, exchange result, relay, its counters, tls_stat changes)."""
     up = tls_upstream("echo", version="1.2", ciphers=AES128_GCM)
-    relay = tls_relay(up.port, splice="off", ciphers=AES128_GCM, ktls="off")
+    relay = tls_relay(up.port, splice="off", ciphers=AES128_GCM, ktls=ktls)
     before = tls_stat()
     with connect(relay.port) as sock:
-        res = exchange(sock, RandomStream(size, seed), chunk_seed=9, timeout=TRANSFER_TIMEOUT)
+        res = exchange(sock, RandomStream(MiB, seed), chunk_seed=9, timeout=TRANSFER_TIMEOUT)
     up.wait(SETTLE_TIMEOUT)
     counters = relay.wait_idle(SETTLE_TIMEOUT)
-    delta = stat_delta(before, tls_stat())
-
     assert up.version == "TLSv1.2", up.summary()
     assert up.error is None, up.summary()
-    assert (res.received, res.digest) == (size, stream_digest(size, seed)), res
+    assert (res.received, res.digest) == (MiB, stream_digest(MiB, seed)), res
+    return up, res, relay, counters, stat_delta(before, tls_stat())
+
+
+@pytest.mark.ktls
+def test_ktls_off_keeps_tls12_in_userspace(tls_upstream, tls_relay, tls_stat):
+    _, _, relay, counters, delta = tls12_echo(
+        tls_upstream, tls_relay, tls_stat, ktls="off", seed=1202
+    )
     assert (counters["ktls_conns"], counters["ktls_declined"]) == (0, 0), show(counters, delta)
     assert software_ktls_sockets(delta) == (0, 0), show(counters, delta)
     check_clean(relay, counters)
@@ -260,9 +265,9 @@ def test_hello_request_is_refused_without_corrupting_data(splice, s_server, tls_
     assert counters["bytes_out"] == size, show(counters)
     # The relay refused (s_server logs our no_renegotiation alert), rather than trying.
     assert "no renegotiation" in output, output
-    assert counters["tls_errors"] == 1, show(counters)
     # s_server answers our refusal with a fatal handshake_failure alert, reported as such.
-    assert [(e[1], e[5]) for e in errors] == [
+    assert counters["errors_tls_alert"] == tls_failures(counters) == 1, show(counters)
+    assert [(e.cause, e.reason) for e in errors] == [
         ("tls_alert", "the server sent alert 40: handshake failure")
     ], errors
 
@@ -279,9 +284,18 @@ def connectors() -> tuple[Connector, Connector]:
 
 
 @pytest.mark.ktls
-def test_require_is_accepted_where_the_kernel_has_tls():
+def test_require_is_accepted_where_the_kernel_has_tls(tls_upstream, tls_relay, tls_stat):
+    """Where the kernel has TLS, `require` passes the start-up check, and a connector with
+    it offloads its TLS 1.2 connection both ways."""
+    assert ktls_unavailable() is None
     auto, need = connectors()
-    check_ktls_requirements((auto, need))
+    check_ktls_requirements((auto, need))  # raises StartupError where kTLS is missing
+    _, _, relay, counters, delta = tls12_echo(
+        tls_upstream, tls_relay, tls_stat, ktls="require", seed=1205
+    )
+    assert (counters["ktls_conns"], counters["ktls_declined"]) == (1, 0), show(counters, delta)
+    assert software_ktls_sockets(delta) == (1, 1), show(counters, delta)
+    check_clean(relay, counters)
 
 
 def test_require_without_kernel_tls_is_a_startup_error():

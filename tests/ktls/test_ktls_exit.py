@@ -38,7 +38,7 @@ def make_exit(tmp: Path, echo_port: int, splice: str) -> tuple[LoopThread, ssl.S
     )
 
     def setup(loop: Any, fd: int) -> None:
-        loop.add_listener(fd, loop.add_exit(1, ctx, "fixed", "127.0.0.1", echo_port))
+        loop.add_listener(fd, loop.add_exit(ctx, "fixed", "127.0.0.1", echo_port))
 
     relay = LoopThread(0, setup=setup, splice=splice).start()
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

@@ -1,25 +1,16 @@
-# A proxy exit's protocols: the SOCKS5 and HTTP CONNECT request parsers, their replies,
-# and the destination policy. Pure functions over bytes, no I/O: exit.pxi feeds them
-# what the entry node sent so far, and they say "more", "done (n bytes)" or "refused,
-# answer with this code". The entry was already authenticated by its TLS client
-# certificate, so SOCKS5 offers only "no authentication" and CONNECT ignores
-# Proxy-Authorization.
+# A proxy exit's protocols and its request phase: the SOCKS5 and HTTP CONNECT request
+# parsers, their replies, the answer to a refusal, and the proxy_* functions that turn a
+# parsed request into a destination (try each allowed address in turn) or a refusal.
+# modes/exit.pxi drives them from the connection's state machine.
 #
-# Parsers return >0 (the request's length: complete), 0 (incomplete: read more) or
-# -code (refused: code is the SOCKS5 reply, 255 for a greeting we cannot serve, or the
-# HTTP status). Every length is checked before a byte is read, and a request never
-# exceeds PROXY_REQ_MAX: the caller refuses a full buffer that is still incomplete.
-
-cdef enum:
-    SOCKS_GENERAL_FAILURE = 1     # RFC 1928 §6 reply codes
-    SOCKS_NOT_ALLOWED = 2
-    SOCKS_NET_UNREACHABLE = 3
-    SOCKS_HOST_UNREACHABLE = 4
-    SOCKS_REFUSED = 5
-    SOCKS_TTL_EXPIRED = 6
-    SOCKS_COMMAND_UNSUPPORTED = 7
-    SOCKS_ATYP_UNSUPPORTED = 8
-    SOCKS_NO_METHOD = 255         # the method selection reply "no acceptable methods"
+# The parsers are pure functions over bytes, no I/O: they are fed what the entry node
+# sent so far, and say "more", "done (n bytes)" or "refused, answer with this code". The
+# entry was already authenticated by its TLS client certificate, so SOCKS5 offers only
+# "no authentication" and CONNECT ignores Proxy-Authorization. They return >0 (the
+# request's length: complete), 0 (incomplete: read more) or -code (refused: code is the
+# SOCKS5 reply, 255 for a greeting we cannot serve, or the HTTP status). Every length is
+# checked before a byte is read, and a request never exceeds PROXY_REQ_MAX: the caller
+# refuses a full buffer that is still incomplete.
 
 
 cdef bint host_name_ok(const uint8_t *p, size_t n) noexcept nogil:
@@ -265,101 +256,107 @@ cdef uint16_t refusal_code(uint8_t exit_mode, uint8_t cause, int err) noexcept n
     return SOCKS_GENERAL_FAILURE if socks else 502
 
 
-cdef void sockaddr_unmap(sockaddr_in6 *sa) noexcept nogil:
-    # ::ffff:a.b.c.d is a.b.c.d: checked and connected as IPv4, or the policy could be
-    # walked around by spelling 127.0.0.1 as ::ffff:127.0.0.1.
-    cdef sockaddr_in v4
-    cdef const uint8_t *a = sa.sin6_addr.s6_addr
+# -- the request phase of one connection ------------------------------------------------
+
+
+cdef bint proxy_send(Conn *c, const void *data, int n) noexcept nogil:
+    # One small write before relaying (a reply of at most a few dozen bytes on a fresh
+    # connection, where the socket buffer is empty): it goes whole or the TLS is broken.
     cdef int k
-    if sa.sin6_family != AF_INET6:
+    ERR_clear_error()
+    k = SSL_write(c.ssl, data, n)
+    ERR_clear_error()
+    return k == n
+
+
+cdef void proxy_consume(Proxy *px, size_t n) noexcept nogil:
+    memmove(px.req, px.req + n, px.req_len - n)
+    px.req_len -= <uint32_t>n
+
+
+cdef void proxy_try(Worker *w, int32_t i) noexcept nogil:
+    # Keep the addresses the exit's policy allows, then dial the first. [may close]
+    cdef Conn *c = &w.conns[i]
+    cdef Proxy *px = c.px
+    cdef Route *r = &w.routes[c.route]
+    cdef char reason[REASON_LEN]
+    cdef uint8_t k, kept = 0
+    for k in range(px.ndst):
+        sockaddr_unmap(&px.dst[k])
+        if destination_allowed(r, &px.dst[k]):
+            if kept != k:
+                px.dst[kept] = px.dst[k]
+            kept += 1
+    if kept == 0:
+        c.orig_dst = px.dst[0]
+        snprintf(reason, REASON_LEN, "%.80s port %d is not an allowed destination%s", px.name,
+                 px.port, "" if r.nallow else
+                 " (loopback, link-local and unspecified addresses need allow_destinations)")
+        conn_fail(w, i, CAUSE_PROXY_DENIED, 0, reason)
         return
-    for k in range(10):
-        if a[k] != 0:
-            return
-    if a[10] != 0xff or a[11] != 0xff:
+    px.ndst = kept
+    px.next_dst = 0
+    proxy_dial(w, i)
+
+
+cdef void proxy_dial(Worker *w, int32_t i) noexcept nogil:
+    # Dial the current candidate address. [may close]
+    cdef Conn *c = &w.conns[i]
+    cdef sockaddr_in6 *dst = &c.px.dst[c.px.next_dst]
+    c.orig_dst = dst[0]                 # where error events say it went
+    conn_dial(w, i, <const sockaddr *>dst,
+              sizeof(sockaddr_in) if dst.sin6_family == AF_INET else sizeof(sockaddr_in6))
+
+
+cdef bint proxy_dial_next(Worker *w, int32_t i) noexcept nogil:
+    # The connect failed: the name's next address, if there is one (IPv6 and IPv4 of
+    # the same host, a refused replica). False: none left, nothing done. [may close]
+    cdef Conn *c = &w.conns[i]
+    if c.px.next_dst + 1 >= c.px.ndst:
+        return False
+    if c.fd[SIDE_UPSTREAM] >= 0:
+        close(c.fd[SIDE_UPSTREAM])
+        c.fd[SIDE_UPSTREAM] = -1
+    c.px.next_dst += 1
+    proxy_dial(w, i)
+    return True
+
+
+cdef bint proxy_connected(Conn *c) noexcept nogil:
+    # After proxy_dial_next, a writable edge may be the closed socket's, and SO_ERROR of
+    # the new one is 0 while its connect is still in progress.
+    cdef sockaddr_storage peer
+    cdef socklen_t length = sizeof(peer)
+    return getpeername(c.fd[SIDE_UPSTREAM], <sockaddr *>&peer, &length) == 0
+
+
+cdef void proxy_refuse(Worker *w, Conn *c, uint8_t cause, int err) noexcept nogil:
+    # Answer a refused or failed request in the entry's protocol (best effort).
+    cdef Proxy *px = c.px
+    cdef uint8_t mode = w.routes[c.route].exit_mode
+    cdef uint16_t code = px.reply_code
+    cdef char reply[160]
+    cdef size_t n
+    if c.tls_dead or c.ssl == NULL:
         return
-    memset(&v4, 0, sizeof(v4))
-    v4.sin_family = AF_INET
-    v4.sin_port = sa.sin6_port
-    memcpy(&v4.sin_addr, a + 12, 4)
-    memset(sa, 0, sizeof(sockaddr_in6))
-    memcpy(sa, &v4, sizeof(v4))
-
-
-cdef bint destination_special(const sockaddr_in6 *sa) noexcept nogil:
-    # What an exit refuses unless allowed by name: the exit host itself (loopback,
-    # unspecified) and link-local (cloud metadata services live at 169.254.169.254).
-    cdef const uint8_t *a
-    cdef int k
-    if sa.sin6_family == AF_INET:
-        a = <const uint8_t *>&(<sockaddr_in *>sa).sin_addr
-        return a[0] == 127 or a[0] == 0 or (a[0] == 169 and a[1] == 254)
-    a = <const uint8_t *>sa.sin6_addr.s6_addr
-    if a[0] == 0xfe and (a[1] & 0xc0) == 0x80:
-        return True
-    for k in range(15):
-        if a[k] != 0:
-            return False
-    return a[15] <= 1                         # :: and ::1
-
-
-cdef bint destination_allowed(Route *r, const sockaddr_in6 *sa) noexcept nogil:
-    cdef const uint8_t *addr
-    cdef uint16_t port
-    cdef uint32_t k
-    cdef Match *m
-    if r.nallow == 0:
-        return not destination_special(sa)
-    if sa.sin6_family == AF_INET:
-        addr = <const uint8_t *>&(<sockaddr_in *>sa).sin_addr
-        port = ntohs((<sockaddr_in *>sa).sin_port)
+    if code == 0:
+        code = refusal_code(mode, cause, err)
+    if mode == EXIT_SOCKS5:
+        if code == SOCKS_NO_METHOD:
+            reply[0] = 5
+            reply[1] = <char>0xff
+            n = 2
+        elif px.greeted:
+            n = socks5_reply(<uint8_t *>reply, <uint8_t>code, -1)
+        else:
+            return                          # no greeting yet: no reply is due
     else:
-        addr = <const uint8_t *>sa.sin6_addr.s6_addr
-        port = ntohs(sa.sin6_port)
-    for k in range(r.nallow):
-        m = &r.allow[k]
-        if m.family == sa.sin6_family and (m.port == 0 or m.port == port) and \
-                prefix_matches(m.addr, addr, m.prefix):
-            return True
-    return False
+        n = http_reply(reply, sizeof(reply), code)
+    proxy_send(c, reply, <int>n)
 
 
-cdef tuple parse_result(Py_ssize_t rc, Py_ssize_t consumed, Proxy *px):
-    if rc <= 0:
-        return (rc, 0, "", 0)
-    return (1, consumed, px.name.decode("ascii"), px.port)
-
-
-def parse_socks5(bytes data):
-    """The exit's SOCKS5 parser on the first bytes of a stream (greeting and request):
-    (status, consumed, host, port). status 0: incomplete; 1: complete; < 0: refused,
-    -status is the code the exit answers with (255: no acceptable method in the greeting,
-    else a SOCKS5 reply code)."""
-    cdef Proxy *px = <Proxy *>calloc(1, sizeof(Proxy))
-    cdef const uint8_t *p = <const uint8_t *><const char *>data
-    cdef Py_ssize_t n = len(data)
-    cdef Py_ssize_t g, r
-    if px == NULL:
-        raise MemoryError()
-    try:
-        g = socks5_greeting(p, n)
-        if g <= 0:
-            return parse_result(g, 0, px)
-        r = socks5_request(p + g, n - g, px)
-        return parse_result(r, g + r, px)
-    finally:
-        free(px)
-
-
-def parse_http_connect(bytes data):
-    """The exit's HTTP CONNECT parser: (status, consumed, host, port). status 0:
-    incomplete; 1: complete; < 0: refused, -status is the HTTP status of the reply."""
-    cdef Proxy *px = <Proxy *>calloc(1, sizeof(Proxy))
-    cdef Py_ssize_t r
-    if px == NULL:
-        raise MemoryError()
-    try:
-        r = http_connect_parse(<const uint8_t *><const char *>data, len(data), px)
-        return parse_result(r, r, px)
-    finally:
-        free(px)
+cdef void proxy_free(Worker *w, Conn *c) noexcept nogil:
+    if c.px.job != NULL:
+        resolver_cancel(w, c.px)
+    free(c.px)
+    c.px = NULL

@@ -6,12 +6,6 @@
 # wheel away sits in its slot and is skipped until its turn comes round.
 
 
-cdef inline uint64_t clock_ms() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
-    return <uint64_t>ts.tv_sec * 1000 + <uint64_t>(ts.tv_nsec // 1000000)
-
-
 cdef void timer_disarm(Worker *w, int32_t i) noexcept nogil:
     cdef Conn *c = &w.conns[i]
     if c.timer_slot == NIL:
@@ -40,3 +34,26 @@ cdef void timer_arm(Worker *w, int32_t i, uint64_t deadline_ms) noexcept nogil:
     if c.timer_next != NIL:
         w.conns[c.timer_next].timer_prev = i
     w.wheel[slot] = i
+
+
+cdef void timers_expire(Worker *w) noexcept nogil:
+    # Expire every tick that has fully elapsed: whatever sits in it is due (or belongs to
+    # a later turn of the wheel and stays). [may close]
+    cdef uint64_t now_tick = w.now_ms // TICK_MS
+    cdef uint64_t t
+    cdef int32_t i, nxt
+    if w.active == 0 or now_tick - w.wheel_tick > WHEEL_SLOTS:
+        if w.active == 0:
+            w.wheel_tick = now_tick
+            return
+        w.wheel_tick = now_tick - WHEEL_SLOTS
+    while w.wheel_tick < now_tick:
+        t = w.wheel_tick
+        i = w.wheel[t & (WHEEL_SLOTS - 1)]
+        while i != NIL:
+            nxt = w.conns[i].timer_next
+            if w.conns[i].deadline_ms // TICK_MS <= t:
+                timer_disarm(w, i)
+                conn_expire(w, i)
+            i = nxt
+        w.wheel_tick += 1

@@ -1,25 +1,19 @@
 # A relayed connection: client socket <-> upstream socket, from accept to close.
 #
 # Life: accept -> CONNECTING (non-blocking connect; the client is not read, so its bytes
-# wait in the kernel) -> RELAYING -> CLOSED. EOF travels one direction at a time: a
-# direction whose src said EOF shuts dst for writing once its bytes are flushed, and the
-# other direction keeps flowing. The connection closes when both directions are shut, or
-# at once with RSTs on both sides when either side fails (a reset propagates as a reset).
+# wait in the kernel) -> [HANDSHAKING: TLS, tls/stream.pxi] -> RELAYING -> CLOSED. A
+# tunnel exit does its handshake first and may read a request (REQUEST, RESOLVING:
+# modes/exit.pxi) before it connects. EOF travels one direction at a time: a direction
+# whose src said EOF shuts dst for writing once its bytes are flushed, and the other
+# direction keeps flowing. The connection closes when both directions are shut, or at
+# once with RSTs on both sides when either side fails (a reset propagates as a reset).
 # A tunnel exit that refuses its client instead answers, sends a FIN and LINGERs, reading
 # and dropping the client's input until it closes too (conn_linger).
 #
 # Slots are freed only at the end of the event batch (the dead list): an event later in
 # the same batch may name a slot that closed earlier in it, and must not find a new
-# connection there.
-
-
-cdef inline void conn_queue(Worker *w, int32_t i) noexcept nogil:
-    cdef Conn *c = &w.conns[i]
-    if c.queued:
-        return
-    c.queued = 1
-    c.next = w.run_head
-    w.run_head = i
+# connection there. A function marked [may close] may leave its slot CLOSED: its caller
+# must not touch the connection afterwards except to read c.state.
 
 
 cdef void set_nodelay(int fd) noexcept nogil:
@@ -38,6 +32,7 @@ cdef void close_abortive(int fd) noexcept nogil:
 
 
 cdef void conn_close(Worker *w, int32_t i, bint abortive) noexcept nogil:
+    # The one place a slot becomes CLOSED; abortive: RSTs on both sides. [may close]
     cdef Conn *c = &w.conns[i]
     cdef int side
     if c.state == CONN_CLOSED or c.state == CONN_FREE:
@@ -77,24 +72,11 @@ cdef void conn_close(Worker *w, int32_t i, bint abortive) noexcept nogil:
 
 cdef void conn_fail(Worker *w, int32_t i, uint8_t cause, int err,
                     const char *reason) noexcept nogil:
-    # The upstream could not be reached or verified: say why (reason, or strerror(err)
-    # when NULL), then reset the device so it does not mistake the failure for an empty
-    # answer.
+    # The connection cannot go on: record the event (reason, or strerror(err) when NULL),
+    # then reset the device so it does not mistake the failure for an empty answer.
+    # [may close]
     cdef Conn *c = &w.conns[i]
-    cdef ErrorEvent *ev
-    if cause == CAUSE_CONNECT_REFUSED:
-        conn_ctr(w, c).connect_refused += 1
-    elif cause == CAUSE_CONNECT_TIMEOUT:
-        conn_ctr(w, c).connect_timeout += 1
-    elif cause == CAUSE_UPSTREAM_SOCKET:
-        conn_ctr(w, c).socket_errors += 1
-    elif cause == CAUSE_CONNECT_FAILED:
-        conn_ctr(w, c).connect_failed += 1
-    elif cause == CAUSE_HANDSHAKE_TIMEOUT:
-        conn_ctr(w, c).handshake_timeout += 1
-    elif CAUSE_TLS_UNKNOWN_CA <= cause <= CAUSE_TLS_ERROR:
-        conn_ctr(w, c).tls_failed += 1
-    ev = error_event(w, c, cause, err)
+    cdef ErrorEntry *ev = error_event(w, c, cause, err)
     if ev != NULL and reason != NULL:
         snprintf(ev.reason, REASON_LEN, "%s", reason)
     if c.tls_side == SIDE_CLIENT and CAUSE_TLS_UNKNOWN_CA <= cause <= CAUSE_TLS_ERROR:
@@ -122,6 +104,7 @@ cdef void conn_linger(Worker *w, int32_t i) noexcept nogil:
     # still unread, a pipelining client's first bytes follow its request. (nginx's
     # lingering_close, for the same reason.) Not when every slot is taken: a device
     # waiting to be served matters more than the reason reaching a refused client.
+    # [may close]
     cdef Conn *c = &w.conns[i]
     if w.active >= w.max_conns:
         conn_close(w, i, False)
@@ -143,6 +126,7 @@ cdef void conn_linger(Worker *w, int32_t i) noexcept nogil:
 
 
 cdef void conn_linger_drain(Worker *w, int32_t i) noexcept nogil:
+    # [may close]
     cdef Conn *c = &w.conns[i]
     cdef Py_ssize_t n
     cdef Py_ssize_t budget = CONN_BUDGET
@@ -161,6 +145,7 @@ cdef void conn_linger_drain(Worker *w, int32_t i) noexcept nogil:
 
 
 cdef void conn_connect_failed(Worker *w, int32_t i, int err) noexcept nogil:
+    # [may close]
     if w.conns[i].px != NULL and proxy_dial_next(w, i):
         return
     conn_fail(w, i, CAUSE_CONNECT_REFUSED if err == ECONNREFUSED else CAUSE_CONNECT_FAILED,
@@ -175,12 +160,12 @@ cdef void conn_relaying(Worker *w, int32_t i) noexcept nogil:
 
 
 cdef void conn_connected(Worker *w, int32_t i) noexcept nogil:
-    # TCP to the upstream is up.
+    # TCP to the upstream is up. [may close]
     cdef Route *r = &w.routes[w.conns[i].route]
     if r.kind == ROUTE_EXIT:
         exit_connected(w, i)
     elif r.tls_ctx != NULL:
-        conn_tls_start(w, i)
+        conn_tls_start(w, i, SIDE_UPSTREAM)
     else:
         conn_relaying(w, i)
 
@@ -199,9 +184,11 @@ cdef inline int upstream_socket(const sockaddr *dst) noexcept nogil:
 cdef void conn_open(Worker *w, uint32_t listener, int client_fd,
                     const sockaddr_in6 *peer) noexcept nogil:
     # Takes ownership of client_fd. w.free_head is not NIL (the caller checked the limit).
+    # [may close]
     cdef int32_t i = w.free_head
     cdef Conn *c = &w.conns[i]
-    cdef int32_t route = w.listeners[listener].route
+    cdef Listener *lsn = &w.listeners[listener]
+    cdef uint16_t route = lsn.route
     cdef Route *r
     cdef int side
     w.free_head = c.next
@@ -214,10 +201,10 @@ cdef void conn_open(Worker *w, uint32_t listener, int client_fd,
     for side in range(2):
         c.dir[side].pipe_r = -1
         c.dir[side].pipe_w = -1
-    if route == ROUTE_GATEWAY:
+    if lsn.gateway:
         route = gateway_route(w, client_fd, &c.orig_dst)
     r = &w.routes[route]
-    c.route = <uint16_t>route
+    c.route = route
     c.next = NIL
     c.timer_slot = NIL
     c.state = CONN_CONNECTING
@@ -235,7 +222,7 @@ cdef void conn_open(Worker *w, uint32_t listener, int client_fd,
         conn_fail(w, i, CAUSE_UPSTREAM_SOCKET, errno, NULL)
         return
     if r.kind == ROUTE_EXIT:
-        exit_open(w, i)
+        conn_tls_start(w, i, SIDE_CLIENT)       # the entry node's ClientHello comes first
     elif r.kind == ROUTE_PASSTHROUGH:
         conn_dial(w, i, <const sockaddr *>&c.orig_dst,
                   sizeof(sockaddr_in) if c.orig_dst.sin6_family == AF_INET
@@ -246,6 +233,7 @@ cdef void conn_open(Worker *w, uint32_t listener, int client_fd,
 
 cdef void conn_dial(Worker *w, int32_t i, const sockaddr *dst, socklen_t dst_len) noexcept nogil:
     # A socket to dst and a non-blocking connect; CONNECTING until it completes.
+    # [may close]
     cdef Conn *c = &w.conns[i]
     cdef int up, rc, err
     up = upstream_socket(dst)
@@ -276,14 +264,42 @@ cdef void conn_dial(Worker *w, int32_t i, const sockaddr *dst, socklen_t dst_len
         conn_connect_failed(w, i, errno)
 
 
+cdef inline int pump(Worker *w, Conn *c, int d, Py_ssize_t *moved) noexcept nogil:
+    # The pump for direction d as the connection stands: TLS (unless the kernel took it),
+    # bytes OpenSSL read ahead of a kTLS switch, splice, or copy.
+    if c.ssl != NULL and not c.ktls:
+        return pump_tls_read(w, c, moved) if d == c.tls_side else pump_tls_write(w, c, moved)
+    if c.ktls and d == c.tls_side and SSL_has_pending(c.ssl):
+        return pump_tls_read(w, c, moved)
+    if c.dir[d].pipe_r >= 0:
+        return pump_splice(w, c, d, moved)
+    return pump_copy(w, c, d, moved)
+
+
+cdef inline bint dir_flushed(Dir *dr) noexcept nogil:
+    return dr.buf_len == 0 and dr.pipe_bytes == 0
+
+
+cdef void conn_pump_failed(Worker *w, int32_t i, int rc) noexcept nogil:
+    # A pump's fatal result: a reset on both sides, counted as such, unless the worker was
+    # out of memory, which is its own cause with an event. [may close]
+    if rc == PUMP_NO_BUFFER:
+        conn_fail(w, i, CAUSE_OUT_OF_MEMORY, ENOMEM, NULL)
+        return
+    conn_ctr(w, &w.conns[i]).resets += 1
+    conn_close(w, i, True)
+
+
 cdef void conn_run(Worker *w, int32_t i) noexcept nogil:
     # Move what can move now. Leaves the connection queued if its budget ran out first.
+    # [may close]
     cdef Conn *c = &w.conns[i]
     cdef int err = 0
-    cdef int d
+    cdef int d, rc
     cdef socklen_t errlen = sizeof(err)
-    cdef Py_ssize_t moved, n
+    cdef Py_ssize_t moved
     cdef Py_ssize_t budget = CONN_BUDGET
+    cdef bint again
     cdef bint active = False
     if c.state == CONN_CONNECTING:
         if not c.ready[SIDE_UPSTREAM] & READY_WRITE:
@@ -307,28 +323,28 @@ cdef void conn_run(Worker *w, int32_t i) noexcept nogil:
         return
     while True:
         moved = 0
+        again = False
         for d in range(2):
-            n = pump(w, c, d)
-            if n < 0:
-                conn_ctr(w, c).resets += 1
-                conn_close(w, i, True)
+            rc = pump(w, c, d, &moved)
+            if rc < 0:
+                conn_pump_failed(w, i, rc)
                 return
-            moved += n
+            if rc != PUMP_STOPPED:
+                again = True                        # EOF, promotion, demotion: go round
             if c.dir[d].eof and not c.dir[d].shut and dir_flushed(&c.dir[d]):
                 if d != c.tls_side and c.ssl != NULL:
-                    n = tls_close_notify(w, c)
-                    if n < 0:
-                        conn_ctr(w, c).resets += 1
-                        conn_close(w, i, True)
+                    rc = tls_close_notify(w, c)
+                    if rc < 0:
+                        conn_pump_failed(w, i, rc)
                         return
-                    if n == 0:
+                    if rc == 0:
                         continue
                 c.dir[d].shut = 1
                 shutdown(c.fd[1 - d], SHUT_WR)
         if c.dir[0].shut and c.dir[1].shut:
             conn_close(w, i, False)
             return
-        if moved == 0:
+        if moved == 0 and not again:
             break
         active = True
         budget -= moved
@@ -340,7 +356,7 @@ cdef void conn_run(Worker *w, int32_t i) noexcept nogil:
 
 
 cdef void conn_expire(Worker *w, int32_t i) noexcept nogil:
-    # The connection's deadline passed (its timer already disarmed).
+    # The connection's deadline passed (its timer already disarmed). [may close]
     cdef Conn *c = &w.conns[i]
     if c.state == CONN_CONNECTING:
         if c.px != NULL and proxy_dial_next(w, i):

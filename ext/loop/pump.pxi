@@ -1,6 +1,8 @@
-# Byte movers: one direction of one connection, src side d -> dst side 1 - d.
+# Byte movers on plain sockets: one direction of one connection, src side d -> dst side
+# 1 - d, by copy (through the worker's scratch buffer) or by splice (through a pipe). The
+# TLS pumps, which move the same way through SSL_read / SSL_write, are tls/stream.pxi.
 #
-# Both pumps keep the same invariant: never read src while bytes read earlier wait for
+# Every pump keeps the same invariant: never read src while bytes read earlier wait for
 # dst (in the owned buffer or in the pipe). So each direction holds at most one buffer or
 # one pipe of bytes, and a reader that stalls stalls its writer: memory stays flat.
 #
@@ -8,20 +10,10 @@
 # when a syscall says EAGAIN; a pump that stops early for its budget leaves them set and
 # the connection is queued to run again without waiting for an edge that will not come.
 #
-# Return values (HAProxy's convention): >0 bytes that moved (read from src or delivered
-# to dst), 0 no progress, <0 -errno, fatal for the connection. Never raises.
-
-
-cdef inline void count_delivered(Worker *w, Conn *c, int d, Py_ssize_t n,
-                                 bint spliced) noexcept nogil:
-    if d == SIDE_CLIENT:
-        conn_ctr(w, c).bytes_in += n
-    else:
-        conn_ctr(w, c).bytes_out += n
-    if spliced:
-        conn_ctr(w, c).bytes_spliced += n
-    else:
-        conn_ctr(w, c).bytes_copied += n
+# Return convention (loop/types.pxd): a pump adds the bytes it moved (read from src, or
+# delivered to dst from the owned buffer) to *moved and returns why it stopped, by name:
+# PUMP_STOPPED, PUMP_EOF, PUMP_PROMOTED, PUMP_DEMOTED; or, fatal for the connection,
+# -errno (HAProxy's convention) or PUMP_NO_BUFFER. It never raises and never closes.
 
 
 cdef Py_ssize_t flush_owned(Worker *w, Conn *c, int d) noexcept nogil:
@@ -67,7 +59,7 @@ cdef bint dir_try_promote(Worker *w, Conn *c, Dir *dr) noexcept nogil:
     return True
 
 
-cdef Py_ssize_t pump_copy(Worker *w, Conn *c, int d) noexcept nogil:
+cdef int pump_copy(Worker *w, Conn *c, int d, Py_ssize_t *moved) noexcept nogil:
     # recv into the worker's scratch buffer and send at once; only what dst refuses is
     # copied into an owned buffer, which is flushed before src is read again.
     cdef Dir *dr = &c.dir[d]
@@ -77,27 +69,29 @@ cdef Py_ssize_t pump_copy(Worker *w, Conn *c, int d) noexcept nogil:
     cdef Py_ssize_t n, s
     if dr.buf_len:
         total = flush_owned(w, c, d)
-        if total <= 0 or dr.buf_len:
-            return total
+        if total < 0:
+            return <int>total
+        if total == 0 or dr.buf_len:
+            return pump_result(moved, total, PUMP_STOPPED)
     while not dr.eof and total < PUMP_BUDGET and c.ready[d] & READY_READ:
         if w.splice_mode == SPLICE_ALWAYS or (
             w.splice_mode == SPLICE_AUTO and dr.full_reads >= PROMOTE_AFTER
         ):
             if dir_try_promote(w, c, dr):
-                # The caller's next pass moves the stream through the pipe.
-                return total if total else 1
+                return pump_result(moved, total, PUMP_PROMOTED)
         n = recv(src, w.scratch, SCRATCH_SIZE, 0)
         if n == 0:
             dr.eof = 1
-            return total if total else 1
+            return pump_result(moved, total, PUMP_EOF)
         if n < 0:
             if errno == EAGAIN:
                 c.ready[d] &= ~READY_READ
-                return total
+                break
             if errno == EINTR:
                 continue
             if errno == EIO and c.ktls and d == c.tls_side:
-                return tls_read_control(w, c)
+                moved[0] += total
+                return tls_read_control(w, c, moved)
             return -errno
         dr.full_reads = dr.full_reads + 1 if n == SCRATCH_SIZE else 0
         total += n
@@ -110,22 +104,18 @@ cdef Py_ssize_t pump_copy(Worker *w, Conn *c, int d) noexcept nogil:
                 s = 0
             count_delivered(w, c, d, s, False)
         if s < n:
-            dr.buf = buf_get(w)
-            if dr.buf == NULL:
-                return -ENOMEM
-            memcpy(dr.buf, w.scratch + s, n - s)
-            dr.buf_off = 0
-            dr.buf_len = <uint32_t>(n - s)
+            if not dir_stash(w, dr, w.scratch + s, n - s):
+                return PUMP_NO_BUFFER
             c.ready[1 - d] &= ~READY_WRITE
-            return total
-    return total
+            break
+    return pump_result(moved, total, PUMP_STOPPED)
 
 
-cdef Py_ssize_t pump_splice(Worker *w, Conn *c, int d) noexcept nogil:
+cdef int pump_splice(Worker *w, Conn *c, int d, Py_ssize_t *moved) noexcept nogil:
     # src -> pipe -> dst with splice(2): no copy through user space. src is read only when
     # the pipe is empty, so EAGAIN from src always means "socket empty", never "pipe full"
-    # (the ambiguity hotpath.md §2.1 warns of). A short splice into dst is normal: loop
-    # until dst says EAGAIN.
+    # (the ambiguity docs/HOTPATH.md §2.1 warns of). A short splice into dst is normal:
+    # loop until dst says EAGAIN.
     cdef Dir *dr = &c.dir[d]
     cdef int src = c.fd[d]
     cdef int dst = c.fd[1 - d]
@@ -155,14 +145,14 @@ cdef Py_ssize_t pump_splice(Worker *w, Conn *c, int d) noexcept nogil:
             dr.pipe_w = -1
             dr.full_reads = 0
             conn_ctr(w, c).splice_demoted += 1
-            return total if total else 1
+            return pump_result(moved, total, PUMP_DEMOTED)
         if dr.eof or not c.ready[d] & READY_READ:
             break
         n = splice(src, NULL, dr.pipe_w, NULL, <size_t>w.pipe_size,
                    SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
         if n == 0:
             dr.eof = 1
-            return total if total else 1
+            return pump_result(moved, total, PUMP_EOF)
         if n < 0:
             if errno == EAGAIN:
                 c.ready[d] &= ~READY_READ
@@ -172,23 +162,10 @@ cdef Py_ssize_t pump_splice(Worker *w, Conn *c, int d) noexcept nogil:
             if errno == EINVAL and c.ktls and d == c.tls_side:
                 # Not an unsupported splice: a non-data TLS record is next (HAProxy
                 # 755436920).
-                return tls_read_control(w, c)
+                moved[0] += total
+                return tls_read_control(w, c, moved)
             return -errno
         dr.small_fills = dr.small_fills + 1 if n < MIN_SPLICE else 0
         dr.pipe_bytes += <uint32_t>n
         total += n
-    return total
-
-
-cdef inline Py_ssize_t pump(Worker *w, Conn *c, int d) noexcept nogil:
-    if c.ssl != NULL and not c.ktls:
-        return pump_tls_read(w, c) if d == c.tls_side else pump_tls_write(w, c)
-    if c.ktls and d == c.tls_side and SSL_has_pending(c.ssl):
-        return pump_tls_read(w, c)
-    if c.dir[d].pipe_r >= 0:
-        return pump_splice(w, c, d)
-    return pump_copy(w, c, d)
-
-
-cdef inline bint dir_flushed(Dir *dr) noexcept nogil:
-    return dr.buf_len == 0 and dr.pipe_bytes == 0
+    return pump_result(moved, total, PUMP_STOPPED)

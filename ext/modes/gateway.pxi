@@ -2,9 +2,9 @@
 #
 # nftables REDIRECT rewrites the destination of a device's TCP connection to our
 # listener; conntrack remembers the original, which SO_ORIGINAL_DST (IPv4) and
-# IP6T_SO_ORIGINAL_DST (IPv6) return. That address is matched against the table the
-# worker was given, most specific first (the Python side orders it: passthrough rules,
-# then longer prefixes, then rules with a port).
+# IP6T_SO_ORIGINAL_DST (IPv6) return. That address is looked up in the worker's match
+# table (modes/match.pxi), most specific first (the Python side orders it: passthrough
+# rules, then longer prefixes, then rules with a port).
 #
 # A connection that was not redirected (someone connected to the gateway port directly,
 # from a device or from the uplink) must be rejected, not relayed: relaying it would
@@ -41,35 +41,9 @@ cdef bint original_destination(int fd, sockaddr_in6 *dst) noexcept nogil:
     return True
 
 
-cdef inline bint prefix_matches(const uint8_t *want, const uint8_t *have,
-                                uint8_t bits) noexcept nogil:
-    cdef uint8_t whole = bits // 8
-    cdef uint8_t rest = bits % 8
-    cdef uint8_t mask
-    if memcmp(want, have, whole) != 0:
-        return False
-    if rest == 0:
-        return True
-    mask = <uint8_t>(0xff << (8 - rest))
-    return (want[whole] & mask) == (have[whole] & mask)
-
-
-cdef int32_t gateway_route(Worker *w, int fd, sockaddr_in6 *dst) noexcept nogil:
-    cdef const uint8_t *addr
-    cdef uint16_t port
-    cdef uint32_t k
-    cdef Match *m
+cdef uint16_t gateway_route(Worker *w, int fd, sockaddr_in6 *dst) noexcept nogil:
+    cdef const Match *m
     if not original_destination(fd, dst):
         return w.gateway_reject
-    if dst.sin6_family == AF_INET:
-        addr = <const uint8_t *>&(<sockaddr_in *>dst).sin_addr
-        port = ntohs((<sockaddr_in *>dst).sin_port)
-    else:
-        addr = dst.sin6_addr.s6_addr
-        port = ntohs(dst.sin6_port)
-    for k in range(w.nmatches):
-        m = &w.matches[k]
-        if m.family == dst.sin6_family and (m.port == 0 or m.port == port) and \
-                prefix_matches(m.addr, addr, m.prefix):
-            return m.route
-    return w.gateway_default
+    m = match_find(w.matches, w.nmatches, dst)
+    return m.route if m != NULL else w.gateway_default

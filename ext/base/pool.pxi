@@ -1,9 +1,9 @@
 # Owned buffers and pipes, pooled per worker.
 #
 # An owned buffer exists only while a direction holds bytes that dst refused; idle
-# connections own none. A pipe exists only while a direction streams (hotpath.md §2.4:
-# an empty pipe still costs ~2.5 KiB of kernel memory and two fds). Only empty pipes go
-# back to the pool; one that still holds bytes is closed.
+# connections own none. A pipe exists only while a direction streams
+# (docs/HOTPATH.md §2.4: an empty pipe still costs ~2.5 KiB of kernel memory and two
+# fds). Only empty pipes go back to the pool; one that still holds bytes is closed.
 
 
 cdef char *buf_get(Worker *w) noexcept nogil:
@@ -21,8 +21,21 @@ cdef void buf_put(Worker *w, char *buf) noexcept nogil:
         free(buf)
 
 
+cdef bint dir_stash(Worker *w, Dir *dr, const void *data, size_t n) noexcept nogil:
+    # Keep n bytes (at most SCRATCH_SIZE) in dr's owned buffer, which must be empty: they
+    # go out first in this direction, ahead of anything read later. False: no buffer.
+    if n == 0:
+        return True
+    dr.buf = buf_get(w)
+    if dr.buf == NULL:
+        return False
+    memcpy(dr.buf, data, n)
+    dr.buf_off = 0
+    dr.buf_len = <uint32_t>n
+    return True
+
+
 cdef int pipe_get(Worker *w, int *r, int *wr) noexcept nogil:
-    # 0 and a pipe in (*r, *wr), or -1 when the pool is at max_pipes or pipe2 failed.
     cdef int fds[2]
     if w.pipe_pool_len:
         w.pipe_pool_len -= 1

@@ -77,6 +77,7 @@ cdef void listeners_tick(Worker *w) noexcept nogil:
 
 
 cdef void listener_accept(Worker *w, uint32_t k) noexcept nogil:
+    # Up to ACCEPT_BUDGET connections, each opened at once (conn_open). [may close]
     cdef Listener *lsn = &w.listeners[k]
     cdef sockaddr_in6 peer
     cdef socklen_t peer_len
@@ -99,3 +100,40 @@ cdef void listener_accept(Worker *w, uint32_t k) noexcept nogil:
             # connection is gone; the listener is fine.
             continue
         conn_open(w, k, fd, &peer if peer_len <= sizeof(peer) else NULL)
+
+
+cdef int listener_add(Worker *w, int fd, uint16_t route, bint gateway) except -1:
+    # Accept on fd, which the worker owns from now on (it closes it at teardown or on
+    # stop_accepting); its connections take `route`, or, for a gateway listener, the route
+    # their original destination matches.
+    cdef Listener *lsn
+    cdef epoll_event ev
+    if w.nlisteners == w.listeners_cap:
+        lsn = <Listener *>realloc(w.listeners, (w.listeners_cap * 2 + 4) * sizeof(Listener))
+        if lsn == NULL:
+            raise MemoryError()
+        w.listeners = lsn
+        w.listeners_cap = w.listeners_cap * 2 + 4
+    lsn = &w.listeners[w.nlisteners]
+    memset(lsn, 0, sizeof(Listener))
+    lsn.fd = fd
+    lsn.route = route
+    lsn.gateway = gateway
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+    ev.events = EPOLLIN
+    ev.data.u64 = (<uint64_t>w.nlisteners << 2) | TAG_LISTENER
+    if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
+        raise_from_errno(errno, "epoll_ctl(listener)")
+    lsn.registered = 1
+    w.nlisteners += 1
+    return 0
+
+
+cdef void listeners_close(Worker *w) noexcept nogil:
+    # Stop accepting: close every listener fd (relayed connections go on).
+    cdef uint32_t k
+    for k in range(w.nlisteners):
+        if w.listeners[k].fd >= 0:
+            close(w.listeners[k].fd)
+            w.listeners[k].fd = -1
+            w.listeners[k].registered = 0

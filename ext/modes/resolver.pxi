@@ -8,29 +8,7 @@
 # cancelled and forgets it; the loop frees a cancelled job when it comes back, and a
 # thread skips one it has not started yet. Threads block every signal: the worker's
 # SIGTERM must interrupt the loop's epoll_wait, not a getaddrinfo.
-
-cdef struct ResolveJob:
-    ResolveJob *next
-    int32_t conn                  # the connection waiting for it
-    uint8_t cancelled
-    uint8_t n                     # addresses found
-    uint16_t port
-    int status                    # getaddrinfo's answer (0: found)
-    int err                       # errno, when status is EAI_SYSTEM
-    sockaddr_in6 addrs[PROXY_MAX_DST]
-    char name[256]
-
-
-cdef struct Resolver:
-    pthread_mutex_t lock
-    pthread_cond_t wake
-    ResolveJob *todo_head
-    ResolveJob *todo_tail
-    ResolveJob *done
-    int efd
-    uint8_t stop
-    uint32_t nthreads
-    pthread_t threads[RESOLVER_THREADS]
+# (The structs, ResolveJob and Resolver, are in modes/types.pxd.)
 
 
 cdef void resolve_job(ResolveJob *job) noexcept nogil:
@@ -87,7 +65,7 @@ cdef void *resolver_main(void *arg) noexcept nogil:
 
 cdef Resolver *resolver_get(Worker *w) noexcept nogil:
     # The worker's resolver, made and started on first use; NULL if that failed.
-    cdef Resolver *rs = <Resolver *>w.resolver
+    cdef Resolver *rs = w.resolver
     cdef epoll_event ev
     cdef sigset_t all_signals, old
     if rs != NULL:
@@ -147,8 +125,8 @@ cdef int resolver_submit(Worker *w, int32_t i) noexcept nogil:
 
 
 cdef void resolver_cancel(Worker *w, Proxy *px) noexcept nogil:
-    cdef Resolver *rs = <Resolver *>w.resolver
-    cdef ResolveJob *job = <ResolveJob *>px.job
+    cdef Resolver *rs = w.resolver
+    cdef ResolveJob *job = px.job
     px.job = NULL
     pthread_mutex_lock(&rs.lock)
     job.cancelled = 1
@@ -156,8 +134,8 @@ cdef void resolver_cancel(Worker *w, Proxy *px) noexcept nogil:
 
 
 cdef void resolver_drain(Worker *w) noexcept nogil:
-    # The eventfd fired: hand every finished job to its connection.
-    cdef Resolver *rs = <Resolver *>w.resolver
+    # The eventfd fired: hand every finished job to its connection. [may close]
+    cdef Resolver *rs = w.resolver
     cdef ResolveJob *job
     cdef ResolveJob *nxt
     cdef uint64_t count = 0
@@ -185,7 +163,7 @@ cdef void free_jobs(ResolveJob *job) noexcept nogil:
 
 cdef void resolver_free(Worker *w) noexcept nogil:
     # Stop the threads (each finishes the lookup it is in) and free what is left.
-    cdef Resolver *rs = <Resolver *>w.resolver
+    cdef Resolver *rs = w.resolver
     cdef uint32_t k
     if rs == NULL:
         return

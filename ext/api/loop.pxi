@@ -1,0 +1,236 @@
+# The Python-facing Loop: routes, listeners and the gateway table in, counters and error
+# events out. It owns one Worker (loop/worker.pxi) and does nothing per connection:
+# Python runs only in these methods, between turns of the loop.
+
+
+cdef class Loop:
+    """One worker's epoll loop: accepts on its listeners and relays bytes in C.
+
+    A route is where connections go: an upstream, passthrough, reject or a tunnel exit.
+    Route ids are dense, 0.. in the order the add_* methods make them; they index
+    route_counters() and name the route of each ErrorEvent.
+
+    splice: "auto" promotes streaming directions to splice(2), "off" never splices,
+    "always" splices every direction from its first byte (pool permitting)."""
+
+    def __cinit__(self, *, int max_connections=10000, str splice="auto",
+                  long connect_timeout_ms=10000, long idle_timeout_ms=900000,
+                  long handshake_timeout_ms=10000, int max_pipes=-1, int pipe_size=262144):
+        cdef int mode
+        if max_connections < 1 or max_connections > 0x3fffffff:
+            raise ValueError(f"max_connections out of range: {max_connections}")
+        self.tls_contexts = []
+        if connect_timeout_ms < 1 or idle_timeout_ms < 1 or handshake_timeout_ms < 1:
+            raise ValueError("timeouts must be positive")
+        try:
+            mode = {"off": SPLICE_OFF, "auto": SPLICE_AUTO, "always": SPLICE_ALWAYS}[splice]
+        except KeyError:
+            raise ValueError(f"splice must be 'auto', 'off' or 'always', not {splice!r}")
+        if max_pipes < 0:
+            max_pipes = (0 if mode == SPLICE_OFF else
+                         2 * max_connections if mode == SPLICE_ALWAYS else
+                         max(2, max_connections // 4))
+        self.w = worker_new(max_connections, mode, max_pipes, pipe_size)
+        self.w.connect_timeout_ms = connect_timeout_ms
+        self.w.handshake_timeout_ms = handshake_timeout_ms
+        self.w.idle_timeout_ms = idle_timeout_ms
+
+    def __dealloc__(self):
+        self.release()
+
+    cdef void release(self) noexcept:
+        cdef Worker *w = self.w
+        self.w = NULL
+        if w != NULL:
+            with nogil:
+                worker_free(w)
+
+    cdef Worker *live(self) except NULL:
+        if self.w == NULL:
+            raise ValueError("the loop is closed")
+        return self.w
+
+    cdef Route *route_at(self, int route) except NULL:
+        cdef Worker *w = self.live()
+        if not 0 <= route < <int>w.nroutes:
+            raise ValueError(f"no route {route}")
+        return &w.routes[route]
+
+    cdef Route *new_route(self, uint8_t kind) except NULL:
+        cdef Worker *w = self.live()
+        cdef Route *r
+        if w.nroutes == 0xffff:
+            raise ValueError("too many routes")
+        if w.nroutes == w.routes_cap:
+            r = <Route *>realloc(w.routes, (w.routes_cap * 2 + 4) * sizeof(Route))
+            if r == NULL:
+                raise MemoryError()
+            w.routes = r
+            w.routes_cap = w.routes_cap * 2 + 4
+        r = &w.routes[w.nroutes]
+        memset(r, 0, sizeof(Route))
+        r.kind = kind
+        w.nroutes += 1
+        return r
+
+    def add_upstream(self, str host, int port, TLSClientContext tls=None):
+        """A route to host (an IPv4 or IPv6 literal):port, over TLS made with `tls` when
+        given; returns its id."""
+        cdef sockaddr_storage upstream
+        cdef socklen_t upstream_len = 0
+        cdef Route *r
+        parse_sockaddr(host, port, &upstream, &upstream_len)
+        r = self.new_route(ROUTE_UPSTREAM)
+        r.upstream = upstream
+        r.upstream_len = upstream_len
+        if tls is not None:
+            r.tls_ctx = tls.ctx
+            r.tls = tls.conf
+            self.tls_contexts.append(tls)
+        return self.w.nroutes - 1
+
+    def add_passthrough(self):
+        """A route that relays plain TCP to each connection's original destination
+        (gateway listeners only); returns its id."""
+        self.new_route(ROUTE_PASSTHROUGH)
+        return self.w.nroutes - 1
+
+    def add_reject(self):
+        """A route that resets each connection and records why (cause no_route); returns
+        its id."""
+        self.new_route(ROUTE_REJECT)
+        return self.w.nroutes - 1
+
+    def add_exit(self, TLSServerContext tls not None, str target, str host="", int port=0):
+        """A tunnel exit route; returns its id. Connections are TLS from entry nodes,
+        authenticated by `tls`. target: "fixed" (relay plain TCP to host, an IP literal,
+        :port), "socks5" or "http-connect" (the entry names the destination; domain names
+        are resolved here, off the loop)."""
+        cdef sockaddr_storage upstream
+        cdef socklen_t upstream_len = 0
+        cdef Route *r
+        try:
+            mode = {"fixed": EXIT_FIXED, "socks5": EXIT_SOCKS5,
+                    "http-connect": EXIT_HTTP_CONNECT}[target]
+        except KeyError:
+            raise ValueError(f"target: expected 'fixed', 'socks5' or 'http-connect', got"
+                             f" {target!r}")
+        if mode == EXIT_FIXED:
+            parse_sockaddr(host, port, &upstream, &upstream_len)
+        r = self.new_route(ROUTE_EXIT)
+        r.exit_mode = mode
+        r.tls_ctx = tls.ctx
+        r.srv = tls.conf
+        if mode == EXIT_FIXED:
+            r.upstream = upstream
+            r.upstream_len = upstream_len
+        self.tls_contexts.append(tls)
+        return self.w.nroutes - 1
+
+    def allow_destination(self, int route, str network, int port=0):
+        """Proxy exits: also allow destinations in `network` and `port` (0: any). With
+        none added, any destination but loopback, link-local and unspecified addresses."""
+        cdef Route *r = self.route_at(route)
+        if r.kind != ROUTE_EXIT:
+            raise ValueError(f"no exit route {route}")
+        match_add(&r.allow, &r.nallow, network, port)
+
+    def add_listener(self, int listen_fd, int route):
+        """Accept on listen_fd (bound, listening; the loop owns it from now on);
+        connections take `route`."""
+        self.route_at(route)
+        listener_add(self.w, listen_fd, <uint16_t>route, False)
+
+    def add_gateway_listener(self, int listen_fd):
+        """Accept on listen_fd (the loop owns it from now on); each connection takes the
+        route its original destination matches (add_match, set_gateway first)."""
+        cdef Worker *w = self.live()
+        if not w.gateway_set:
+            raise ValueError("set_gateway() first")
+        listener_add(w, listen_fd, 0, True)
+
+    def set_gateway(self, int default_route, int reject_route):
+        """Gateway listeners: what an unmatched original destination gets, and what a
+        connection that was not redirected gets (a reject route)."""
+        cdef Worker *w = self.live()
+        self.route_at(default_route)
+        if self.route_at(reject_route).kind != ROUTE_REJECT:
+            raise ValueError("reject_route must be a reject route")
+        w.gateway_default = <uint16_t>default_route
+        w.gateway_reject = <uint16_t>reject_route
+        w.gateway_set = 1
+
+    def add_match(self, int route, str network, int port=0):
+        """Gateway: original destinations in `network` (an address or CIDR, IPv4 or IPv6)
+        and `port` (0: any) take `route`. Matches are tried in the order they are added:
+        add the most specific first."""
+        cdef Worker *w = self.live()
+        self.route_at(route)
+        match_add(&w.matches, &w.nmatches, network, port).route = <uint16_t>route
+
+    def run(self, long timeout_ms):
+        """Serve until timeout_ms elapsed or a signal arrived (its Python handler has run
+        when this returns; an exception it raised propagates)."""
+        cdef Worker *w = self.live()
+        cdef uint64_t deadline = clock_ms() + <uint64_t>max(timeout_ms, 0)
+        cdef int rc
+        with nogil:
+            rc = worker_run(w, deadline)
+        if rc == -EINTR:
+            PyErr_CheckSignals()
+        elif rc < 0:
+            raise_from_errno(-rc, "epoll_wait")
+
+    def stop_accepting(self):
+        """Stop accepting and close the loop's listener fds; relayed connections go on."""
+        listeners_close(self.live())
+
+    @property
+    def active(self):
+        """Connections open now."""
+        return self.live().active
+
+    def route_counters(self):
+        """The counters of each route's connections in this worker, indexed by route id
+        (names in docs/ERRORS.md), with "active"."""
+        cdef Worker *w = self.live()
+        return [counters_dict(&w.routes[k].ctr) for k in range(w.nroutes)]
+
+    def worker_counters(self):
+        """What belongs to the worker rather than a route (pipes, pauses, drops), with
+        "active" (connections open now) and "pipes_open"."""
+        cdef Worker *w = self.live()
+        cdef dict snapshot = w.wctr
+        snapshot["active"] = w.active
+        snapshot["pipes_open"] = w.pipes_open
+        return snapshot
+
+    def counters(self):
+        """Every route's counters summed, then the worker's (for tests and logs)."""
+        cdef Counters zero
+        cdef dict snapshot
+        memset(&zero, 0, sizeof(zero))
+        snapshot = counters_dict(&zero)
+        for per_route in self.route_counters():
+            for name, value in per_route.items():
+                snapshot[name] += value
+        snapshot.update(self.worker_counters())
+        return snapshot
+
+    def pop_errors(self):
+        """The ErrorEvents recorded since the last call, oldest first."""
+        cdef Worker *w = self.live()
+        cdef ErrorEntry *e
+        events = []
+        while w.err_len:
+            e = &w.errors[w.err_head]
+            events.append(event_from(&w.routes[e.route], e))
+            w.err_head = (w.err_head + 1) % ERR_RING
+            w.err_len -= 1
+        return events
+
+    def close(self):
+        """Abort every connection and release every fd. Idempotent. Joins the resolver's
+        threads, so a lookup in flight (getaddrinfo cannot be cancelled) can hold it up to
+        the resolver's own timeout; other Python threads run meanwhile."""
+        self.release()

@@ -1,0 +1,68 @@
+# Types of the failure causes and the counters: the CAUSE_* enum, what each route counts
+# (one count per cause), what the worker counts, and an entry of the error-event ring.
+# Declarations only; base/causes.pxi names the causes, counts them and records events.
+
+# In the order of CAUSES (base/causes.pxi, which checks at import that there are
+# CAUSE_COUNT names) and of docs/ERRORS.md. A cause's name is its enum name in lower case
+# without CAUSE_ (tests/ext/test_causes.py holds the two to that).
+cdef enum:
+    CAUSE_CONNECT_REFUSED = 0
+    CAUSE_CONNECT_TIMEOUT
+    CAUSE_CONNECT_FAILED
+    CAUSE_UPSTREAM_SOCKET
+    CAUSE_HANDSHAKE_TIMEOUT
+    CAUSE_TLS_UNKNOWN_CA
+    CAUSE_TLS_HOSTNAME_MISMATCH
+    CAUSE_TLS_CERT_EXPIRED
+    CAUSE_TLS_VERIFY_FAILED
+    CAUSE_TLS_PIN_MISMATCH
+    CAUSE_TLS_ALERT
+    CAUSE_TLS_HANDSHAKE_FAILED
+    CAUSE_TLS_TRUNCATED
+    CAUSE_TLS_ERROR
+    CAUSE_NO_ROUTE
+    CAUSE_PROXY_REQUEST
+    CAUSE_PROXY_DENIED
+    CAUSE_RESOLVE_FAILED
+    CAUSE_OUT_OF_MEMORY
+    CAUSE_COUNT
+
+
+cdef struct Counters:
+    # One route's connections. Each failure is counted once, by cause (by_cause, which
+    # Python sees as errors_<cause>); the rest count what happened to every connection.
+    uint64_t accepted
+    uint64_t closed
+    uint64_t idle_timeout
+    uint64_t resets
+    uint64_t bytes_in             # client -> upstream, delivered
+    uint64_t bytes_out            # upstream -> client, delivered
+    uint64_t bytes_copied
+    uint64_t bytes_spliced
+    uint64_t splice_promoted
+    uint64_t splice_demoted
+    uint64_t handshakes
+    uint64_t handshakes_resumed
+    uint64_t ktls_conns
+    uint64_t ktls_declined
+    uint64_t ktls_control_records
+    uint64_t by_cause[CAUSE_COUNT]  # every error event, counted even when the ring is full
+
+
+cdef struct WorkerCounters:
+    # What belongs to the worker, not to one route.
+    uint64_t pipes_exhausted
+    uint64_t accept_paused_emfile
+    uint64_t accept_paused_limit
+    uint64_t events_dropped
+
+
+cdef struct ErrorEntry:
+    # One error event in the worker's ring, until Loop.pop_errors makes an ErrorEvent of it.
+    uint16_t route
+    sockaddr_in6 orig_dst         # the device's original destination (gateway) or zeros
+    uint8_t cause
+    int err
+    char reason[REASON_LEN]       # empty: strerror(err)
+    socklen_t client_len
+    sockaddr_storage client

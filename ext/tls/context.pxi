@@ -1,0 +1,229 @@
+# TLS contexts: one SSL_CTX per connector (client) or tunnel exit (server), per generation,
+# built by Python before the workers fork; one SSL per connection (tls/stream.pxi).
+#
+# Every context: partial writes and a moving write buffer (tls/stream.pxi explains why),
+# buffers released while a connection is idle, TLS >= min_tls, kTLS per `ktls` (on_info).
+#
+# Session resumption: the client cache is ours, per context (so per upstream and settings),
+# a few sessions deep. TLS 1.3 tickets arrive after the handshake, through new_session_cb
+# during a later SSL_read, and are used once (RFC 8446 C.4); TLS 1.2 sessions are reused.
+
+cdef int on_new_session(SSL *ssl, SSL_SESSION *session) noexcept nogil:
+    # Returning 1 keeps OpenSSL's reference: it is ours now.
+    cdef TLSConf *conf = <TLSConf *>SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl))
+    if conf == NULL or not SSL_SESSION_is_resumable(session):
+        return 0
+    if conf.nsessions == SESSION_CACHE:
+        SSL_SESSION_free(conf.sessions[0])
+        memmove(&conf.sessions[0], &conf.sessions[1], (SESSION_CACHE - 1) * sizeof(void *))
+        conf.nsessions -= 1
+    conf.sessions[conf.nsessions] = session
+    conf.nsessions += 1
+    return 1
+
+
+cdef void session_offer(TLSConf *conf, SSL *ssl) noexcept nogil:
+    # The newest session: a TLS 1.3 ticket leaves the cache (single use), a TLS 1.2
+    # session stays for the next connection too.
+    cdef SSL_SESSION *s
+    if conf.nsessions == 0:
+        return
+    s = conf.sessions[conf.nsessions - 1]
+    SSL_set_session(ssl, s)
+    if SSL_SESSION_get_protocol_version(s) >= TLS1_3_VERSION:
+        conf.nsessions -= 1
+        SSL_SESSION_free(s)
+
+
+cdef void on_info(const SSL *ssl, int where, int ret) noexcept nogil:
+    # kTLS policy for OpenSSL 3.0: TLS 1.3 offloads only TX and a KeyUpdate then corrupts
+    # the stream (docs/HOTPATH.md §1.7), so once the version is known to be 1.3, and before
+    # the application keys exist, kTLS is switched off for this connection. The version is
+    # known only once the ServerHello is read: before that, SSL_version() already says
+    # 1.3 (the highest offered), and acting on it would turn kTLS off for TLS 1.2 too
+    # (seen in the kTLS guest: no connection was offloaded).
+    # A server (tunnel exit) knows the version when it writes its ServerHello.
+    if SSL_version(ssl) != TLS1_3_VERSION:
+        return
+    if ((where & SSL_CB_CONNECT_LOOP and SSL_get_state(ssl) == TLS_ST_CR_SRVR_HELLO)
+            or (where & SSL_CB_ACCEPT_LOOP and SSL_get_state(ssl) == TLS_ST_SW_SRVR_HELLO)):
+        SSL_clear_options(<SSL *>ssl, SSL_OP_ENABLE_KTLS)
+
+
+cdef int ctx_setup(SSL_CTX *ctx, void *conf, str min_tls) except -1:
+    # What every context has (the header above); conf becomes its app data.
+    SSL_CTX_set_app_data(ctx, conf)
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE
+                     | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS)
+    if min_tls not in ("1.2", "1.3"):
+        raise ValueError(f"min_tls: expected '1.2' or '1.3', got {min_tls!r}")
+    SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION if min_tls == "1.3" else TLS1_2_VERSION)
+    return 0
+
+
+cdef int load_ca(SSL_CTX *ctx, str ca) except -1:
+    # Trust `ca`, a PEM file or a hashed directory.
+    cdef bytes raw = ca.encode()
+    if os.path.isdir(ca):
+        ok = SSL_CTX_load_verify_locations(ctx, NULL, raw)
+    else:
+        ok = SSL_CTX_load_verify_locations(ctx, raw, NULL)
+    if not ok:
+        raise ValueError(f"ca: cannot load {ca}: {ssl_error_text()}")
+    return 0
+
+
+cdef int load_identity(SSL_CTX *ctx, cert, key) except -1:
+    # The certificate chain and its private key, or ValueError naming the key at fault.
+    if not SSL_CTX_use_certificate_chain_file(ctx, cert.encode()):
+        raise ValueError(f"cert: cannot load {cert}: {ssl_error_text()}")
+    if not SSL_CTX_use_PrivateKey_file(ctx, key.encode(), SSL_FILETYPE_PEM):
+        raise ValueError(f"key: cannot load {key}: {ssl_error_text()}")
+    if not SSL_CTX_check_private_key(ctx):
+        raise ValueError(f"key: does not match the certificate: {ssl_error_text()}")
+    return 0
+
+
+cdef int copy_pins(unsigned char (*dst)[32], pins, str key) except -1:
+    # Each pin is the 32-byte SHA-256 of a DER SubjectPublicKeyInfo; dst has room for all.
+    for k, pin in enumerate(pins):
+        if len(pin) != 32:
+            raise ValueError(f"{key}: each pin is a 32-byte SHA-256")
+        memcpy(dst[k], <char *>pin, 32)
+    return 0
+
+
+cdef uint8_t set_ktls(SSL_CTX *ctx, str ktls) except 255:
+    # The context's kTLS mode; with "auto" or "require", OpenSSL may offload TLS 1.2.
+    cdef uint8_t mode
+    try:
+        mode = {"off": KTLS_OFF, "auto": KTLS_AUTO, "require": KTLS_REQUIRE}[ktls]
+    except KeyError:
+        raise ValueError(f"ktls: expected 'auto', 'off' or 'require', got {ktls!r}")
+    if mode != KTLS_OFF:
+        SSL_CTX_set_options(ctx, SSL_OP_ENABLE_KTLS)
+        SSL_CTX_set_info_callback(ctx, on_info)
+    return mode
+
+
+cdef class TLSClientContext:
+    """An SSL_CTX for one connector: verification, client identity, versions, kTLS mode.
+
+    Raises ValueError("<key>: <reason>") when a setting is refused by OpenSSL, where <key>
+    is the config key at fault (cert, key, ca, ciphers, ...)."""
+
+    def __cinit__(self, *, server_name=None, ca=None, cert=None, key=None,
+                  bint verify=True, str min_tls="1.2", ciphers=None, ciphersuites=None,
+                  groups=None, pins=(), str ktls="auto"):
+        cdef bytes raw
+        self.conf = <TLSConf *>calloc(1, sizeof(TLSConf))
+        if self.conf == NULL:
+            raise MemoryError()
+        ERR_clear_error()
+        self.ctx = SSL_CTX_new(TLS_client_method())
+        if self.ctx == NULL:
+            raise MemoryError(ssl_error_text())
+        SSL_CTX_set_session_cache_mode(self.ctx, SSL_SESS_CACHE_CLIENT
+                                       | SSL_SESS_CACHE_NO_INTERNAL_STORE)
+        SSL_CTX_sess_set_new_cb(self.ctx, on_new_session)
+        ctx_setup(self.ctx, self.conf, min_tls)
+        if ciphers is not None and not SSL_CTX_set_cipher_list(self.ctx, ciphers.encode()):
+            raise ValueError(f"ciphers: {ssl_error_text()}")
+        if ciphersuites is not None and not SSL_CTX_set_ciphersuites(
+                self.ctx, ciphersuites.encode()):
+            raise ValueError(f"ciphersuites: {ssl_error_text()}")
+        if groups is not None and not SSL_CTX_set1_groups_list(self.ctx, groups.encode()):
+            raise ValueError(f"groups: {ssl_error_text()}")
+        if ca is not None:
+            load_ca(self.ctx, ca)
+        elif not SSL_CTX_set_default_verify_paths(self.ctx):
+            raise ValueError(f"ca: cannot load the system trust store: {ssl_error_text()}")
+        if (cert is None) != (key is None):
+            raise ValueError("key: cert and key go together")
+        if cert is not None:
+            load_identity(self.ctx, cert, key)
+        self.conf.verify_chain = verify
+        if pins:
+            SSL_CTX_set_verify(self.ctx, SSL_VERIFY_PEER, on_verify_server)
+        else:
+            SSL_CTX_set_verify(self.ctx, SSL_VERIFY_PEER if verify else SSL_VERIFY_NONE, NULL)
+        if server_name is not None:
+            raw = server_name.encode()
+            if len(raw) >= <Py_ssize_t>sizeof(self.conf.server_name):
+                raise ValueError("server_name: too long")
+            memcpy(self.conf.server_name, <char *>raw, len(raw))
+            is_ip = _is_ip_literal(server_name)
+            self.conf.send_sni = not is_ip
+            self.conf.check_host = verify and not is_ip
+            self.conf.check_ip = verify and is_ip
+        if len(pins) > MAX_PINS:
+            raise ValueError(f"pin: at most {MAX_PINS} pins")
+        copy_pins(self.conf.pins, pins, "pin")
+        self.conf.npins = len(pins)
+        self.conf.ktls_mode = set_ktls(self.ctx, ktls)
+
+    def __dealloc__(self):
+        cdef uint32_t k
+        if self.ctx != NULL:
+            SSL_CTX_free(self.ctx)
+        if self.conf != NULL:
+            for k in range(self.conf.nsessions):
+                SSL_SESSION_free(self.conf.sessions[k])
+            free(self.conf)
+
+    @property
+    def cached_sessions(self):
+        """Sessions waiting in this context's cache (for tests and stats)."""
+        return self.conf.nsessions
+
+
+cdef class TLSServerContext:
+    """An SSL_CTX for one tunnel exit: its identity (cert, key) and who may connect: a
+    client certificate whose key is in `allow_pins` (32-byte SHA-256 of the DER
+    SubjectPublicKeyInfo) or that chains to `ca`.
+
+    Raises ValueError("<key>: <reason>") where <key> is the config key at fault."""
+
+    def __cinit__(self, *, str cert, str key, allow_pins=(), ca=None, str min_tls="1.2",
+                  str ktls="auto"):
+        self.conf = <ServerConf *>calloc(1, sizeof(ServerConf))
+        if self.conf == NULL:
+            raise MemoryError()
+        ERR_clear_error()
+        self.ctx = SSL_CTX_new(TLS_server_method())
+        if self.ctx == NULL:
+            raise MemoryError(ssl_error_text())
+        ctx_setup(self.ctx, self.conf, min_tls)
+        load_identity(self.ctx, cert, key)
+        if ca is not None:
+            load_ca(self.ctx, ca)
+            self.conf.has_ca = 1
+        if not allow_pins and ca is None:
+            # An exit anyone can use is an open proxy: never the default.
+            raise ValueError("allow: an exit needs allowed pins or a ca")
+        self.conf.pins = <unsigned char (*)[32]>malloc(max(1, len(allow_pins)) * 32)
+        if self.conf.pins == NULL:
+            raise MemoryError()
+        copy_pins(self.conf.pins, allow_pins, "allow")
+        self.conf.npins = len(allow_pins)
+        SSL_CTX_set_verify(self.ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
+                           on_verify_client)
+        # Resumed sessions skip the verify callback; OpenSSL refuses to resume a session
+        # with a verified client without an id context (SSL_CTX_set_session_id_context(3)).
+        SSL_CTX_set_session_id_context(self.ctx, <const unsigned char *>"relaycore-exit", 14)
+        self.conf.ktls_mode = set_ktls(self.ctx, ktls)
+
+    def __dealloc__(self):
+        if self.ctx != NULL:
+            SSL_CTX_free(self.ctx)
+        if self.conf != NULL:
+            free(self.conf.pins)
+            free(self.conf)
+
+
+def _is_ip_literal(text):
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True

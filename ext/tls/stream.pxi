@@ -1,0 +1,267 @@
+# TLS on one connection: its SSL, the handshake, the two TLS pumps, close_notify.
+#
+# The handshake and every read and write are driven by the epoll loop: libssl reads and
+# writes the non-blocking socket itself (a socket BIO, which kTLS needs), and tells us
+# what it waits for (WANT_READ / WANT_WRITE). The OpenSSL error queue is per thread and
+# must be empty before each SSL_* call, or SSL_get_error lies (SSL_get_error(3)); every
+# call below is preceded by ERR_clear_error.
+#
+# The TLS side (Conn.tls_side) is the upstream for a connector and the client (the entry
+# node) for a tunnel exit; the other side is plain. The direction whose source is the TLS
+# side starts in SSL_read, the other ends in SSL_write. Conn.tls_want[d] is the readiness
+# of the TLS socket that direction d's next SSL_* call waits for: usually READ for
+# SSL_read and WRITE for SSL_write, but either can ask for the other (SSL_read may write a
+# KeyUpdate answer; tls_want[0] is also the handshake's). A WANT_* answer means the socket
+# BIO saw EAGAIN, so the matching ready bit is cleared and the next edge brings it back.
+#
+# kTLS (Linux, OpenSSL 3.0, TLS 1.2 only: see on_info in tls/context.pxi): when the kernel
+# took both directions, the TLS fd carries plaintext and the plain pumps (copy, splice)
+# serve it. SSL_write is then bypassed on purpose: under kTLS TX, OpenSSL keeps the
+# *caller's* pointer as its pending buffer and a retry from another buffer would send the
+# wrong bytes (docs/HOTPATH.md §1.7). A non-data record (alert, close_notify) makes recv
+# fail with EIO and splice with EINVAL; one SSL_read then consumes it (tls_read_control).
+# Bytes OpenSSL read ahead before the switch are drained first (SSL_has_pending).
+#
+# SSL_write with partial writes returns after each record. When it says WANT_WRITE, the
+# bytes it was given must be offered again, same content and length (with
+# ACCEPT_MOVING_WRITE_BUFFER the pointer may change): they are kept in the direction's
+# owned buffer until OpenSSL takes them.
+#
+# The pumps follow loop/pump.pxi's return convention (named results, -errno when fatal).
+
+
+cdef void conn_tls_start(Worker *w, int32_t i, int side) noexcept nogil:
+    # Make the connection's SSL on `side`, whose TCP is up, and start the handshake: as the
+    # client towards an upstream (SIDE_UPSTREAM), or as a tunnel exit's server towards the
+    # entry node (SIDE_CLIENT). [may close]
+    cdef Conn *c = &w.conns[i]
+    cdef Route *r = &w.routes[c.route]
+    c.tls_side = side
+    ERR_clear_error()
+    c.ssl = SSL_new(r.tls_ctx)
+    if c.ssl == NULL or SSL_set_fd(c.ssl, c.fd[side]) != 1:
+        conn_fail(w, i, CAUSE_TLS_HANDSHAKE_FAILED, ENOMEM, NULL)
+        return
+    SSL_set_app_data(c.ssl, w)          # the verify callbacks report a refused key to w
+    if side == SIDE_UPSTREAM:
+        SSL_set_connect_state(c.ssl)
+        if r.tls.send_sni:
+            SSL_set_tlsext_host_name(c.ssl, r.tls.server_name)
+        if r.tls.check_host:
+            SSL_set1_host(c.ssl, r.tls.server_name)
+        elif r.tls.check_ip:
+            X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(c.ssl), r.tls.server_name)
+        session_offer(r.tls, c.ssl)
+        c.tls_want[0] = READY_WRITE     # our ClientHello goes first
+        c.tls_want[1] = READY_READ
+    else:
+        SSL_set_accept_state(c.ssl)
+        c.tls_want[0] = READY_READ      # the entry's ClientHello comes first
+    c.state = CONN_HANDSHAKING
+    timer_arm(w, i, w.now_ms + w.handshake_timeout_ms)
+    conn_handshake(w, i)
+
+
+cdef void conn_handshake(Worker *w, int32_t i) noexcept nogil:
+    # [may close]
+    cdef Conn *c = &w.conns[i]
+    cdef Route *r = &w.routes[c.route]
+    cdef int rc, e
+    cdef uint8_t ktls_mode
+    ERR_clear_error()
+    w.refused_pin_set = 0
+    rc = SSL_do_handshake(c.ssl)
+    if rc == 1:
+        # Pins were checked inside the handshake (on_verify_server, on_verify_client).
+        conn_ctr(w, c).handshakes += 1
+        if SSL_session_reused(c.ssl):
+            conn_ctr(w, c).handshakes_resumed += 1
+        ktls_mode = r.srv.ktls_mode if r.kind == ROUTE_EXIT else r.tls.ktls_mode
+        if ktls_mode != KTLS_OFF:
+            c.ktls = (BIO_get_ktls_send(SSL_get_wbio(c.ssl)) == 1
+                      and BIO_get_ktls_recv(SSL_get_rbio(c.ssl)) == 1)
+            if c.ktls:
+                conn_ctr(w, c).ktls_conns += 1
+            else:
+                conn_ctr(w, c).ktls_declined += 1
+        c.tls_want[1 - c.tls_side] = READY_WRITE
+        c.tls_want[c.tls_side] = READY_READ
+        if r.kind == ROUTE_EXIT:
+            exit_handshake_done(w, i)
+        else:
+            conn_relaying(w, i)
+        return
+    e = SSL_get_error(c.ssl, rc)
+    if e == SSL_ERROR_WANT_READ:
+        c.ready[c.tls_side] &= ~READY_READ
+        c.tls_want[0] = READY_READ
+    elif e == SSL_ERROR_WANT_WRITE:
+        c.ready[c.tls_side] &= ~READY_WRITE
+        c.tls_want[0] = READY_WRITE
+    else:
+        tls_handshake_failed(w, i, e)
+
+
+cdef int tls_blocked(Worker *w, Conn *c, int d, int ssl_err) noexcept nogil:
+    # After an SSL_* call returned <= 0 on an established connection: 0 if it only has to
+    # wait (ready bit cleared, tls_want set), else -errno (fatal, event recorded).
+    if ssl_err == SSL_ERROR_WANT_READ:
+        c.ready[c.tls_side] &= ~READY_READ
+        c.tls_want[d] = READY_READ
+        return 0
+    if ssl_err == SSL_ERROR_WANT_WRITE:
+        c.ready[c.tls_side] &= ~READY_WRITE
+        c.tls_want[d] = READY_WRITE
+        return 0
+    return tls_fatal(w, c, ssl_err)
+
+
+cdef Py_ssize_t tls_write(Worker *w, Conn *c, char *p, size_t n) noexcept nogil:
+    # >0 bytes OpenSSL took, 0 it waits, <0 fatal.
+    cdef int d = 1 - c.tls_side
+    cdef int k
+    if not c.ready[c.tls_side] & c.tls_want[d]:
+        return 0
+    ERR_clear_error()
+    k = SSL_write(c.ssl, p, <int>n)
+    if k > 0:
+        c.tls_want[d] = READY_WRITE
+        count_delivered(w, c, d, k, False)
+        return k
+    return tls_blocked(w, c, d, SSL_get_error(c.ssl, k))
+
+
+cdef int pump_tls_write(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
+    # plain side -> TLS side: recv from the plain socket, SSL_write to the TLS one.
+    cdef int src = 1 - c.tls_side
+    cdef Dir *dr = &c.dir[src]
+    cdef Py_ssize_t total = 0
+    cdef Py_ssize_t n, s, k
+    while total < PUMP_BUDGET:
+        if dr.buf_len:
+            k = tls_write(w, c, dr.buf + dr.buf_off, dr.buf_len)
+            if k < 0:
+                return <int>k
+            if k == 0:
+                break
+            dr.buf_off += <uint32_t>k
+            dr.buf_len -= <uint32_t>k
+            total += k
+            if dr.buf_len == 0:
+                buf_put(w, dr.buf)
+                dr.buf = NULL
+                dr.buf_off = 0
+            continue
+        if dr.eof or not c.ready[src] & READY_READ:
+            break
+        n = recv(c.fd[src], w.scratch, SCRATCH_SIZE, 0)
+        if n == 0:
+            dr.eof = 1
+            return pump_result(moved, total, PUMP_EOF)
+        if n < 0:
+            if errno == EAGAIN:
+                c.ready[src] &= ~READY_READ
+                break
+            if errno == EINTR:
+                continue
+            return -errno
+        total += n
+        s = 0
+        while s < n:
+            k = tls_write(w, c, w.scratch + s, n - s)
+            if k < 0:
+                return <int>k
+            if k == 0:
+                break
+            s += k
+        if s < n:
+            if not dir_stash(w, dr, w.scratch + s, n - s):
+                return PUMP_NO_BUFFER
+            break
+    return pump_result(moved, total, PUMP_STOPPED)
+
+
+cdef int pump_tls_read(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
+    # TLS side -> plain side: SSL_read (a record at a time), send to the plain socket.
+    # Loops until OpenSSL says WANT_*: with edge-triggered epoll, bytes left inside
+    # OpenSSL (SSL_has_pending) would never raise another event. It stops early only
+    # when the plain side is full, and then READ stays set so the next run resumes here.
+    cdef int src = c.tls_side
+    cdef int dst = 1 - src
+    cdef Dir *dr = &c.dir[src]
+    cdef Py_ssize_t total = 0
+    cdef Py_ssize_t n, s
+    cdef int e
+    if dr.buf_len:
+        total = flush_owned(w, c, src)
+        if total < 0:
+            return <int>total
+        if dr.buf_len:
+            return pump_result(moved, total, PUMP_STOPPED)
+    while not dr.eof and total < PUMP_BUDGET and c.ready[src] & c.tls_want[src]:
+        ERR_clear_error()
+        n = SSL_read(c.ssl, w.scratch, SCRATCH_SIZE)
+        if n <= 0:
+            e = SSL_get_error(c.ssl, <int>n)
+            if e == SSL_ERROR_ZERO_RETURN:
+                dr.eof = 1
+                return pump_result(moved, total, PUMP_EOF)
+            if e == SSL_ERROR_SSL and ERR_GET_REASON(
+                    ERR_peek_last_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING:
+                tls_truncated(w, c)
+                dr.eof = 1
+                return pump_result(moved, total, PUMP_EOF)
+            s = tls_blocked(w, c, src, e)
+            if s < 0:
+                return <int>s
+            if e == SSL_ERROR_WANT_READ:
+                # RELEASE_BUFFERS frees the read buffer only after a record is consumed;
+                # the read that ends in WANT_READ allocates it again (17.7 KB per idle
+                # connection, measured with heaptrack). Hand it back while we wait. That is
+                # a malloc per wake-up on a busy connection: no difference in the TLS bulk
+                # or echo benchmarks, within their noise.
+                SSL_free_buffers(c.ssl)
+            break
+        c.tls_want[src] = READY_READ
+        total += n
+        s = 0
+        if c.ready[dst] & READY_WRITE:
+            s = send(c.fd[dst], w.scratch, n, MSG_NOSIGNAL)
+            if s < 0:
+                if errno != EAGAIN:
+                    return -errno
+                s = 0
+            count_delivered(w, c, src, s, False)
+        if s < n:
+            if not dir_stash(w, dr, w.scratch + s, n - s):
+                return PUMP_NO_BUFFER
+            c.ready[dst] &= ~READY_WRITE
+            break
+    return pump_result(moved, total, PUMP_STOPPED)
+
+
+cdef int tls_read_control(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
+    # On a kTLS receive socket the next record is not data (recv said EIO, splice EINVAL):
+    # let OpenSSL read it with the record-type cmsg. The caller's buffer and pipe are
+    # empty (it reads the source only then), so data OpenSSL returns keeps its order.
+    cdef Dir *dr = &c.dir[c.tls_side]
+    conn_ctr(w, c).ktls_control_records += 1
+    if dr.buf_len or dr.pipe_bytes:
+        return -EPROTO
+    return pump_tls_read(w, c, moved)
+
+
+cdef int tls_close_notify(Worker *w, Conn *c) noexcept nogil:
+    # The plain side said EOF: send close_notify before the FIN. 1 done, 0 wait, <0 fatal.
+    # After a fatal error OpenSSL must not be asked to shut down (SSL_get_error(3)).
+    cdef int d = 1 - c.tls_side
+    cdef int r
+    if c.tls_dead:
+        return 1
+    if not c.ready[c.tls_side] & c.tls_want[d]:
+        return 0
+    ERR_clear_error()
+    r = SSL_shutdown(c.ssl)
+    if r >= 0:
+        return 1
+    return tls_blocked(w, c, d, SSL_get_error(c.ssl, r))

@@ -1,0 +1,37 @@
+# Functions of TLS (tls/*.pxi) that other files call, one contract each.
+
+# -- tls/context.pxi ------------------------------------------------------------------------
+# Offers ssl the newest cached session; a TLS 1.3 ticket leaves the cache (single use).
+cdef void session_offer(TLSConf *conf, SSL *ssl) noexcept nogil
+
+# -- tls/verify.pxi -------------------------------------------------------------------------
+# cert's pin (SHA-256 of its DER SubjectPublicKeyInfo) into md[32]; False: no key.
+cdef bint spki_sha256(X509 *cert, unsigned char *md) noexcept nogil
+# SSL_CTX_set_verify callback of a connector with pins: the server's key must be pinned.
+cdef int on_verify_server(int ok, X509_STORE_CTX *store) noexcept nogil
+# SSL_CTX_set_verify callback of a tunnel exit: the entry's key allowed, or its CA.
+cdef int on_verify_client(int ok, X509_STORE_CTX *store) noexcept nogil
+
+# -- tls/classify.pxi -----------------------------------------------------------------------
+# The handshake failed (ssl_err from SSL_get_error): its cause and reason to conn_fail. [may close]
+cdef void tls_handshake_failed(Worker *w, int32_t i, int ssl_err) noexcept nogil
+# An SSL_* call failed for good after the handshake: TLS dead, an event; the -errno to return.
+cdef int tls_fatal(Worker *w, Conn *c, int ssl_err) noexcept nogil
+# The peer closed TCP without close_notify: TLS marked dead, a tls_truncated event.
+cdef void tls_truncated(Worker *w, Conn *c) noexcept nogil
+
+# -- tls/stream.pxi -------------------------------------------------------------------------
+# The slot's SSL (it owns it) on `side`, whose TCP is up; then the handshake. [may close]
+cdef void conn_tls_start(Worker *w, int32_t i, int side) noexcept nogil
+# One handshake step; once done, relaying (or the exit's next step). [may close]
+cdef void conn_handshake(Worker *w, int32_t i) noexcept nogil
+# After an SSL_* call <= 0: 0 if it waits (ready cleared, tls_want[d] set), else tls_fatal's.
+cdef int tls_blocked(Worker *w, Conn *c, int d, int ssl_err) noexcept nogil
+# Plain side -> TLS side by SSL_write; as pump_copy (a PUMP_* result, -errno, PUMP_NO_BUFFER).
+cdef int pump_tls_write(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil
+# TLS side -> plain side by SSL_read, until WANT_*: as pump_tls_write.
+cdef int pump_tls_read(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil
+# kTLS: a non-data record is next on the TLS side; SSL_read consumes it. As pump_tls_read.
+cdef int tls_read_control(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil
+# close_notify towards the TLS side: 1 sent (or none owed), 0 wait, <0 -errno.
+cdef int tls_close_notify(Worker *w, Conn *c) noexcept nogil

@@ -9,11 +9,11 @@ Everything is on 127.0.0.1; every connection, wait and command has a deadline.
 
 from __future__ import annotations
 
+import shutil
 import socket
 import ssl
 import struct
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,6 +23,7 @@ from support.servers import HOST, EchoServer
 from support.unreachable import BlackholeListener
 
 from relaycore.lab.base import free_port, wait_for
+from relaycore.lab.pki import NodeIdentity, make_identity
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -32,27 +33,19 @@ SOCKS5_OK = 0
 SOCKS5_NOT_ALLOWED = 2  # RFC 1928 §6: "connection not allowed by ruleset"
 
 
-@dataclass(frozen=True)
-class Identity:
-    cert: Path
-    key: Path
-    pin: str
-
-
-def make_identity(directory: Path) -> Identity:
-    out = relaycore("identity", "--init", str(directory), "--cn", directory.name)
-    assert out.returncode == 0, out.stderr
-    return Identity(directory / "node.crt", directory / "node.key", out.stdout.strip())
-
-
 @pytest.fixture(scope="module")
-def ids(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Identity]:
+def ids(tmp_path_factory: pytest.TempPathFactory) -> dict[str, NodeIdentity]:
     base = tmp_path_factory.mktemp("identities")
-    return {name: make_identity(base / name) for name in ("exit", "entry", "stranger")}
+    return {name: make_identity(base / name, name) for name in ("exit", "entry", "stranger")}
 
 
 def exit_table(
-    name: str, port: int, node: Identity, allow: list[Identity], target: str, extra: str = ""
+    name: str,
+    port: int,
+    node: NodeIdentity,
+    allow: list[NodeIdentity],
+    target: str,
+    extra: str = "",
 ) -> str:
     pins = ", ".join(f'"{i.pin}"' for i in allow)
     return (
@@ -67,7 +60,7 @@ def relay_head(run_dir: Path, workers: int = 1) -> str:
     return f'[relay]\nworkers = {workers}\nrun_dir = "{run_dir}"\n[stats]\ninterval_s = 0.2\n\n'
 
 
-def tls_to(port: int, identity: Identity) -> ssl.SSLSocket:
+def tls_to(port: int, identity: NodeIdentity) -> ssl.SSLSocket:
     """A TLS connection to the exit as an entry node with `identity`. The exit's own
     certificate is not checked here: the exit's checks are under test."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -92,13 +85,13 @@ def recv_exact(sock: ssl.SSLSocket, n: int) -> bytes:
     return bytes(got)
 
 
-def echoed(port: int, identity: Identity, payload: bytes) -> bytes:
+def echoed(port: int, identity: NodeIdentity, payload: bytes) -> bytes:
     with tls_to(port, identity) as s:
         s.sendall(payload)
         return recv_exact(s, len(payload))
 
 
-def refused(port: int, identity: Identity) -> bool:
+def refused(port: int, identity: NodeIdentity) -> bool:
     """True if the exit ends the connection without relaying a byte (TLS 1.3 refuses a
     client certificate after the client's handshake is done: on the first read)."""
     try:
@@ -110,7 +103,7 @@ def refused(port: int, identity: Identity) -> bool:
 
 
 def socks5_reply(
-    port: int, identity: Identity, dest_port: int, host: str = HOST
+    port: int, identity: NodeIdentity, dest_port: int, host: str = HOST
 ) -> tuple[int, bytes]:
     """SOCKS5 CONNECT to host:dest_port (an IPv4 address, or a name the exit resolves)
     through the exit; the reply code and, on success, the echo of b"ping"."""
@@ -263,9 +256,11 @@ def test_what_stops_an_exit_node_from_starting(tmp_path, ids, case, code, messag
     allow = [ids["entry"]]
     target = f"{HOST}:9"
     if case == "garbage-cert":
-        bad = tmp_path / "bad.crt"
-        bad.write_text("not a certificate\n")
-        node = Identity(bad, node.key, node.pin)
+        bad = tmp_path / "bad"
+        bad.mkdir()
+        (bad / node.cert.name).write_text("not a certificate\n")
+        shutil.copy(node.key, bad / node.key.name)
+        node = NodeIdentity(bad, node.pin)
     elif case == "unresolvable":
         target = "nothing.invalid:80"
     else:

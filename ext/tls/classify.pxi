@@ -97,8 +97,8 @@ cdef void tls_handshake_failed(Worker *w, int32_t i, int ssl_err) noexcept nogil
 
 cdef int tls_fatal(Worker *w, Conn *c, int ssl_err) noexcept nogil:
     # An SSL_* call on an established connection failed for good (ssl_err is neither
-    # WANT_*): mark the TLS dead (no close_notify), record a tls_alert or tls_error event,
-    # and return the -errno the pump passes on.
+    # WANT_*): mark the TLS dead (no close_notify), record a tls_alert or tls_error event
+    # (none for an exit's entry that merely reset), and return the -errno the pump passes on.
     cdef ErrorEntry *ev
     cdef unsigned long e
     cdef int err = errno if ssl_err == SSL_ERROR_SYSCALL and errno else ECONNRESET
@@ -111,6 +111,13 @@ cdef int tls_fatal(Worker *w, Conn *c, int ssl_err) noexcept nogil:
         ERR_clear_error()
         SSL_read(c.ssl, probe, sizeof(probe))
     e = ERR_peek_last_error()
+    if ssl_err == SSL_ERROR_SYSCALL and c.tls_side == SIDE_CLIENT and not is_alert(e):
+        # A tunnel exit's client (the entry node) reset the stream without a word: its
+        # own device reset, and resets propagate as resets. That is no failure towards a
+        # server, and a plain connector does not log its device's reset either: the
+        # caller counts it as one.
+        ERR_clear_error()
+        return -err
     if is_alert(e):
         ev = error_event(w, c, CAUSE_TLS_ALERT, EPROTO)
         if ev != NULL:

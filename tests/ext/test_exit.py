@@ -29,7 +29,7 @@ from exit_nodes import (
 )
 from support.clients import Reader, connect, exchange, ping, recv_exact
 from support.data import MiB, RandomStream, stream_digest
-from support.servers import EchoServer, SinkServer, SourceServer
+from support.servers import EchoServer, SinkServer, SourceServer, set_linger0
 
 # -- data path ---------------------------------------------------------------------------
 
@@ -53,6 +53,24 @@ def test_fixed_target_relays_both_ways_with_half_close(
         assert exit_counters["handshakes"] == 1
         assert exit_counters["bytes_in"] == 4 << 20
         assert exit_counters["bytes_out"] == 32 + (4 << 20)
+
+
+def test_a_device_reset_crosses_the_tunnel_as_a_reset_not_an_error(
+    start_exit: ExitSetup, start_entry: ExitSetup
+) -> None:
+    # The device resets; the entry resets its TLS leg to the exit, and the exit resets its
+    # server. A reset is counted on both nodes; neither logs a failure (the exit's client
+    # is the entry, not a server, and a device's reset is not an error on a connector).
+    with EchoServer() as echo:
+        exit_node = start_exit("fixed", host="127.0.0.1", port=echo.port)
+        entry = start_entry(exit_node.port)
+        with connect(entry.port) as dev:
+            ping(dev, b"before the reset")
+            set_linger0(dev)
+        assert entry.wait_idle()["resets"] == 1
+        assert exit_node.wait_idle()["resets"] == 1
+        assert entry.pop_errors() == []
+        assert exit_node.pop_errors() == []
 
 
 def test_ed25519_nodes_make_a_tunnel(

@@ -5,6 +5,7 @@ nodes and helpers are test_exit.py's (conftest.py, exit_nodes.py).
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 
@@ -178,6 +179,8 @@ def test_connections_waiting_for_the_resolver_close_cleanly(
 
 def test_events_name_the_client_after_it_reset(start_exit: ExitSetup, ids: Identities) -> None:
     # The address comes from accept: getpeername has nothing to say once the peer is gone.
+    # The entry sends a record that cannot be decrypted, then resets: the exit reads the
+    # record (queued before the RST) and fails on it with nobody left at the other end.
     with EchoServer() as echo:
         exit_node = start_exit("fixed", host="127.0.0.1", port=echo.port)
         raw = connect(exit_node.port)
@@ -185,6 +188,8 @@ def test_events_name_the_client_after_it_reset(start_exit: ExitSetup, ids: Ident
         with entry_context(ids.entry).wrap_socket(raw) as tls:
             tls.sendall(b"ping")
             assert tls.recv(4) == b"ping"
+            os.write(tls.fileno(), b"\x17\x03\x03\x00\x20" + bytes(32))
             set_linger0(tls)
         event = exit_node.wait_error("tls_error", TIMEOUT)
         assert event.client == f"127.0.0.1:{port}", event
+        assert event.errno == errno.EPROTO, event

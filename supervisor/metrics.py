@@ -1,6 +1,7 @@
 """Prometheus text exposition of the relay's numbers, served from the supervisor's loop.
 
-The HTTP side is deliberately tiny and non-blocking: one GET /metrics per connection,
+The HTTP side is deliberately tiny and non-blocking: one GET per connection (/metrics, and
+the pages the supervisor adds: /healthz, /readyz),
 requests over MAX_REQUEST bytes or slower than REQUEST_TIMEOUT_S are dropped, so a stuck
 or hostile scraper cannot stall the supervisor (which also handles signals and crashes).
 """
@@ -17,6 +18,7 @@ from relaycore.protocol import StatsReport
 MAX_REQUEST = 8192
 REQUEST_TIMEOUT_S = 5.0
 MAX_CLIENTS = 16
+_STATUS = {200: "200 OK", 503: "503 Service Unavailable"}
 
 _COUNTERS = (
     # (metric, help, ConnectorStats field)
@@ -97,6 +99,11 @@ class MetricsServer:
             raise StartupError(f"stats.prometheus: cannot listen on {addr}: {e.strerror}") from e
         self.listener.setblocking(False)
         self._clients: dict[int, tuple[socket.socket, bytearray, float]] = {}
+        self._pages: dict[bytes, Callable[[], tuple[int, str]]] = {}
+
+    def add_page(self, path: str, page: Callable[[], tuple[int, str]]) -> None:
+        """GET `path` answers page()'s (HTTP status, plain text), 200 or 503 say."""
+        self._pages[path.encode()] = page
 
     def fds(self) -> list[int]:
         return [self.listener.fileno(), *self._clients]
@@ -144,11 +151,16 @@ class MetricsServer:
     def _answer(self, fd: int, request: bytes) -> None:
         sock = self._clients[fd][0]
         line = request.split(b"\r\n", 1)[0].split()
-        if len(line) >= 2 and line[0] == b"GET" and line[1].split(b"?")[0] == b"/metrics":
+        path = line[1].split(b"?")[0] if len(line) >= 2 and line[0] == b"GET" else b""
+        if path == b"/metrics":
             status, body = "200 OK", self._body().encode()
             ctype = "text/plain; version=0.0.4; charset=utf-8"
+        elif path in self._pages:
+            code, text = self._pages[path]()
+            status, body, ctype = _STATUS[code], text.encode(), "text/plain; charset=utf-8"
         else:
-            status, body, ctype = "404 Not Found", b"try /metrics\n", "text/plain"
+            pages = ", ".join(["/metrics", *(p.decode() for p in self._pages)])
+            status, body, ctype = "404 Not Found", f"try {pages}\n".encode(), "text/plain"
         head = (
             f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"

@@ -27,6 +27,7 @@ from relaycore.addresses import parse_host_port
 from relaycore.capabilities import ktls_unavailable
 from relaycore.config import Config, load_config
 from relaycore.errors import ConfigError, StartupError, WorkerFailedError
+from relaycore.notify import Notifier
 from relaycore.plan import Plan, WorkerPlan, compile_plan
 from relaycore.render import error_line
 
@@ -79,6 +80,9 @@ class Supervisor:
         self.metrics: MetricsServer | None = None
         self._next_stats = 0.0
         self._drained: set[int] = set()
+        self.notify = Notifier()
+        self.reloading = False  # a reload is bringing up its generation (/readyz says 503)
+        self.serving = False  # the first generation came up
         self.current, _ = self._build(config, 1)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -98,7 +102,11 @@ class Supervisor:
                     parse_host_port(config.stats.prometheus, require_ip=True),
                     lambda: render(self._stats(), self.aggregator.reports_dropped()),
                 )
+                self.metrics.add_page("/healthz", self._healthz)
+                self.metrics.add_page("/readyz", self._readyz)
             self._start(self.current)
+            self.serving = True
+            self.notify.ready(self._status_line())
             while not (self.stopping and not self.children):
                 self._wait_events()
                 self._handle_signals()
@@ -114,6 +122,7 @@ class Supervisor:
                 self.metrics.close()
             if self.plane is not None:
                 self.plane.close()
+            self.notify.close()
             os.close(lock_fd)
         log.info("stopped")
         return 0
@@ -130,7 +139,7 @@ class Supervisor:
             poller.register(fd, zmq.POLLIN)
         poller.register(self.plane.events, zmq.POLLIN)
         poller.register(self.plane.admin, zmq.POLLIN)
-        metrics_fds = self.metrics.fds() if self.metrics is not None else []
+        metrics_fds = self._metrics_fds()
         for fd in metrics_fds:
             poller.register(fd, zmq.POLLIN)
         try:
@@ -148,9 +157,17 @@ class Supervisor:
             self._on_worker_messages()
         if self.plane.admin in ready:
             self._on_admin()
+        self._on_metrics(metrics_fds, set(ready))
+
+    def _metrics_fds(self) -> list[int]:
+        return self.metrics.fds() if self.metrics is not None else []
+
+    def _on_metrics(self, fds: list[int], readable: set[int]) -> None:
+        # Also while a start or a reload waits for its workers, so that /healthz answers
+        # (a liveness probe must not kill a relay whose reload takes a while).
         if self.metrics is not None:
-            for fd in metrics_fds:
-                if fd in ready:
+            for fd in fds:
+                if fd in readable:
                     self.metrics.on_readable(fd)
             self.metrics.expire(time.monotonic())
 
@@ -186,7 +203,19 @@ class Supervisor:
 
     def reload(self) -> str | None:
         """Fork a generation from the file as it is now; keep the running one if the file
-        is bad or the new workers do not come up. Returns why it did not reload, or None."""
+        is bad or the new workers do not come up. Returns why it did not reload, or None.
+
+        systemd hears RELOADING=1 now and READY=1 when it is over, whatever the outcome;
+        /readyz says 503 in between."""
+        self.reloading = True
+        self.notify.reloading()
+        try:
+            return self._reload()
+        finally:
+            self.reloading = False
+            self.notify.ready(self._status_line())
+
+    def _reload(self) -> str | None:
         old = self.current
         try:
             config = load_config(self.config_path)
@@ -299,12 +328,15 @@ class Supervisor:
             if timeout <= 0:
                 return False
             fds = {c.ready_fd: c for c in children if c.ready_fd >= 0}
+            metrics_fds = self._metrics_fds()
             try:
-                readable, _, _ = select.select(list(fds), [], [], timeout)
+                readable, _, _ = select.select([*fds, *metrics_fds], [], [], timeout)
             except InterruptedError:
                 continue
             for fd in readable:
-                self._on_ready(fds[fd])
+                if fd in fds:
+                    self._on_ready(fds[fd])
+            self._on_metrics(metrics_fds, set(readable))
         return all(c.ready for c in children)
 
     def _reap(self) -> None:
@@ -362,6 +394,7 @@ class Supervisor:
         self.stopping = True
         self.respawn_at.clear()
         log.info("stopping: draining %d workers", len(self.children))
+        self.notify.stopping(f"stopping: draining {len(self.children)} workers")
         for c in self.children.values():
             c.draining = True
             self.aggregator.draining(c.pid)
@@ -385,8 +418,15 @@ class Supervisor:
         deadline = time.monotonic() + DRAIN_CONFIRM_S
         waiting = set(pids)
         while waiting - self._drained and time.monotonic() < deadline:
-            if self.plane.events.poll(max(1, round((deadline - time.monotonic()) * 1000))):
+            poller = zmq.Poller()
+            poller.register(self.plane.events, zmq.POLLIN)
+            metrics_fds = self._metrics_fds()
+            for fd in metrics_fds:
+                poller.register(fd, zmq.POLLIN)
+            ready = dict(poller.poll(max(1, round((deadline - time.monotonic()) * 1000))))
+            if self.plane.events in ready:
                 self._on_worker_messages()
+            self._on_metrics(metrics_fds, set(ready))
             waiting = {p for p in waiting if p in self.children}  # those that died are done
         if waiting - self._drained:
             log.warning("old workers %s did not confirm draining in time", sorted(waiting))
@@ -456,6 +496,53 @@ class Supervisor:
         names = self.current.plan.stats_names
         report = self.aggregator.stats(names, self.current.number, time.time(), advance=True)
         self.plane.publish(protocol.TOPIC_STATS, report)
+        if not self.stopping and not self.reloading:
+            self.notify.status(self._status_line(report))
+
+    # -- health -------------------------------------------------------------------------
+
+    def not_ready(self) -> str | None:
+        """Why the relay is not ready (/readyz 503, with this reason), or None: the
+        generation in force has every worker slot accepting, and no start, reload or stop
+        is under way."""
+        if self.stopping:
+            return "stopping"
+        if not self.serving:
+            return "starting"
+        if self.reloading:
+            return "reloading: the new generation is not serving yet"
+        gen = self.current
+        ready = {
+            c.slot
+            for c in self.children.values()
+            if c.generation == gen.number and c.ready and not c.draining
+        }
+        missing = sorted(set(gen.workers) - ready)
+        if missing:
+            return f"worker {missing[0]} of generation {gen.number} is not accepting"
+        return None
+
+    def _healthz(self) -> tuple[int, str]:
+        # Answering at all is the news: the supervisor's loop turns.
+        return 200, f"alive: pid {os.getpid()}, generation {self.current.number}\n"
+
+    def _readyz(self) -> tuple[int, str]:
+        why = self.not_ready()
+        if why is not None:
+            return 503, f"not ready: {why}\n"
+        return (
+            200,
+            f"ready: generation {self.current.number}, {len(self.current.workers)} workers\n",
+        )
+
+    def _status_line(self, report: protocol.StatsReport | None = None) -> str:
+        """systemd's STATUS=: what `systemctl status relaycore` shows under the unit."""
+        if report is None:
+            report = self._stats()
+        active = sum(c.active for c in report.connectors)
+        return (
+            f"generation {self.current.number}, {len(report.workers)} workers, {active} connections"
+        )
 
     # -- gateway rules -----------------------------------------------------------------
 

@@ -26,10 +26,17 @@ crashing, 6 relaycore is not running at that run_dir"""
 
 def cmd_run(args: argparse.Namespace) -> int:
     from relaycore.supervisor.supervisor import Supervisor
+    from relaycore.watch import ConfigWatch
 
-    config = load_config(args.config)
-    set_role("supervisor")
-    return Supervisor(args.config, config).run()
+    # Watching from before the first load: a change meanwhile is not missed.
+    watch = ConfigWatch(args.config) if args.watch else None
+    try:
+        config = load_config(args.config)
+        set_role("supervisor")
+        return Supervisor(args.config, config, watch=watch).run()
+    finally:
+        if watch is not None:
+            watch.close()
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -230,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
         " the config file; SIGTERM or Ctrl-C drains in-flight connections and exits 0.",
     )
     config_option(p)
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="reload when the config file changes (an edit, a rename over it, or a"
+        " Kubernetes ConfigMap update); a bad file is refused and the running config stays",
+    )
     p = command("check", cmd_check, "Validate a config file and print what it would serve.")
     config_option(p)
 

@@ -30,6 +30,7 @@ from relaycore.errors import ConfigError, StartupError, WorkerFailedError
 from relaycore.notify import Notifier
 from relaycore.plan import Plan, WorkerPlan, compile_plan
 from relaycore.render import error_line
+from relaycore.watch import ConfigWatch
 
 from .aggregate import Aggregator
 from .control import ControlPlane
@@ -66,8 +67,11 @@ class Generation:
 
 
 class Supervisor:
-    def __init__(self, config_path: str, config: Config) -> None:
+    def __init__(
+        self, config_path: str, config: Config, *, watch: ConfigWatch | None = None
+    ) -> None:
         self.config_path = config_path
+        self.watch = watch  # --watch: reload when the file's content changes
         self.listeners = ListenerSet()
         self.children: dict[int, Child] = {}
         self.policies: dict[int, RestartPolicy] = {}
@@ -142,6 +146,9 @@ class Supervisor:
         metrics_fds = self._metrics_fds()
         for fd in metrics_fds:
             poller.register(fd, zmq.POLLIN)
+        watch_fd = self.watch.fileno() if self.watch is not None else None
+        if watch_fd is not None:
+            poller.register(watch_fd, zmq.POLLIN)
         try:
             ready = dict(poller.poll(timeout_ms))
         except zmq.ZMQError as e:
@@ -158,6 +165,14 @@ class Supervisor:
         if self.plane.admin in ready:
             self._on_admin()
         self._on_metrics(metrics_fds, set(ready))
+        if self.watch is not None and (watch_fd is None or watch_fd in ready):
+            self._on_config_change()
+
+    def _on_config_change(self) -> None:
+        assert self.watch is not None
+        if self.watch.changed() and not self.stopping:
+            log.info("config file changed: reloading %s", self.config_path)
+            self.reload()
 
     def _metrics_fds(self) -> list[int]:
         return self.metrics.fds() if self.metrics is not None else []
@@ -209,6 +224,8 @@ class Supervisor:
         /readyz says 503 in between."""
         self.reloading = True
         self.notify.reloading()
+        if self.watch is not None:
+            self.watch.seen()  # a SIGHUP after an edit: the watch need not reload again
         try:
             return self._reload()
         finally:

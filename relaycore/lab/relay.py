@@ -37,11 +37,12 @@ REAP_TIMEOUT = 5.0
 
 
 class RelayProcess(Running):
-    """One `relaycore [--log-level L] [OPTIONS] run -c CONFIG` child.
+    """One `relaycore [--log-level L] [OPTIONS] run [RUN_OPTIONS] -c CONFIG` child.
 
-    `options` go before `run` (`--log-format json`, say); `wrapper` is a command that execs
-    the rest of its arguments (a private mount namespace, say), so that signals still reach
-    relaycore. `on_line`, when set, gets each output line on the reader thread.
+    `options` go before `run` (`--log-format json`, say), `run_options` after it
+    (`--watch`); `wrapper` is a command that execs the rest of its arguments (a private
+    mount namespace, say), so that signals still reach relaycore. `on_line`, when set, gets
+    each output line on the reader thread.
     Use as a context manager (start, then stop on the way out) or call start() and stop().
     """
 
@@ -53,10 +54,12 @@ class RelayProcess(Running):
         options: Sequence[str] = (),
         wrapper: Sequence[str] = (),
         cwd: Path | None = None,
+        run_options: Sequence[str] = (),
     ) -> None:
         self.config_path = config_path
         self.log_level = log_level
         self.options = list(options)
+        self.run_options = list(run_options)
         self.wrapper = list(wrapper)
         self.cwd = cwd
         self.on_line: Callable[[str], None] | None = None
@@ -83,6 +86,7 @@ class RelayProcess(Running):
             self.log_level,
             *self.options,
             "run",
+            *self.run_options,
             "-c",
             str(self.config_path),
         ]

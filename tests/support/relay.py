@@ -300,13 +300,16 @@ def relay_process(
     ready_timeout: float = 20.0,
     options: Sequence[str] = (),
     wrapper: Sequence[str] = (),
+    run_options: Sequence[str] = (),
 ) -> Iterator[RelayProcess]:
     """`config_text` written to tmp_path/relay.toml, and `relaycore [OPTIONS] run -c` on it
     (a RelayProcess, in tmp_path) until the block ends, once it is ready. Not ready in
     time, or exited first: AssertionError with its output."""
     config_path = tmp_path / "relay.toml"
     config_path.write_text(config_text)
-    with RelayProcess(config_path, options=options, wrapper=wrapper, cwd=tmp_path) as relay:
+    with RelayProcess(
+        config_path, options=options, wrapper=wrapper, cwd=tmp_path, run_options=run_options
+    ) as relay:
         try:
             relay.wait_ready(ready_timeout)
         except StartupError as err:

@@ -30,12 +30,14 @@ include "loop/conn.pxi"
 include "loop/listener.pxi"
 include "loop/worker.pxi"
 
-# TLS: verification by pin, contexts, failures in words, a connection's TLS, identities
+# TLS: verification by pin, contexts, failures in words, a connection's TLS, identities,
+# the upstream certificates seen
 include "tls/verify.pxi"
 include "tls/context.pxi"
 include "tls/classify.pxi"
 include "tls/stream.pxi"
 include "tls/identity.pxi"
+include "tls/certseen.pxi"
 
 # modes: match tables, gateway, the proxy protocols, the resolver, tunnel exits
 include "modes/match.pxi"

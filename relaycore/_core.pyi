@@ -1,6 +1,8 @@
 # Stub of the compiled module relaycore._core (ext/_core.pyx). `make lint` checks it
 # against the built module with mypy's stubtest; keep the two in step.
 
+from typing import Any
+
 from typing_extensions import disjoint_base
 
 CAUSES: tuple[str, ...]
@@ -93,6 +95,13 @@ class Loop:
         """What belongs to the worker rather than a route (pipes, pauses, drops)."""
     def counters(self) -> dict[str, int]:
         """Every route's counters summed, then the worker's (for tests and logs)."""
+    def route_certs(self) -> list[dict[str, Any] | None]:
+        """Per route id, the certificate a connector's upstream presented in its latest
+        handshakes, or None (no handshake yet, or not a TLS connector): {"pin": 32-byte
+        SHA-256 of the DER SubjectPublicKeyInfo, "not_after": Unix time, "issuer" and
+        "subject": RFC 2253 text, "seen": Unix time of the latest handshake,
+        "key_changes": handshakes that presented another key than the one before,
+        "previous_pin": the key before the latest change (b"" if none)}."""
     def pop_errors(self) -> list[ErrorEvent]:
         """The ErrorEvents recorded since the last call, oldest first."""
     def close(self) -> None:

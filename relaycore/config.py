@@ -96,6 +96,8 @@ class Connector(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     groups: NonEmpty | None = None
     pin: tuple[str, ...] = ()
     ktls: Ktls = "auto"
+    # An event (cert_expiring) when the server's certificate expires sooner; 0: never.
+    cert_warn_days: Annotated[int, msgspec.Meta(ge=0, le=3650)] = 14
 
     def __post_init__(self) -> None:
         if not NAME.fullmatch(self.name):

@@ -39,6 +39,18 @@ class WorkerHello(_Message, tag="worker_hello"):
     pid: int
 
 
+class UpstreamCert(msgspec.Struct, kw_only=True, frozen=True):
+    """The leaf certificate a connector's upstream presented in its latest handshakes."""
+
+    pin: str  # sha256/<base64> of its DER SubjectPublicKeyInfo, as `pin` takes it
+    not_after: float  # Unix time
+    issuer: str  # RFC 2253: "CN=R11,O=Let's Encrypt,C=US"
+    subject: str
+    seen: float  # Unix time of the latest handshake that presented it
+    key_changes: int = 0  # in this worker: handshakes with another key than the one before
+    previous_pin: str = ""  # the key before the latest change
+
+
 class CounterReport(_Message, tag="counters"):
     """A worker's counters now. `connectors` maps connector name -> counter -> value
     (names in docs/ERRORS.md); `worker` holds what is the worker's own."""
@@ -50,6 +62,7 @@ class CounterReport(_Message, tag="counters"):
     connectors: dict[str, dict[str, int]]
     worker: dict[str, int]
     reports_dropped: int  # reports this worker could not send (supervisor stalled)
+    certs: dict[str, UpstreamCert] = {}  # connector name -> its upstream's certificate
 
 
 class ErrorRecord(msgspec.Struct, kw_only=True, frozen=True):
@@ -143,6 +156,7 @@ class ConnectorStats(msgspec.Struct, kw_only=True, frozen=True):
     handshakes: int  # full + resumed
     handshakes_resumed: int
     errors: dict[str, int]  # cause -> count since start (causes in docs/ERRORS.md)
+    cert: UpstreamCert | None = None  # TLS connectors, once a handshake completed
 
 
 class WorkerStatus(msgspec.Struct, kw_only=True, frozen=True):
@@ -197,6 +211,7 @@ class StatusReply(_Message, tag="status_reply"):
     splice: str  # the [relay] splice mode
     ktls: str  # "available" or why not
     workers: list[WorkerStatus]
+    certs: dict[str, UpstreamCert] = {}  # connector name -> its upstream's certificate
 
 
 class LogsReply(_Message, tag="logs_reply"):

@@ -4,7 +4,7 @@ prints them."""
 import time
 
 from relaycore.config import Config, Connector, Exit
-from relaycore.protocol import ErrorRecord, StatsReport, StatusReply, WorkerStatus
+from relaycore.protocol import ErrorRecord, StatsReport, StatusReply, UpstreamCert, WorkerStatus
 
 
 def _age(since: float, now: float) -> str:
@@ -46,7 +46,19 @@ def status(reply: StatusReply) -> str:
         f"workers: {len(reply.workers)}",
         *workers_table(reply.workers, now),
     ]
+    if reply.certs:
+        lines.append("upstream certificates:")
+        for name, cert in sorted(reply.certs.items()):
+            lines.append(f"  {name}: {upstream_cert(cert, now)}")
     return "\n".join(lines)
+
+
+def upstream_cert(cert: UpstreamCert, now: float) -> str:
+    """One line: when it expires, who it names and who issued it, its key."""
+    left = (cert.not_after - now) / 86_400
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(cert.not_after))
+    expiry = f"expires {when} (in {left:.0f} d)" if left >= 0 else f"EXPIRED {when}"
+    return f"{expiry}, {cert.subject}, issuer {cert.issuer}, key {cert.pin}"
 
 
 def stats(report: StatsReport) -> str:
@@ -65,6 +77,8 @@ def stats(report: StatsReport) -> str:
         if c.errors:
             causes = ", ".join(f"{cause} {n}" for cause, n in c.errors.items())
             lines.append(f"  {'':<16} errors: {causes}")
+        if c.cert is not None:
+            lines.append(f"  {'':<16} certificate: {upstream_cert(c.cert, report.time)}")
     return "\n".join(lines)
 
 

@@ -82,8 +82,14 @@ class Reporter:
     def due(self) -> bool:
         return time.monotonic() >= self._next_report
 
-    def report(self, routes: dict[str, dict[str, int]], worker: dict[str, int]) -> None:
-        """Send the counters (`routes`: route name -> counters) and the pending records."""
+    def report(
+        self,
+        routes: dict[str, dict[str, int]],
+        worker: dict[str, int],
+        certs: dict[str, protocol.UpstreamCert] | None = None,
+    ) -> None:
+        """Send the counters (`routes`: route name -> counters), the upstream certificates
+        seen (connector name -> certificate) and the pending records."""
         self._next_report = time.monotonic() + self.interval_s
         self._top_up(routes)
         counters = CounterReport(
@@ -94,6 +100,7 @@ class Reporter:
             connectors=routes,
             worker=worker,
             reports_dropped=self.dropped,
+            certs=certs or {},
         )
         if not self._send(counters):
             self.dropped += 1
@@ -157,9 +164,14 @@ class Reporter:
     def draining(self) -> None:
         self._send(WorkerDraining(slot=self.slot, generation=self.generation, pid=os.getpid()))
 
-    def bye(self, routes: dict[str, dict[str, int]], worker: dict[str, int]) -> None:
+    def bye(
+        self,
+        routes: dict[str, dict[str, int]],
+        worker: dict[str, int],
+        certs: dict[str, protocol.UpstreamCert] | None = None,
+    ) -> None:
         """Final report at exit; the only send allowed to wait (BYE_LINGER_MS at most)."""
-        self.report(routes, worker)
+        self.report(routes, worker, certs)
         self._send(WorkerBye(slot=self.slot, generation=self.generation, pid=os.getpid()))
         self._push.setsockopt(zmq.LINGER, BYE_LINGER_MS)
 

@@ -13,6 +13,7 @@ from types import FrameType
 
 from relaycore import _core
 from relaycore.capabilities import ktls_unavailable
+from relaycore.identity import format_pin
 from relaycore.plan import (
     ExitRoute,
     PassthroughRoute,
@@ -21,7 +22,7 @@ from relaycore.plan import (
     UpstreamRoute,
     WorkerPlan,
 )
-from relaycore.protocol import ErrorRecord, SetLogLevel
+from relaycore.protocol import ErrorRecord, SetLogLevel, UpstreamCert
 from relaycore.render import error_line
 from relaycore.reporting import Reporter, merge_records
 
@@ -92,7 +93,11 @@ def _serve(plan: WorkerPlan, ready_fd: int) -> None:
                     if isinstance(message, SetLogLevel):
                         logging.getLogger("relaycore").setLevel(message.level.upper())
                 if reporter.due():
-                    reporter.report(_route_counters(loop, plan), _worker_counters(loop, reporter))
+                    reporter.report(
+                        _route_counters(loop, plan),
+                        _worker_counters(loop, reporter),
+                        _route_certs(loop, plan),
+                    )
             if drain.requested and deadline is None:
                 loop.stop_accepting()
                 if reporter is not None:
@@ -109,7 +114,11 @@ def _serve(plan: WorkerPlan, ready_fd: int) -> None:
         counters = loop.counters()
         if reporter is not None:
             reporter.collect(_error_records(loop, plan))
-            reporter.bye(_route_counters(loop, plan), _worker_counters(loop, reporter))
+            reporter.bye(
+                _route_counters(loop, plan),
+                _worker_counters(loop, reporter),
+                _route_certs(loop, plan),
+            )
             reporter.close()
         loop.close()
     log.info(
@@ -170,6 +179,23 @@ def _route_counters(loop: _core.Loop, plan: WorkerPlan) -> dict[str, dict[str, i
     return {
         route.name: counters
         for route, counters in zip(plan.plan.routes, loop.route_counters(), strict=True)
+    }
+
+
+def _route_certs(loop: _core.Loop, plan: WorkerPlan) -> dict[str, UpstreamCert]:
+    """{connector name: the certificate its upstream presented}, for those with one."""
+    return {
+        route.name: UpstreamCert(
+            pin=format_pin(seen["pin"]),
+            not_after=seen["not_after"],
+            issuer=seen["issuer"],
+            subject=seen["subject"],
+            seen=seen["seen"],
+            key_changes=seen["key_changes"],
+            previous_pin=format_pin(seen["previous_pin"]) if seen["previous_pin"] else "",
+        )
+        for route, seen in zip(plan.plan.routes, loop.route_certs(), strict=True)
+        if seen is not None
     }
 
 

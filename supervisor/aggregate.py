@@ -8,8 +8,17 @@ folded into `retired` once its last report can no longer arrive.
 The error log merges records by (connector, cause, upstream): one entry with a count
 and the first and last time, whatever the number of workers and failures. A flood of
 10,000 refused connects is one entry with count 10000.
+
+Upstream certificates: each report carries, per TLS connector, the leaf certificate the
+worker's latest handshakes saw; the relay's view is the one seen last by any worker. Two
+events go to the error log next to the failures, though they are none (no errors_<cause>
+counts them): `cert_pin_changed` when a connector's server presents a key this relay has
+not seen from it before (the first key is no change), and `cert_expiring` when the
+certificate in use expires within the connector's cert_warn_days (again each day while
+it does).
 """
 
+import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
@@ -18,11 +27,23 @@ from relaycore.protocol import (
     CounterReport,
     ErrorRecord,
     StatsReport,
+    UpstreamCert,
     WorkerStatus,
 )
 
 LOG_KEYS = 1000  # distinct (connector, cause, upstream) entries kept in the error log
 RETIRE_AFTER_S = 10.0  # after its exit, a worker's last report is final
+KNOWN_PINS = 8  # keys remembered per connector: a server that alternates is no news
+CERT_WARN_EVERY_S = 86_400.0  # cert_expiring again after a day, while it holds
+
+
+@dataclass(frozen=True)
+class CertView:
+    """A connector's upstream certificate, and the worker that saw it last."""
+
+    cert: UpstreamCert
+    slot: int
+    generation: int
 
 
 @dataclass
@@ -45,6 +66,9 @@ class Aggregator:
     _last_opened: dict[str, int] = field(default_factory=dict)
     _last_time: float | None = None
     _rates: dict[str, float] = field(default_factory=dict)
+    certs: dict[str, CertView] = field(default_factory=dict)
+    cert_pins: dict[str, list[str]] = field(default_factory=dict)
+    cert_warned: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def started(self, pid: int, slot: int, generation: int, now: float) -> None:
         self.workers[pid] = WorkerView(slot, generation, pid, now)
@@ -64,6 +88,70 @@ class Aggregator:
                 report.slot, report.generation, report.pid, report.time
             )
         view.report = report
+
+    def certs_seen(self, report: CounterReport, upstreams: dict[str, str]) -> list[ErrorRecord]:
+        """Take the report's upstream certificates; the cert_pin_changed events they make.
+        `upstreams`: connector name -> its upstream, as the records name it."""
+        events = []
+        for name, cert in report.certs.items():
+            known = self.cert_pins.setdefault(name, [])
+            for pin in (cert.previous_pin, cert.pin):
+                if not pin or pin in known:
+                    continue
+                if known:
+                    detail = (
+                        f" ({_describe(cert)})" if pin == cert.pin else " (seen between reports)"
+                    )
+                    events.append(
+                        _event(
+                            name,
+                            "cert_pin_changed",
+                            upstreams.get(name, "?"),
+                            f"the server presents another key: {pin}, before {known[-1]}{detail}",
+                            report.time,
+                            report.slot,
+                            report.generation,
+                        )
+                    )
+                known.append(pin)
+                del known[:-KNOWN_PINS]
+            current = self.certs.get(name)
+            if current is None or cert.seen >= current.cert.seen:
+                self.certs[name] = CertView(cert, report.slot, report.generation)
+        return events
+
+    def certs_expiring(
+        self, now: float, warn_days: dict[str, int], upstreams: dict[str, str]
+    ) -> list[ErrorRecord]:
+        """cert_expiring events: connectors whose certificate in use expires within their
+        `warn_days` (connector name -> cert_warn_days; 0 or absent: never), once a day."""
+        events = []
+        for name, view in self.certs.items():
+            days = warn_days.get(name, 0)
+            left = view.cert.not_after - now
+            if not days or left >= days * 86_400:
+                continue
+            last = self.cert_warned.get((name, view.cert.pin))
+            if last is not None and now - last < CERT_WARN_EVERY_S:
+                continue
+            self.cert_warned[name, view.cert.pin] = now
+            when = _date(view.cert.not_after)
+            if left > 0:
+                what = f"expires {when}, in {left / 86_400:.1f} days (cert_warn_days = {days})"
+            else:
+                what = f"expired {when}, {-left / 86_400:.1f} days ago"
+            events.append(
+                _event(
+                    name,
+                    "cert_expiring",
+                    upstreams.get(name, "?"),
+                    f"the server's certificate {what}: {_describe(view.cert)}",
+                    now,
+                    view.slot,
+                    view.generation,
+                )
+            )
+        return events
 
     def errors(self, records: list[ErrorRecord]) -> None:
         for r in records:
@@ -153,6 +241,7 @@ class Aggregator:
                         for k, n in sorted(c.items())
                         if k.startswith("errors_") and n
                     },
+                    cert=self.certs[name].cert if name in self.certs else None,
                 )
             )
         return StatsReport(
@@ -164,3 +253,35 @@ def _final(values: dict[str, int]) -> dict[str, int]:
     # An exited worker holds no connection, whatever its last report said (a SIGKILL or
     # a drain timeout leaves one that still counts some).
     return {k: v for k, v in values.items() if k != "active"}
+
+
+def _date(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def _describe(cert: UpstreamCert) -> str:
+    return f"{cert.subject}, issuer {cert.issuer}, expires {_date(cert.not_after)}, key {cert.pin}"
+
+
+def _event(
+    connector: str,
+    cause: str,
+    upstream: str,
+    reason: str,
+    now: float,
+    slot: int,
+    generation: int,
+) -> ErrorRecord:
+    # An event of the supervisor's, in the error log's one shape: no device is involved.
+    return ErrorRecord(
+        connector=connector,
+        cause=cause,
+        upstream=upstream,
+        reason=reason,
+        count=1,
+        first=now,
+        last=now,
+        client="-",
+        worker=slot,
+        generation=generation,
+    )

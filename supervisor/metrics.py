@@ -70,6 +70,17 @@ def render(report: StatsReport, reports_dropped: int) -> str:
             out.append(
                 f'relaycore_errors_total{{connector="{_label(c.name)}",cause="{cause}"}} {n}'
             )
+    family(
+        "relaycore_upstream_cert_expiry_timestamp_seconds",
+        "gauge",
+        "notAfter of the certificate each connector's upstream presented (Unix time).",
+    )
+    out.extend(
+        f'relaycore_upstream_cert_expiry_timestamp_seconds{{connector="{_label(c.name)}"}}'
+        f" {c.cert.not_after:.0f}"
+        for c in report.connectors
+        if c.cert is not None
+    )
     family("relaycore_workers", "gauge", "Worker processes running.")
     out.append(f"relaycore_workers {len(report.workers)}")
     family("relaycore_config_generation", "gauge", "Config generation in force.")

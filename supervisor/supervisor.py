@@ -455,11 +455,20 @@ class Supervisor:
                 self._drained.add(message.pid)
             elif isinstance(message, protocol.CounterReport):
                 self.aggregator.counters(message)
+                self._log_events(self.aggregator.certs_seen(message, self._upstreams()))
             elif isinstance(message, protocol.ErrorBatch):
-                self.aggregator.errors(message.records)
-                for r in message.records:
-                    self.plane.publish(protocol.TOPIC_LOG, r)
-                    log.warning("%s", error_line(r))
+                self._log_events(message.records)
+
+    def _log_events(self, records: list[protocol.ErrorRecord]) -> None:
+        """Into the error log, onto the stats socket (topic log), and one line each."""
+        assert self.plane is not None
+        self.aggregator.errors(records)
+        for r in records:
+            self.plane.publish(protocol.TOPIC_LOG, r)
+            log.warning("%s", error_line(r))
+
+    def _upstreams(self) -> dict[str, str]:
+        return {c.name: c.upstream for c in self.current.config.connectors}
 
     def _on_admin(self) -> None:
         assert self.plane is not None
@@ -499,6 +508,7 @@ class Supervisor:
             splice=self.current.config.relay.splice,
             ktls=ktls_unavailable() or "available",
             workers=self.aggregator.live_workers(),
+            certs={name: view.cert for name, view in self.aggregator.certs.items()},
         )
 
     def _stats(self) -> protocol.StatsReport:
@@ -510,6 +520,8 @@ class Supervisor:
             return
         self._next_stats = time.monotonic() + STATS_PERIOD_S
         self.aggregator.retire(time.time())
+        warn_days = {c.name: c.cert_warn_days for c in self.current.config.connectors if c.tls}
+        self._log_events(self.aggregator.certs_expiring(time.time(), warn_days, self._upstreams()))
         names = self.current.plan.stats_names
         report = self.aggregator.stats(names, self.current.number, time.time(), advance=True)
         self.plane.publish(protocol.TOPIC_STATS, report)

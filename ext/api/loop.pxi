@@ -217,6 +217,16 @@ cdef class Loop:
         snapshot.update(self.worker_counters())
         return snapshot
 
+    def route_certs(self):
+        """Per route id, the certificate a connector's upstream presented in its latest
+        handshakes, or None (no handshake yet, or not a TLS connector): {"pin": 32-byte
+        SHA-256 of the DER SubjectPublicKeyInfo, "not_after": Unix time, "issuer" and
+        "subject": RFC 2253 text, "seen": Unix time of the latest handshake,
+        "key_changes": handshakes that presented another key than the one before,
+        "previous_pin": the key before the latest change (b"" if none)}."""
+        cdef Worker *w = self.live()
+        return [cert_seen_dict(&w.routes[k].cert) for k in range(w.nroutes)]
+
     def pop_errors(self):
         """The ErrorEvents recorded since the last call, oldest first."""
         cdef Worker *w = self.live()

@@ -183,6 +183,24 @@ cdef extern from "<openssl/x509v3.h>" nogil:
 
 cdef extern from "<openssl/asn1.h>" nogil:
     int ASN1_INTEGER_set_int64(void *a, int64_t r)
+    # the upstream certificates seen (tls/certseen.pxi)
+    ctypedef struct ASN1_TIME:
+        pass
+    struct tm:                    # <time.h>
+        int tm_sec
+        int tm_min
+        int tm_hour
+        int tm_mday
+        int tm_mon
+        int tm_year
+    int ASN1_TIME_to_tm(const ASN1_TIME *s, tm *tm)
+    const ASN1_TIME *X509_get0_notAfter(const X509 *x)
+    X509_NAME *X509_get_issuer_name(const X509 *x)
+    int X509_NAME_print_ex(BIO *out, const X509_NAME *nm, int indent, unsigned long flags)
+    int X509_up_ref(X509 *x)
+    int X509_cmp(const X509 *a, const X509 *b)
+    enum:
+        XN_FLAG_RFC2253
 
 
 cdef extern from "<openssl/bio.h>" nogil:

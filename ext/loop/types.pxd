@@ -121,6 +121,7 @@ cdef struct Route:
     uint32_t nallow               # 0: any but loopback, link-local, unspecified
     socklen_t upstream_len
     sockaddr_storage upstream
+    CertSeen cert                 # ROUTE_UPSTREAM over TLS: the server's certificate
 
 
 cdef struct Listener:

@@ -165,6 +165,7 @@ cdef void worker_release(Worker *w) noexcept nogil:
     resolver_free(w)
     for k in range(w.nroutes):
         free(w.routes[k].allow)
+        cert_seen_clear(&w.routes[k].cert)
     for k in range(w.pipe_pool_len):
         close(w.pipe_pool[2 * k])
         close(w.pipe_pool[2 * k + 1])

@@ -76,6 +76,8 @@ cdef void conn_handshake(Worker *w, int32_t i) noexcept nogil:
         conn_ctr(w, c).handshakes += 1
         if SSL_session_reused(c.ssl):
             conn_ctr(w, c).handshakes_resumed += 1
+        if r.kind == ROUTE_UPSTREAM:
+            cert_seen_note(&r.cert, c.ssl, w.now_ms)
         ktls_mode = r.srv.ktls_mode if r.kind == ROUTE_EXIT else r.tls.ktls_mode
         if ktls_mode != KTLS_OFF:
             c.ktls = (BIO_get_ktls_send(SSL_get_wbio(c.ssl)) == 1

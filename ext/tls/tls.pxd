@@ -12,6 +12,14 @@ cdef int on_verify_server(int ok, X509_STORE_CTX *store) noexcept nogil
 # SSL_CTX_set_verify callback of a tunnel exit: the entry's key allowed, or its CA.
 cdef int on_verify_client(int ok, X509_STORE_CTX *store) noexcept nogil
 
+# -- tls/certseen.pxi -----------------------------------------------------------------------
+# A connector's handshake is done: note the leaf ssl's server presented on the route's seen.
+cdef void cert_seen_note(CertSeen *seen, SSL *ssl, uint64_t now_ms) noexcept nogil
+# Release seen's reference to its certificate (the route goes away).
+cdef void cert_seen_clear(CertSeen *seen) noexcept nogil
+# seen for Python: None before any handshake, else a dict (Loop.route_certs says which).
+cdef object cert_seen_dict(const CertSeen *seen)
+
 # -- tls/classify.pxi -----------------------------------------------------------------------
 # The handshake failed (ssl_err from SSL_get_error): its cause and reason to conn_fail. [may close]
 cdef void tls_handshake_failed(Worker *w, int32_t i, int ssl_err) noexcept nogil
@@ -35,3 +43,7 @@ cdef int pump_tls_read(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil
 cdef int tls_read_control(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil
 # close_notify towards the TLS side: 1 sent (or none owed), 0 wait, <0 -errno.
 cdef int tls_close_notify(Worker *w, Conn *c) noexcept nogil
+
+# -- tls/identity.pxi -----------------------------------------------------------------------
+# What was written into the memory BIO bio, as bytes.
+cdef bytes bio_bytes(BIO *bio)

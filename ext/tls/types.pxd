@@ -29,6 +29,16 @@ cdef struct TLSConf:
     uint32_t nsessions
 
 
+cdef struct CertSeen:
+    # A connector's upstream certificate as its latest handshakes presented it, on the
+    # route (tls/certseen.pxi). Python reads the dates and names from `leaf`.
+    X509 *leaf                    # our reference; NULL before the first handshake
+    unsigned char pin[32]         # SHA-256 of leaf's DER SubjectPublicKeyInfo
+    unsigned char previous_pin[32]  # the key before the latest change (key_changes > 0)
+    uint64_t key_changes          # handshakes that presented another key than the one before
+    uint64_t seen_ms              # Worker.now_ms of the latest handshake
+
+
 cdef struct ServerConf:
     # A tunnel exit's SSL_CTX app data: who may connect (the verify callback reads it).
     unsigned char (*pins)[32]     # allowed client keys: SHA-256 of the DER SPKI

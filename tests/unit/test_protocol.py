@@ -75,6 +75,13 @@ SAMPLES: list[msgspec.Struct] = [
     ),
     RECORD,
     protocol.ErrorBatch(slot=0, generation=1, pid=10, records=[RECORD]),
+    protocol.UpstreamCert(
+        pin="sha256/47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=",
+        not_after=1800000000.0,
+        issuer="CN=Test CA",
+        subject="CN=api.example.com",
+        seen=1700000000.0,
+    ),
     protocol.WorkerDraining(slot=0, generation=1, pid=10),
     protocol.WorkerBye(slot=0, generation=1, pid=10),
     protocol.SetLogLevel(level="debug"),

@@ -13,7 +13,9 @@ DEB_PACKAGES := python3 python3-venv python3-dev gcc make libssl-dev openssl ipr
 EXT_SOURCES := $(wildcard ext/*.pyx ext/*.pxd ext/*/*.pxi ext/*/*.pxd ext/includes/*.h) setup.py
 PYTEST_ARGS ?=
 
-.PHONY: help demo test lint build bench deps clean fmt test-ktls
+DIST_DIR ?= dist
+
+.PHONY: help demo test lint build bench deps clean fmt test-ktls dist
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -42,6 +44,11 @@ bench: build  ## pytest-benchmark runs: relay vs direct, copy vs splice (loopbac
 
 deps: $(VENV)/.installed  ## Debian packages and the virtualenv only
 
+# The wheel holds the compiled extension: `pip install` of it needs no compiler. Built with
+# the virtualenv's setuptools and Cython (no isolated build env to download), into DIST_DIR.
+dist: $(VENV)/.installed  ## build the wheel into dist/ (python -m build; compiled extension inside)
+	$(PY) -m build --wheel --no-isolation --outdir $(DIST_DIR) .
+
 relaycore/.built: $(VENV)/.installed $(EXT_SOURCES)
 	$(PY) setup.py -q build_ext --inplace -j 2
 	@touch $@
@@ -64,7 +71,7 @@ $(VENV)/.installed: .stamp-deb pyproject.toml
 	@touch $@
 
 clean:  ## remove build products (keeps .venv)
-	rm -rf build relaycore/.built relaycore/_core*.so ext/_core.c
+	rm -rf build dist relaycore/.built relaycore/_core*.so ext/_core.c
 
 # kTLS tests need a kernel with the tls module: tests/ktls/guest.sh runs them in a throw-away
 # QEMU guest booting Debian's stock kernel (root; the first run installs qemu with apt-get and

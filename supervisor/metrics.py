@@ -94,6 +94,24 @@ def render(report: StatsReport, reports_dropped: int) -> str:
     return "\n".join(out) + "\n"
 
 
+def render_config(sha256: str, last_reload_ok: bool, loaded: float) -> str:
+    """The config in force, for a fleet: the same sha256 on every node means the same file
+    everywhere; a 0 means the latest reload was rejected (the log says why)."""
+    return (
+        "# HELP relaycore_config_info The config file in force, by the SHA-256 of its bytes.\n"
+        "# TYPE relaycore_config_info gauge\n"
+        f'relaycore_config_info{{sha256="{sha256}"}} 1\n'
+        "# HELP relaycore_config_last_reload_successful 1 if the latest reload took (or none"
+        " was asked for), 0 if the file was rejected and the previous config stays.\n"
+        "# TYPE relaycore_config_last_reload_successful gauge\n"
+        f"relaycore_config_last_reload_successful {int(last_reload_ok)}\n"
+        "# HELP relaycore_config_last_reload_success_timestamp_seconds When the config in"
+        " force was loaded (Unix time).\n"
+        "# TYPE relaycore_config_last_reload_success_timestamp_seconds gauge\n"
+        f"relaycore_config_last_reload_success_timestamp_seconds {loaded:.3f}\n"
+    )
+
+
 class MetricsServer:
     """A listening socket plus its clients, driven by the supervisor's poller."""
 

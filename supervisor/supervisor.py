@@ -13,6 +13,7 @@ no connection is refused across a reload or a crash.
 
 import errno
 import functools
+import hashlib
 import logging
 import os
 import select
@@ -35,7 +36,7 @@ from relaycore.watch import ConfigWatch
 from .aggregate import Aggregator
 from .control import ControlPlane
 from .listeners import ListenerKey, ListenerSet
-from .metrics import MetricsServer, render
+from .metrics import MetricsServer, render, render_config
 from .restart import MAX_FAST_CRASHES, RestartPolicy
 
 log = logging.getLogger("relaycore.supervisor")
@@ -85,6 +86,11 @@ class Supervisor:
         self._next_stats = 0.0
         self._drained: set[int] = set()
         self.notify = Notifier()
+        # The config in force, for /metrics: its bytes' SHA-256, when it was loaded, and
+        # whether the latest reload took.
+        self.config_sha256 = _file_sha256(config_path)
+        self.config_loaded = time.time()
+        self.last_reload_ok = True
         self.reloading = False  # a reload is bringing up its generation (/readyz says 503)
         self.serving = False  # the first generation came up
         self.current, _ = self._build(config, 1)
@@ -104,7 +110,10 @@ class Supervisor:
             if config.stats.prometheus is not None:
                 self.metrics = MetricsServer(
                     parse_host_port(config.stats.prometheus, require_ip=True),
-                    lambda: render(self._stats(), self.aggregator.reports_dropped()),
+                    lambda: (
+                        render(self._stats(), self.aggregator.reports_dropped())
+                        + render_config(self.config_sha256, self.last_reload_ok, self.config_loaded)
+                    ),
                 )
                 self.metrics.add_page("/healthz", self._healthz)
                 self.metrics.add_page("/readyz", self._readyz)
@@ -226,8 +235,13 @@ class Supervisor:
         self.notify.reloading()
         if self.watch is not None:
             self.watch.seen()  # a SIGHUP after an edit: the watch need not reload again
+        sha256 = _file_sha256(self.config_path)
         try:
-            return self._reload()
+            error = self._reload()
+            self.last_reload_ok = error is None
+            if error is None:
+                self.config_sha256, self.config_loaded = sha256, time.time()
+            return error
         finally:
             self.reloading = False
             self.notify.ready(self._status_line())
@@ -602,6 +616,14 @@ class Supervisor:
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.pending.append(signum)
+
+
+def _file_sha256(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return ""
 
 
 def _kill(pid: int, signum: int) -> None:

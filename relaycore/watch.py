@@ -110,7 +110,7 @@ class ConfigWatch:
                 return False
             self._next_poll = now + POLL_INTERVAL_S
         else:
-            _drain(self._fd)
+            drain(self._fd)
             self._renew()
         digest = self._read()
         if digest is None or digest == self._digest:
@@ -173,8 +173,9 @@ class ConfigWatch:
             return None
 
 
-def _drain(fd: int) -> None:
-    # The events themselves do not matter: any of them means "look at the file again".
+def drain(fd: int) -> None:
+    """Read a non-blocking fd (inotify's, a self-pipe) until it is empty: what was in it
+    does not matter, only that something came."""
     try:
         while os.read(fd, 65536):
             pass

@@ -31,7 +31,7 @@ from relaycore.errors import ConfigError, StartupError, WorkerFailedError
 from relaycore.notify import Notifier
 from relaycore.plan import Plan, WorkerPlan, compile_plan
 from relaycore.render import error_line
-from relaycore.watch import ConfigWatch
+from relaycore.watch import ConfigWatch, drain
 
 from .aggregate import Aggregator
 from .control import ControlPlane
@@ -165,7 +165,7 @@ class Supervisor:
                 return
             raise
         if self._wake_r in ready:
-            _drain_pipe(self._wake_r)
+            drain(self._wake_r)
         for fd, child in starting.items():
             if fd in ready:
                 self._on_ready(child)
@@ -630,14 +630,6 @@ def _kill(pid: int, signum: int) -> None:
     try:
         os.kill(pid, signum)
     except ProcessLookupError:
-        pass
-
-
-def _drain_pipe(fd: int) -> None:
-    try:
-        while os.read(fd, 512):
-            pass
-    except BlockingIOError:
         pass
 
 

@@ -4,6 +4,7 @@ and the log lines of the supervisor and the workers."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import signal
@@ -113,6 +114,7 @@ def test_status_and_stats_show_workers_capabilities_and_connectors(tmp_path):
                 "handshakes": 0,
                 "handshakes_resumed": 0,
                 "errors": {},
+                "cert": None,
             }
             assert t["opened_per_s"] >= 0
             assert (dead["opened"], dead["closed"], dead["errors"]) == (
@@ -284,7 +286,7 @@ def test_prometheus_scrape_matches_stats_and_survives_a_silent_client(tmp_path):
             two_connectors(run_dir, port, echo.port, dead_port, dead_upstream, workers=2),
             prometheus=f"{HOST}:{prom}",
         )
-        with relay_process(config, tmp_path):
+        with relay_process(config, tmp_path) as relay:
             for k in range(4):
                 assert round_trip(port, b"x" * (100 + k)) == b"x" * (100 + k)
             for _ in range(2):
@@ -315,6 +317,10 @@ def test_prometheus_scrape_matches_stats_and_survives_a_silent_client(tmp_path):
                 "relaycore_workers": "gauge",
                 "relaycore_config_generation": "gauge",
                 "relaycore_reports_dropped": "counter",
+                "relaycore_upstream_cert_expiry_timestamp_seconds": "gauge",  # no TLS here
+                "relaycore_config_info": "gauge",
+                "relaycore_config_last_reload_successful": "gauge",
+                "relaycore_config_last_reload_success_timestamp_seconds": "gauge",
             }
             expected: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
             for c in report["connectors"]:
@@ -338,6 +344,12 @@ def test_prometheus_scrape_matches_stats_and_survives_a_silent_client(tmp_path):
             expected[("relaycore_reports_dropped_total", frozenset())] = sum(
                 w["reports_dropped"] for w in report["workers"]
             )
+            sha256 = hashlib.sha256(relay.config_path.read_bytes()).hexdigest()
+            expected[("relaycore_config_info", frozenset({("sha256", sha256)}))] = 1
+            expected[("relaycore_config_last_reload_successful", frozenset())] = 1
+            loaded = ("relaycore_config_last_reload_success_timestamp_seconds", frozenset())
+            expected[loaded] = metric_samples(body)[loaded]
+            assert 0 < time.time() - expected[loaded] < 300
             assert metric_samples(body) == expected
             t_in = frozenset({("connector", "t"), ("direction", "in")})
             refused = frozenset({("connector", "dead"), ("cause", "connect_refused")})

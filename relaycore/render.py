@@ -65,6 +65,9 @@ def stats(report: StatsReport) -> str:
         if c.errors:
             causes = ", ".join(f"{cause} {n}" for cause, n in c.errors.items())
             lines.append(f"  {'':<16} errors: {causes}")
+        if c.alpn:
+            agreed = ", ".join(f"{protocol} {n}" for protocol, n in c.alpn.items())
+            lines.append(f"  {'':<16} alpn: {agreed}")
     return "\n".join(lines)
 
 

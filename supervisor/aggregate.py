@@ -153,6 +153,11 @@ class Aggregator:
                         for k, n in sorted(c.items())
                         if k.startswith("errors_") and n
                     },
+                    alpn={
+                        k.removeprefix("alpn:"): n
+                        for k, n in sorted(c.items())
+                        if k.startswith("alpn:") and n
+                    },
                 )
             )
         return StatsReport(

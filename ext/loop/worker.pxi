@@ -165,6 +165,7 @@ cdef void worker_release(Worker *w) noexcept nogil:
     resolver_free(w)
     for k in range(w.nroutes):
         free(w.routes[k].allow)
+        free(w.routes[k].http_host)
     for k in range(w.pipe_pool_len):
         close(w.pipe_pool[2 * k])
         close(w.pipe_pool[2 * k + 1])

@@ -56,6 +56,7 @@ CONNECTOR = protocol.ConnectorStats(
     handshakes=100,
     handshakes_resumed=60,
     errors={"connect_refused": 37},
+    alpn={"x-amzn-mqtt-ca": 100},
 )
 STATS = protocol.StatsReport(
     time=1700000002.0, generation=2, connectors=[CONNECTOR], workers=[WORKER]
@@ -78,6 +79,7 @@ SAMPLES: list[msgspec.Struct] = [
     protocol.WorkerDraining(slot=0, generation=1, pid=10),
     protocol.WorkerBye(slot=0, generation=1, pid=10),
     protocol.SetLogLevel(level="debug"),
+    protocol.UpstreamAddresses(generation=2, route=0, addresses=[("10.0.0.7", 443)]),
     CONNECTOR,
     WORKER,
     STATS,

@@ -34,7 +34,6 @@ from relaycore.config import Config
 from relaycore.errors import StartupError
 from relaycore.gateway import PASSTHROUGH_ROUTE, REJECT_ROUTE
 
-
 Address = tuple[str, int]  # (IP literal, port)
 
 

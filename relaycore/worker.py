@@ -21,7 +21,7 @@ from relaycore.plan import (
     UpstreamRoute,
     WorkerPlan,
 )
-from relaycore.protocol import ControlMessage, ErrorRecord, SetLogLevel, UpstreamAddresses
+from relaycore.protocol import ControlMessage, ErrorRecord, SetLogLevel
 from relaycore.render import error_line
 from relaycore.reporting import ControlSubscriber, Reporter, merge_records
 

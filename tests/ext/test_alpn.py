@@ -77,5 +77,5 @@ def test_an_exit_refuses_an_entry_that_offers_none_of_its_protocols(make_relay, 
     "alpn", [["x" * 256], [""], [f"p{k}" for k in range(9)]], ids=["long", "empty", "nine"]
 )
 def test_a_bad_alpn_list_is_refused_when_the_context_is_made(alpn):
-    with pytest.raises(ValueError, match="^alpn: "):
+    with pytest.raises(ValueError, match=r"^alpn: "):
         _core.TLSClientContext(alpn=alpn)

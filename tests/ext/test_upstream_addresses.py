@@ -16,8 +16,9 @@ from support.servers import HOST, EchoServer
 from support.unreachable import BlackholeListener, refused_port
 
 
-def start(make_relay: Callable[..., LoopThread], addresses: list[tuple[str, int]],
-          **loop_kwargs: Any) -> LoopThread:  # fmt: skip
+def start(
+    make_relay: Callable[..., LoopThread], addresses: list[tuple[str, int]], **loop_kwargs: Any
+) -> LoopThread:
     def setup(loop: Any, fd: int) -> None:
         route = loop.add_upstream(*addresses[0])
         loop.set_upstream_addresses(route, addresses)
@@ -46,8 +47,7 @@ def test_a_refused_address_moves_on_to_the_next_and_the_good_one_sticks(make_rel
 
 def test_a_timed_out_address_moves_on_within_the_connect_timeout(make_relay):
     with BlackholeListener() as hole, EchoServer() as echo:
-        relay = start(make_relay, [(HOST, hole.port), (HOST, echo.port)],
-                      connect_timeout_ms=300)  # fmt: skip
+        relay = start(make_relay, [(HOST, hole.port), (HOST, echo.port)], connect_timeout_ms=300)
         with connect(relay.port) as s:
             ping(s, timeout=5.0)
         assert relay.wait_idle()["errors_connect_timeout"] == 0

@@ -67,8 +67,11 @@ def stats_of(run_dir: Path, name: str) -> dict[str, Any]:
     """`relaycore stats --json`'s entry for connector `name`."""
     out = subprocess.run(
         [sys.executable, "-m", "relaycore", "stats", "--run-dir", str(run_dir), "--json"],
-        capture_output=True, text=True, timeout=30, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     [found] = [c for c in json.loads(out.stdout)["connectors"] if c["name"] == name]
     return dict(found)
 
@@ -101,13 +104,19 @@ def test_alpn_is_offered_agreed_and_counted_or_refused_with_its_cause(tmp_path, 
     with openssl_server(tmp_path / "s", free_port(), cert, extra=["-alpn", "x-amzn-mqtt-ca"]) as up:
         config = relay_config(
             run_dir,
-            {"name": "iot", "listen": f"{HOST}:{listen}", "upstream": f"{HOST}:{up.port}",
-             "server_name": "localhost", "ca": str(ca), "alpn": ["x-amzn-mqtt-ca"]},
+            {
+                "name": "iot",
+                "listen": f"{HOST}:{listen}",
+                "upstream": f"{HOST}:{up.port}",
+                "server_name": "localhost",
+                "ca": str(ca),
+                "alpn": ["x-amzn-mqtt-ca"],
+            },
         ) + (
             f'[[connector]]\nname = "https"\nlisten = "{HOST}:{refused}"\n'
             f'upstream = "{HOST}:{up.port}"\nserver_name = "localhost"\nca = "{ca}"\n'
             'alpn = ["x-amzn-http-ca"]\n'
-        )  # fmt: skip
+        )
         with relay_process(config, tmp_path) as relay:
             status, _ = http_get(listen)
             assert status == "HTTP/1.0 200 ok"
@@ -133,8 +142,12 @@ def test_nginx_reads_the_devices_address_from_the_proxy_header(tmp_path, pki, ve
     ca, cert = pki
     listen = free_port()
     with nginx_proxy_protocol(tmp_path / "nginx", free_port(), cert if tls else None) as up:
-        keys: dict[str, Value] = {"name": "pp", "listen": f"{HOST}:{listen}",
-                                  "upstream": f"{HOST}:{up.port}", "proxy_protocol": version}  # fmt: skip
+        keys: dict[str, Value] = {
+            "name": "pp",
+            "listen": f"{HOST}:{listen}",
+            "upstream": f"{HOST}:{up.port}",
+            "proxy_protocol": version,
+        }
         keys.update({"server_name": "api.test", "ca": str(ca)} if tls else {"tls": False})
         with relay_process(relay_config(tmp_path / "run", keys), tmp_path):
             status, body, local = device_get(listen)
@@ -148,9 +161,14 @@ def test_haproxy_accepts_the_proxy_header_before_the_client_hello(tmp_path, pki,
     ca, cert = pki
     listen, port = free_port(), free_port()
     with haproxy(tmp_path / "haproxy", port, haproxy_accept_proxy(tmp_path / "h", port, cert)):
-        keys: dict[str, Value] = {"name": "pp", "listen": f"{HOST}:{listen}",
-                                  "upstream": f"{HOST}:{port}", "proxy_protocol": version,
-                                  "server_name": "api.test", "ca": str(ca)}  # fmt: skip
+        keys: dict[str, Value] = {
+            "name": "pp",
+            "listen": f"{HOST}:{listen}",
+            "upstream": f"{HOST}:{port}",
+            "proxy_protocol": version,
+            "server_name": "api.test",
+            "ca": str(ca),
+        }
         with relay_process(relay_config(tmp_path / "run", keys), tmp_path) as relay:
             status, body, local = device_get(listen)
             problems = [x for x in relay.lines if " WARNING " in x]
@@ -171,10 +189,15 @@ def test_a_balancers_header_is_read_and_passed_on(tmp_path, pki):
         nginx_proxy_protocol(tmp_path / "nginx", free_port(), cert) as up,
         haproxy(tmp_path / "haproxy", front, haproxy_send_proxy(front, listen)),
     ):
-        keys: dict[str, Value] = {"name": "lb", "listen": f"{HOST}:{listen}",
-                                  "upstream": f"{HOST}:{up.port}", "accept_proxy": True,
-                                  "proxy_protocol": "v1", "server_name": "api.test",
-                                  "ca": str(ca)}  # fmt: skip
+        keys: dict[str, Value] = {
+            "name": "lb",
+            "listen": f"{HOST}:{listen}",
+            "upstream": f"{HOST}:{up.port}",
+            "accept_proxy": True,
+            "proxy_protocol": "v1",
+            "server_name": "api.test",
+            "ca": str(ca),
+        }
         with relay_process(relay_config(tmp_path / "run", keys), tmp_path):
             status, body, local = device_get(front)
     assert status == "HTTP/1.1 200 OK", body
@@ -193,9 +216,13 @@ def test_a_strict_virtual_host_takes_the_device_only_with_the_rewrite(tmp_path, 
     ca, cert = pki
     listen, port = free_port(), free_port()
     with nginx_strict_host(tmp_path / "nginx", port, "api.test", cert):
-        keys: dict[str, Value] = {"name": "web", "listen": f"{HOST}:{listen}",
-                                  "upstream": f"{HOST}:{port}", "server_name": "api.test",
-                                  "ca": str(ca)}  # fmt: skip
+        keys: dict[str, Value] = {
+            "name": "web",
+            "listen": f"{HOST}:{listen}",
+            "upstream": f"{HOST}:{port}",
+            "server_name": "api.test",
+            "ca": str(ca),
+        }
         if rewrite:
             keys["http_host"] = "rewrite"
         with (
@@ -203,14 +230,19 @@ def test_a_strict_virtual_host_takes_the_device_only_with_the_rewrite(tmp_path, 
             socket.create_connection((HOST, listen), timeout=IO_TIMEOUT) as s,
         ):
             # Two requests pipelined in one write, then a third on the same connection.
-            s.sendall(b"GET /a HTTP/1.1\r\nHost: 1.2.3.4\r\n\r\n"
-                      b"POST /b HTTP/1.1\r\nhost: 1.2.3.4\r\nContent-Length: 5\r\n\r\nhello")  # fmt: skip
+            s.sendall(
+                b"GET /a HTTP/1.1\r\nHost: 1.2.3.4\r\n\r\n"
+                b"POST /b HTTP/1.1\r\nhost: 1.2.3.4\r\nContent-Length: 5\r\n\r\nhello"
+            )
             s.sendall(b"GET /c HTTP/1.1\r\nHost: 1.2.3.4\r\nConnection: close\r\n\r\n")
             data = b""
             while chunk := s.recv(65536):
                 data += chunk
-        access = wait_for(lambda: len(nginx_access(tmp_path / "nginx")) == 3 and
-                          nginx_access(tmp_path / "nginx"), WAIT, "3 requests in nginx's log")  # fmt: skip
+        access = wait_for(
+            lambda: len(nginx_access(tmp_path / "nginx")) == 3 and nginx_access(tmp_path / "nginx"),
+            WAIT,
+            "3 requests in nginx's log",
+        )
     statuses = re.findall(r"HTTP/1\.1 \d+ [^\r]*", data.decode())
     if rewrite:
         assert statuses == ["HTTP/1.1 200 OK"] * 3, data

@@ -46,10 +46,18 @@ def _nginx_conf(directory: Path, servers: str) -> Path:
 @contextlib.contextmanager
 def _nginx(directory: Path, port: int, servers: str) -> Iterator[Peer]:
     conf = _nginx_conf(directory, servers)
-    argv = [NGINX or "nginx", "-p", str(directory), "-c", str(conf), "-e",
-            str(directory / "error.log")]  # fmt: skip
-    with peer_process("nginx", argv, ports=[port], log=directory / "nginx.out",
-                      cwd=directory) as peer:  # fmt: skip
+    argv = [
+        NGINX or "nginx",
+        "-p",
+        str(directory),
+        "-c",
+        str(conf),
+        "-e",
+        str(directory / "error.log"),
+    ]
+    with peer_process(
+        "nginx", argv, ports=[port], log=directory / "nginx.out", cwd=directory
+    ) as peer:
         yield peer
 
 
@@ -64,8 +72,11 @@ def nginx_proxy_protocol(directory: Path, port: int, cert: Issued | None) -> Ite
     plain HTTP): every request is answered with what the PROXY header said,
     `<client addr>:<port> <server addr>:<port>`. A connection without a header is refused
     by nginx itself."""
-    tls = f" ssl;\n        ssl_certificate {cert.cert};\n        ssl_certificate_key {cert.key}" \
-        if cert else ""  # fmt: skip
+    tls = (
+        f" ssl;\n        ssl_certificate {cert.cert};\n        ssl_certificate_key {cert.key}"
+        if cert
+        else ""
+    )
     servers = (
         "    server {\n"
         f"        listen {HOST}:{port} proxy_protocol{tls};\n"
@@ -116,8 +127,9 @@ def haproxy(directory: Path, port: int, config: str) -> Iterator[Peer]:
         f"{config}"
     )
     argv = [HAPROXY or "haproxy", "-db", "-f", str(conf)]
-    with peer_process("haproxy", argv, ports=[port], log=directory / "haproxy.out",
-                      cwd=directory) as peer:  # fmt: skip
+    with peer_process(
+        "haproxy", argv, ports=[port], log=directory / "haproxy.out", cwd=directory
+    ) as peer:
         yield peer
 
 

@@ -103,11 +103,11 @@ cdef Py_ssize_t proxyhdr_v2(const uint8_t *p, size_t n, ProxyAddrs *out,
     cdef size_t length
     cdef sockaddr_in *s4
     cdef sockaddr_in *d4
-    if n < 16:
-        return 0
-    if p[12] >> 4 != 2 or p[12] & 0xf > 1:
+    if n > 12 and (p[12] >> 4 != 2 or p[12] & 0xf > 1):
         why[0] = "PROXY v2 header with an unknown version or command"
         return -1
+    if n < 16:
+        return 0
     length = (<size_t>p[14] << 8) | p[15]
     if 16 + length > PROXYHDR_MAX:
         why[0] = "PROXY v2 header longer than relaycore accepts (1024 bytes)"
@@ -154,7 +154,7 @@ cdef Py_ssize_t proxyhdr_parse(const uint8_t *p, size_t n, ProxyAddrs *out,
         if p[k] != V2_SIG[k]:
             break
     else:
-        return 0 if n < 12 else proxyhdr_v2(p, n, out, why)
+        return 0 if n <= 12 else proxyhdr_v2(p, n, out, why)
     for k in range(word):
         if p[k] != (<const uint8_t *>b"PROXY ")[k]:
             why[0] = "no PROXY header: the client sent something else first"

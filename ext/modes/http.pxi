@@ -76,7 +76,7 @@ cdef bint request_line_ok(const uint8_t *p, size_t n, bint complete, uint8_t *ve
     t = k + 1
     k = t
     while k < n and p[k] != b' ':
-        if p[k] < 0x21 or p[k] == 0x7f:
+        if p[k] < 0x21 or p[k] >= 0x7f:        # visible ASCII only (RFC 9112 3.2)
             return False
         k += 1
     if k == t or n - k - 1 != 8 or memcmp(p + k + 1, b"HTTP/1.", 7) != 0:
@@ -332,9 +332,9 @@ cdef Py_ssize_t http_step(Http *st, const uint8_t *p, size_t n, const char *host
         if e < 0 or <size_t>e - pos > HTTP_LINE_MAX:
             if n - pos > HTTP_LINE_MAX:
                 why[0] = "chunk-size or trailer line over 4 KiB"
-                return -1
+                return <Py_ssize_t>pos if pos else -1     # what came before goes first
             break
         if chunk_line(st, p + pos, <size_t>e - pos, why) < 0:
-            return -1
+            return <Py_ssize_t>pos if pos else -1
         pos = <size_t>e + 2
     return <Py_ssize_t>pos

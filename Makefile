@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 DEB_PACKAGES := python3 python3-venv python3-dev gcc make libssl-dev openssl iproute2 procps \
-	curl nginx-light mosquitto mosquitto-clients nftables iputils-ping util-linux mount
+	curl nginx-light mosquitto mosquitto-clients nftables iputils-ping util-linux mount haproxy
 EXT_SOURCES := $(wildcard ext/*.pyx ext/*.pxd ext/*/*.pxi ext/*/*.pxd ext/includes/*.h) setup.py
 PYTEST_ARGS ?=
 

@@ -71,6 +71,21 @@ def test_every_request_of_a_kept_alive_connection_gets_the_host(make_relay, tls_
     assert counters["bytes_in"] == len(want)
 
 
+def test_expect_100_continue_sends_the_head_before_the_body(make_relay, tls_files):
+    # The device waits for the server's 100 Continue before its body: the head must reach
+    # the server on its own, not wait for the body behind it.
+    head = b"PUT /fw HTTP/1.1\r\nHost: 1.2.3.4\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+    with tls_echo(tls_files) as echo:
+        relay = start(make_relay, tls_files, echo.port)
+        with connect(relay.port) as dev:
+            dev.sendall(head)
+            rewritten = _core.http_rewrite(head, HOST_VALUE)[0]
+            assert recv_exact(dev, len(rewritten)) == rewritten
+            dev.sendall(b"hello")
+            assert recv_exact(dev, 5) == b"hello"
+        relay.wait_idle()
+
+
 def test_after_an_upgrade_the_rest_passes_as_it_comes(make_relay, tls_files):
     head = b"GET /ws HTTP/1.1\r\nHost: 1.2.3.4\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
     later = b"GET /not-a-head HTTP/1.1\r\nHost: 1.2.3.4\r\n\r\n\x81\x05hello"

@@ -253,3 +253,48 @@ def test_a_strict_virtual_host_takes_the_device_only_with_the_rewrite(tmp_path, 
         ]
     else:
         assert statuses == ["HTTP/1.1 421 Misdirected Request"] * 3, data
+
+
+CURL = find_binary("curl")
+
+
+@needs_nginx
+@pytest.mark.skipif(CURL is None, reason="curl not installed")
+def test_curl_posts_a_large_body_with_expect_100_continue(tmp_path, pki):
+    """curl sends `Expect: 100-continue` before a large body and waits for nginx's 100
+    Continue: the rewritten head reaches nginx alone, then the body streams through."""
+    ca, cert = pki
+    listen, port = free_port(), free_port()
+    body = tmp_path / "firmware.bin"
+    body.write_bytes(bytes(range(256)) * 8192)  # 2 MiB
+    with nginx_strict_host(tmp_path / "nginx", port, "api.test", cert):
+        keys: dict[str, Value] = {
+            "name": "web",
+            "listen": f"{HOST}:{listen}",
+            "upstream": f"{HOST}:{port}",
+            "server_name": "api.test",
+            "ca": str(ca),
+            "http_host": "rewrite",
+        }
+        with relay_process(relay_config(tmp_path / "run", keys), tmp_path):
+            out = subprocess.run(
+                [
+                    CURL or "curl",
+                    "-sS",
+                    "-v",
+                    "-H",
+                    "Host: 1.2.3.4",
+                    "--data-binary",
+                    f"@{body}",
+                    f"http://{HOST}:{listen}/upload",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        access = wait_for(lambda: nginx_access(tmp_path / "nginx"), WAIT, "nginx's access log")
+    assert out.returncode == 0, out.stderr
+    assert "> Expect: 100-continue" in out.stderr
+    assert "< HTTP/1.1 100 Continue" in out.stderr
+    assert out.stdout == "host=api.test\n"
+    assert access == [f"api.test|api.test:{port}|POST /upload HTTP/1.1"]

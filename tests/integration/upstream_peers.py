@@ -37,6 +37,7 @@ def _nginx_conf(directory: Path, servers: str) -> Path:
         "    log_format host '$host|$http_host|$request';\n"
         f"    access_log {directory / 'access.log'} host;\n"
         "    ssl_protocols TLSv1.2 TLSv1.3;\n"
+        "    client_max_body_size 8m;\n"
         f"{servers}"
         "}\n"
     )

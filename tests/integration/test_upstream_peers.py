@@ -207,6 +207,20 @@ def test_a_balancers_header_is_read_and_passed_on(tmp_path, pki):
 # -- Host rewrite ----------------------------------------------------------------------------
 
 
+def web_connector(listen: int, port: int, ca: Path, rewrite: bool) -> dict[str, Value]:
+    """A TLS connector to api.test on port, with the Host rewrite or without."""
+    keys: dict[str, Value] = {
+        "name": "web",
+        "listen": f"{HOST}:{listen}",
+        "upstream": f"{HOST}:{port}",
+        "server_name": "api.test",
+        "ca": str(ca),
+    }
+    if rewrite:
+        keys["http_host"] = "rewrite"
+    return keys
+
+
 @needs_nginx
 @pytest.mark.parametrize("rewrite", [True, False], ids=["rewrite", "as-sent"])
 def test_a_strict_virtual_host_takes_the_device_only_with_the_rewrite(tmp_path, pki, rewrite):
@@ -216,15 +230,7 @@ def test_a_strict_virtual_host_takes_the_device_only_with_the_rewrite(tmp_path, 
     ca, cert = pki
     listen, port = free_port(), free_port()
     with nginx_strict_host(tmp_path / "nginx", port, "api.test", cert):
-        keys: dict[str, Value] = {
-            "name": "web",
-            "listen": f"{HOST}:{listen}",
-            "upstream": f"{HOST}:{port}",
-            "server_name": "api.test",
-            "ca": str(ca),
-        }
-        if rewrite:
-            keys["http_host"] = "rewrite"
+        keys = web_connector(listen, port, ca, rewrite)
         with (
             relay_process(relay_config(tmp_path / "run", keys), tmp_path),
             socket.create_connection((HOST, listen), timeout=IO_TIMEOUT) as s,
@@ -268,14 +274,7 @@ def test_curl_posts_a_large_body_with_expect_100_continue(tmp_path, pki):
     body = tmp_path / "firmware.bin"
     body.write_bytes(bytes(range(256)) * 8192)  # 2 MiB
     with nginx_strict_host(tmp_path / "nginx", port, "api.test", cert):
-        keys: dict[str, Value] = {
-            "name": "web",
-            "listen": f"{HOST}:{listen}",
-            "upstream": f"{HOST}:{port}",
-            "server_name": "api.test",
-            "ca": str(ca),
-            "http_host": "rewrite",
-        }
+        keys = web_connector(listen, port, ca, rewrite=True)
         with relay_process(relay_config(tmp_path / "run", keys), tmp_path):
             out = subprocess.run(
                 [

@@ -10,7 +10,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from peers import Peer, find_binary, peer_process, read_text
+from peers import Peer, find_binary, nginx_process, peer_process, read_text
 from support.servers import HOST
 
 from relaycore.lab.pki import Issued
@@ -19,46 +19,17 @@ NGINX = find_binary("nginx")
 HAPROXY = find_binary("haproxy")
 
 
-def _nginx_conf(directory: Path, servers: str) -> Path:
+@contextlib.contextmanager
+def _nginx(directory: Path, port: int, servers: str) -> Iterator[Peer]:
     directory.mkdir(parents=True, exist_ok=True)
-    temp = "\n".join(
-        f"    {kind}_temp_path {directory / kind};"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    conf = directory / "nginx.conf"
-    conf.write_text(
-        "daemon off;\n"
-        "master_process off;\n"
-        f"pid {directory / 'nginx.pid'};\n"
-        f"error_log {directory / 'error.log'} info;\n"
-        "events { worker_connections 64; }\n"
-        "http {\n"
-        f"{temp}\n"
+    http = (
         "    log_format host '$host|$http_host|$request';\n"
         f"    access_log {directory / 'access.log'} host;\n"
         "    ssl_protocols TLSv1.2 TLSv1.3;\n"
         "    client_max_body_size 8m;\n"
         f"{servers}"
-        "}\n"
     )
-    return conf
-
-
-@contextlib.contextmanager
-def _nginx(directory: Path, port: int, servers: str) -> Iterator[Peer]:
-    conf = _nginx_conf(directory, servers)
-    argv = [
-        NGINX or "nginx",
-        "-p",
-        str(directory),
-        "-c",
-        str(conf),
-        "-e",
-        str(directory / "error.log"),
-    ]
-    with peer_process(
-        "nginx", argv, ports=[port], log=directory / "nginx.out", cwd=directory
-    ) as peer:
+    with nginx_process(directory, port, http) as peer:
         yield peer
 
 

@@ -134,7 +134,11 @@ def _obey(loop: _core.Loop, plan: WorkerPlan, messages: list[ControlMessage]) ->
             logging.getLogger("relaycore").setLevel(message.level.upper())
         elif message.generation == plan.plan.generation:
             # Connections in flight keep their sockets; new ones dial these.
-            loop.set_upstream_addresses(message.route, message.addresses)
+            try:
+                loop.set_upstream_addresses(message.route, message.addresses)
+            except ValueError as e:
+                log.warning("ignoring addresses for route %d: %s", message.route, e)
+                continue
             log.debug("route %d: upstream addresses %s", message.route, message.addresses)
 
 

@@ -107,6 +107,11 @@ cdef int pump_http_write(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
             memmove(h.inbuf, h.inbuf + h.in_off, h.in_len - h.in_off)
             h.in_len -= h.in_off
             h.in_off = 0
+        if h.in_len == SCRATCH_SIZE:
+            # Cannot happen (a head or line this long was refused): never recv 0 bytes,
+            # which would read as EOF.
+            h.why = "request head too long"
+            return PUMP_HTTP_REFUSED
         n = recv(c.fd[src], h.inbuf + h.in_len, SCRATCH_SIZE - h.in_len, 0)
         if n == 0:
             dr.eof = 1                      # an unfinished head is dropped, never sent

@@ -9,6 +9,8 @@ on. The parser alone, under hypothesis and against h11, is test_http_fuzz.py.
 from __future__ import annotations
 
 import hashlib
+import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -155,3 +157,36 @@ def test_what_is_not_http_is_refused_at_once(make_relay, tls_files):
         "not an HTTP/1.0 or HTTP/1.1 request line (answered with 400 Bad Request)",
         "not an HTTP/1.0 or HTTP/1.1 request line (answered with 400 Bad Request)",
     ]
+
+
+def test_a_server_that_stops_reading_stops_the_device(make_relay, tls_files):
+    # Backpressure: while the server reads nothing, the device's upload stalls after what
+    # the socket buffers hold (the relay keeps at most one buffer of it); then every byte
+    # arrives, the head rewritten, the body intact.
+    body = bytes(range(256)) * (128 << 10)  # 32 MiB
+    head = f"POST /up HTTP/1.1\r\nHost: 1.2.3.4\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    forwarded = _core.http_rewrite(head, HOST_VALUE)[0] + body
+    gate = threading.Event()
+    tls = tls_server_context(tls_files.server.chain, tls_files.server.key)
+    sent = 0
+    with SinkServer(tls=tls, gate=gate, bufsize=64 << 10) as sink:
+        relay = start(make_relay, tls_files, sink.port)
+        with connect(relay.port, bufsize=64 << 10) as dev:
+
+            def upload() -> None:
+                nonlocal sent
+                dev.sendall(head)
+                for k in range(0, len(body), 64 << 10):
+                    dev.sendall(body[k : k + (64 << 10)])
+                    sent += 64 << 10
+                dev.shutdown(socket.SHUT_WR)
+
+            uploader = threading.Thread(target=upload, name="device-upload")
+            uploader.start()
+            threading.Event().wait(2.0)  # the server deliberately reads nothing meanwhile
+            stalled_at = sent
+            gate.set()
+            uploader.join(60)
+            assert recv_exact(dev, 32, timeout=30) == hashlib.sha256(forwarded).digest()
+        relay.wait_idle()
+    assert stalled_at < len(body) // 4, f"the device sent {stalled_at} bytes into a stalled server"

@@ -27,6 +27,8 @@ from relaycore.plan import Address, Plan, lookup
 
 log = logging.getLogger("relaycore.supervisor")
 
+IDLE_WAIT_S = 60.0  # how often a watcher with nothing to look up checks again
+
 
 @dataclass(frozen=True)
 class Lookup:
@@ -77,16 +79,20 @@ class NameWatcher:
     _thread: threading.Thread | None = None
 
     def watch(self, plan: Plan) -> None:
-        """Follow the names of `plan` (a new generation): its addresses are the current
-        ones; the next round looks them up again."""
+        """Follow the names of `plan` (a new generation) and its resolve_interval_s: its
+        addresses are the current ones; the next round looks them up again."""
         with self._lock:
             self.generation = plan.generation
+            self.interval_s = plan.resolve_interval_s  # a reload may change it
             self.routes = {
                 k: Watched(k, plan.routes[k].name, name, plan.routes[k].addresses)  # type: ignore[union-attr]
                 for k, name in plan.names().items()
             }
             self._answers.clear()
-        if self.routes and self._thread is None and self.interval_s > 0:
+
+    def start(self) -> None:
+        """Look the names up every interval from now on, on a thread of its own."""
+        if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="names", daemon=True)
             self._thread.start()
 
@@ -101,9 +107,12 @@ class NameWatcher:
             self._thread.join(timeout=1.0)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        # An interval of 0 (a reload turned lookups off) only waits, for a later reload.
+        while not self._stop.wait(self.interval_s or IDLE_WAIT_S):
             with self._lock:
-                names = sorted({w.name for w in self.routes.values()})
+                names = sorted({w.name for w in self.routes.values()} if self.interval_s else ())
+            if not names:
+                continue
             answers = [self._lookup(name) for name in names if not self._stop.is_set()]
             with self._lock:
                 self._answers.extend(answers)

@@ -97,6 +97,7 @@ class Supervisor:
             self.plane = ControlPlane(config.relay.run_dir, config.stats.publish)
             self.names = NameWatcher(config.relay.resolve_interval_s, self._wake_w)
             self.names.watch(self.current.plan)
+            self.names.start()
             if config.stats.prometheus is not None:
                 self.metrics = MetricsServer(
                     parse_host_port(config.stats.prometheus, require_ip=True),

@@ -1,7 +1,6 @@
 """Names that move, without a resolver: what the supervisor's NameWatcher makes of a
 round of lookups (a change, the same addresses, a failure that keeps the last good ones),
-what a plan becomes with the addresses found later, and the agreed ALPN protocols in
-stats and Prometheus."""
+and what a plan becomes with the addresses found later."""
 
 from __future__ import annotations
 
@@ -14,9 +13,6 @@ from relaycore import _core
 from relaycore.addresses import HostPort
 from relaycore.config import parse_config
 from relaycore.plan import ExitRoute, UpstreamRoute, compile_plan
-from relaycore.protocol import ConnectorStats, StatsReport
-from relaycore.render import stats
-from relaycore.supervisor.metrics import render
 from relaycore.supervisor.names import Lookup, NameWatcher
 
 PIN = "sha256/" + "A" * 43 + "="
@@ -77,25 +73,3 @@ def test_a_round_of_lookups_changes_keeps_or_fails(plan, caplog):
         # Said once, however many rounds fail.
         "by-name: cannot resolve localhost: Name or service not known; keeping 127.0.0.9:80",
     ]
-
-
-def test_the_agreed_alpn_protocols_show_in_stats_and_metrics():
-    connector = ConnectorStats(
-        name="iot",
-        active=0,
-        opened=3,
-        closed=3,
-        opened_per_s=0.0,
-        bytes_in=1,
-        bytes_out=2,
-        handshakes=3,
-        handshakes_resumed=0,
-        errors={},
-        alpn={"x-amzn-mqtt-ca": 3},
-    )
-    report = StatsReport(time=0.0, generation=1, connectors=[connector], workers=[])
-    assert "  iot" in stats(report)
-    assert "alpn: x-amzn-mqtt-ca 3" in stats(report)
-    assert 'relaycore_tls_alpn_total{connector="iot",protocol="x-amzn-mqtt-ca"} 3' in render(
-        report, 0
-    )

@@ -18,9 +18,10 @@ import zmq
 
 from relaycore import protocol, rundir
 from relaycore.errors import StartupError
-from relaycore.render import error_line
+from relaycore.render import error_line, stats
 from relaycore.reporting import merge_records
 from relaycore.supervisor.control import ControlPlane
+from relaycore.supervisor.metrics import render
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"
 
@@ -354,3 +355,9 @@ def test_records_merge_by_connector_cause_and_upstream_and_the_latest_speaks() -
     ]
     first = merged["acme", "connect_refused", "10.0.0.5:443"]
     assert (first.count, first.first, first.last, first.client) == (2, 1.0, 3.0, "192.0.2.1:1")
+
+
+def test_the_agreed_alpn_protocols_show_in_stats_and_metrics() -> None:
+    assert "alpn: x-amzn-mqtt-ca 100" in stats(STATS)
+    metric = 'relaycore_tls_alpn_total{connector="acme",protocol="x-amzn-mqtt-ca"} 100'
+    assert metric in render(STATS, 0)

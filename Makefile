@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 # systemd: systemd-analyze, which checks contrib/systemd without a running systemd.
 DEB_PACKAGES := python3 python3-venv python3-dev gcc make libssl-dev openssl iproute2 procps \
 	curl nginx-light mosquitto mosquitto-clients nftables iputils-ping util-linux mount \
-	systemd
+	systemd haproxy
 EXT_SOURCES := $(wildcard ext/*.pyx ext/*.pxd ext/*/*.pxi ext/*/*.pxd ext/includes/*.h) setup.py
 PYTEST_ARGS ?=
 

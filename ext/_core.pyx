@@ -27,6 +27,7 @@ include "base/timers.pxi"
 # the loop: plain pumps, a connection's life, accepting, the worker's turn
 include "loop/pump.pxi"
 include "loop/conn.pxi"
+include "loop/dial.pxi"
 include "loop/listener.pxi"
 include "loop/worker.pxi"
 
@@ -39,12 +40,16 @@ include "tls/stream.pxi"
 include "tls/identity.pxi"
 include "tls/certseen.pxi"
 
-# modes: match tables, gateway, the proxy protocols, the resolver, tunnel exits
+# modes: match tables, gateway, the proxy protocols, the resolver, tunnel exits, the PROXY
+# protocol, the HTTP Host rewrite
 include "modes/match.pxi"
 include "modes/gateway.pxi"
 include "modes/proxy.pxi"
 include "modes/resolver.pxi"
 include "modes/exit.pxi"
+include "modes/proxyhdr.pxi"
+include "modes/http.pxi"
+include "modes/http_pump.pxi"
 
 # what Python sees: error events, the Loop, the module's functions
 include "api/events.pxi"

@@ -57,13 +57,38 @@ class Loop:
         max_pipes: int = -1,
         pipe_size: int = 262144,
     ) -> None: ...
-    def add_upstream(self, host: str, port: int, tls: TLSClientContext | None = None) -> int:
-        """A route to host (an IP literal):port, over TLS made with `tls` when given."""
+    def add_upstream(
+        self,
+        host: str,
+        port: int,
+        tls: TLSClientContext | None = None,
+        *,
+        proxy_protocol: int = 0,
+        accept_proxy: bool = False,
+        http_host: str | None = None,
+    ) -> int:
+        """A route to host (an IP literal):port, over TLS made with `tls` when given.
+        proxy_protocol 1 or 2: a PROXY header first upstream; accept_proxy: connections
+        start with a balancer's PROXY header; http_host: the Host HTTP/1.x requests get
+        (TLS, kTLS off)."""
+    def set_upstream_addresses(self, route: int, addresses: list[tuple[str, int]]) -> None:
+        """The upstream (or fixed exit target) of `route` is now these (IP literal, port)
+        pairs, tried in order (at most 8). Connections in flight keep theirs."""
+    def upstream_addresses(self, route: int) -> list[str]:
+        """The addresses of `route`, "ip:port", the one new connections start with first."""
     def add_passthrough(self) -> int:
         """A route to each connection's original destination, plain (gateway only)."""
     def add_reject(self) -> int:
         """A route that resets each connection and records why (cause no_route)."""
-    def add_exit(self, tls: TLSServerContext, target: str, host: str = "", port: int = 0) -> int:
+    def add_exit(
+        self,
+        tls: TLSServerContext,
+        target: str,
+        host: str = "",
+        port: int = 0,
+        *,
+        accept_proxy: bool = False,
+    ) -> int:
         """A tunnel exit route. Connections are TLS from entry nodes, authenticated by
         `tls`. target: "fixed" (relay plain TCP to host, an IP literal, :port), "socks5" or
         "http-connect" (the entry names the destination; names are resolved off the loop)."""
@@ -126,6 +151,7 @@ class TLSClientContext:
         groups: str | None = None,
         pins: list[bytes] | tuple[bytes, ...] = (),
         ktls: str = "auto",
+        alpn: list[str] | tuple[str, ...] = (),
     ) -> None: ...
     @property
     def cached_sessions(self) -> int:
@@ -146,6 +172,7 @@ class TLSServerContext:
         ca: str | None = None,
         min_tls: str = "1.2",
         ktls: str = "auto",
+        alpn: list[str] | tuple[str, ...] = (),
     ) -> None: ...
 
 def make_identity(
@@ -167,6 +194,20 @@ def parse_socks5(data: bytes) -> tuple[int, int, str, int]:
 def parse_http_connect(data: bytes) -> tuple[int, int, str, int]:
     """The exit's HTTP CONNECT parser: (status, consumed, host, port). status 0:
     incomplete; 1: complete; < 0: refused, -status is the HTTP status of the reply."""
+
+def parse_proxy_header(data: bytes) -> tuple[int, int, str, str, str]:
+    """The PROXY protocol parser: (status, consumed, source, destination, reason). status
+    0: incomplete; 1: complete (source, destination "ip:port", "" for UNKNOWN/LOCAL);
+    -1: refused, reason says why."""
+
+def build_proxy_header(
+    version: int, source: str, source_port: int, destination: str, destination_port: int
+) -> bytes:
+    """The PROXY header (version 1 or 2) a connector sends ("" addresses: unknown)."""
+
+def http_rewrite(data: bytes, host: str, piece: int = 65536) -> tuple[bytes, int, str]:
+    """The Host rewrite over a device's byte stream, fed `piece` bytes at a time:
+    (forwarded, consumed, reason); reason "" or why the stream was refused."""
 
 def set_parent_death_signal(signum: int) -> None:
     """prctl(PR_SET_PDEATHSIG): the kernel sends signum when the parent exits."""

@@ -21,6 +21,7 @@ from relaycore.addresses import HostPort, parse_host_port
 from relaycore.configcheck import (
     IFNAME,
     NAME,
+    check_alpn,
     check_pins,
     check_readable,
     is_ip,
@@ -34,6 +35,8 @@ from relaycore.gateway import Network, parse_match
 MAX_WORKERS = 256
 # A week: some bound, because TOML can spell `inf` and a timer in milliseconds cannot hold it.
 MAX_SECONDS = 604_800
+# A name looked up more often than this is a resolver under load, not a fresher address.
+MIN_RESOLVE_INTERVAL_S = 0.1
 
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=MAX_SECONDS)]
 Splice = Literal["auto", "off", "always"]
@@ -61,6 +64,16 @@ class Relay(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     drain_timeout_s: Seconds = 30.0
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
     splice: Splice = "auto"
+    # Upstream names (and fixed exit targets) are resolved again this often; 0: only at
+    # start and on reload.
+    resolve_interval_s: Annotated[float, msgspec.Meta(ge=0, le=MAX_SECONDS)] = 30.0
+
+    def __post_init__(self) -> None:
+        if 0 < self.resolve_interval_s < MIN_RESOLVE_INTERVAL_S:
+            raise ConfigError(
+                f"resolve_interval_s: expected 0 (off) or at least {MIN_RESOLVE_INTERVAL_S},"
+                f" got {self.resolve_interval_s:g}"
+            )
 
 
 class Timeouts(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -98,10 +111,20 @@ class Connector(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     ktls: Ktls = "auto"
     # An event (cert_expiring) when the server's certificate expires sooner; 0: never.
     cert_warn_days: Annotated[int, msgspec.Meta(ge=0, le=3650)] = 14
+    alpn: tuple[str, ...] = ()  # ALPN protocols offered, in order
+    http_host: Literal["rewrite"] | None = None  # HTTP/1.x requests get Host: server_name
+    # Plain connectors too (_PLAIN_KEYS):
+    proxy_protocol: Literal["v1", "v2"] | None = None  # a PROXY header before anything else
+    accept_proxy: bool = False  # connections start with a balancer's PROXY header
 
     def __post_init__(self) -> None:
         if not NAME.fullmatch(self.name):
             raise ConfigError(f"name: expected 1-64 of A-Z a-z 0-9 _ . -, got {self.name!r}")
+        if self.accept_proxy and self.listen is None:
+            raise ConfigError(
+                "accept_proxy: needs listen (gateway connections come from nftables, not"
+                " from a balancer that sends a PROXY header)"
+            )
         for key, require_ip in (("listen", True), ("upstream", False)):
             if getattr(self, key) is None:
                 continue
@@ -137,6 +160,28 @@ class Connector(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
             check_readable("cert", self.cert, directory_ok=False)
             check_readable("key", self.key, directory_ok=False)
         check_pins("pin", self.pin)
+        check_alpn("alpn", self.alpn)
+        if self.http_host is not None and self.ktls == "require":
+            raise ConfigError(
+                'http_host: the rewrite runs in user space, so ktls = "require" cannot be met'
+                ' (leave ktls out, or set "off")'
+            )
+
+    @property
+    def proxy_version(self) -> int:
+        """The PROXY protocol version to send: 0 (none), 1 or 2."""
+        return {None: 0, "v1": 1, "v2": 2}[self.proxy_protocol]
+
+    @property
+    def http_host_value(self) -> str | None:
+        """With http_host = "rewrite", the Host every request gets: server_name (the
+        upstream host by default), with :port unless the port is 443."""
+        if self.http_host is None:
+            return None
+        name = self.verify_name
+        host = f"[{name}]" if ":" in name else name
+        port = self.upstream_addr.port
+        return host if port == 443 else f"{host}:{port}"
 
     @property
     def listen_addr(self) -> HostPort | None:
@@ -178,7 +223,9 @@ class Connector(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
 
 # Every other key means something only for TLS; with the value it has when left out.
-_PLAIN_KEYS = frozenset({"name", "listen", "upstream", "tls", "match"})
+_PLAIN_KEYS = frozenset(
+    {"name", "listen", "upstream", "tls", "match", "proxy_protocol", "accept_proxy"}
+)
 _TLS_DEFAULTS = {
     f.name: f.default for f in msgspec.structs.fields(Connector) if f.name not in _PLAIN_KEYS
 }
@@ -210,10 +257,13 @@ class Exit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     allow_destinations: tuple[str, ...] | None = None
     min_tls: MinTls = "1.2"
     ktls: Ktls = "auto"
+    alpn: tuple[str, ...] = ()  # ALPN protocols taken, the exit's preference first
+    accept_proxy: bool = False  # connections start with a balancer's PROXY header
 
     def __post_init__(self) -> None:
         if not NAME.fullmatch(self.name):
             raise ConfigError(f"name: expected 1-64 of A-Z a-z 0-9 _ . -, got {self.name!r}")
+        check_alpn("alpn", self.alpn)
         try:
             parse_host_port(self.listen, require_ip=True)
         except ValueError as e:

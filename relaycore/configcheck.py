@@ -84,3 +84,21 @@ def pin_digest(pin: str) -> bytes | None:
     # Only the canonical spelling: in a non-canonical one the last character carries bits
     # that decoding drops, so two different-looking pins would be the same key.
     return digest if base64.b64encode(digest).decode() == m[1] else None
+
+
+ALPN_MAX = 8  # protocols in an alpn list (the loop counts each)
+
+
+def check_alpn(key: str, protocols: tuple[str, ...]) -> None:
+    """ALPN protocol ids (RFC 7301): 1-255 printable ASCII characters each, no two alike,
+    at most ALPN_MAX."""
+    if len(protocols) > ALPN_MAX:
+        raise ConfigError(f"{key}: at most {ALPN_MAX} protocols, got {len(protocols)}")
+    seen: dict[str, int] = {}
+    for i, name in enumerate(protocols):
+        if not 1 <= len(name) <= 255 or not all("!" <= ch <= "~" for ch in name):
+            raise ConfigError(
+                f"{key}[{i}]: expected 1-255 printable ASCII characters, no spaces, got {name!r}"
+            )
+        if (j := seen.setdefault(name, i)) != i:
+            raise ConfigError(f"{key}[{i}]: {name!r} is also {key}[{j}]")

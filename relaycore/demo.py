@@ -69,12 +69,15 @@ idle_s = 900
 
 # Devices speak plain TCP (here HTTP) to `listen`. The relay speaks TLS to `upstream` and
 # checks the server's certificate against `ca` and the name `server_name` (also the SNI).
+# A device's HTTP names the address it dialled in its Host header; http_host = "rewrite"
+# gives every request the server's name instead, which servers that check Host want.
 [[connector]]
 name = "demo-api"
 listen = "{listen}"
 upstream = "{upstream}"
 server_name = {server_name}
 ca = {ca}
+http_host = "rewrite"
 """
 
 
@@ -180,8 +183,10 @@ def _describe_received(upstream: HttpsUpstream) -> None:
             _say(f"    {name}: {value}")
         _say("    ")
         _say(f"    {sample.body.decode(errors='replace')}")
-    _say("  The bytes are the device's own (its Host header names the relay); the TLS,")
-    _say("  the SNI and the check of the server's certificate are the relay's.")
+    _say("  The bytes are the device's own but for the Host header: the device named the")
+    _say("  address it dialled (the relay's), and the relay wrote the server's name there")
+    _say('  (http_host = "rewrite"). The TLS, the SNI and the certificate check are the')
+    _say("  relay's.")
     full = len(legs) - resumed
     if full and resumed:
         _say(f"  The {full} full handshakes are the relay's first connections: each worker")

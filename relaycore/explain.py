@@ -43,7 +43,7 @@ def explain(err: msgspec.ValidationError, text: str | bytes, source: str, root: 
     got = _got(msgspec.toml.decode(text), path)
     if body.startswith("Invalid enum value"):
         return f"{path}: expected one of {_one_of(path, root)}{got}"
-    if body.startswith("Expected `str`") and _choices(path, root):
+    if re.match(r"Expected `str(?: \| null)?`", body) and _choices(path, root):
         # `min_tls = 1.2` is the natural slip: TOML reads a number where the key wants text.
         return f"{path}: expected one of {_one_of(path, root)} (in quotes){got}"
     if m := re.fullmatch(r"Expected `str \| array`(?:, got `\w+`)?", body):
@@ -77,6 +77,8 @@ def _choices(path: str, root: type) -> tuple[Any, ...]:
             t = next((f.type for f in t.fields if f.encode_name == part), mi.AnyType())
         elif isinstance(t, mi.VarTupleType | mi.ListType):
             t = t.item_type
+    if isinstance(t, mi.UnionType):  # an optional key: Literal[...] | None
+        t = next((u for u in t.types if isinstance(u, mi.LiteralType)), t)
     return t.values if isinstance(t, mi.LiteralType) else ()
 
 

@@ -24,8 +24,8 @@ them but their own listeners.
 """
 
 import socket
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from relaycore import _core, gateway, tls
@@ -34,15 +34,26 @@ from relaycore.config import Config
 from relaycore.errors import StartupError
 from relaycore.gateway import PASSTHROUGH_ROUTE, REJECT_ROUTE
 
+Address = tuple[str, int]  # (IP literal, port)
+
 
 @dataclass(frozen=True)
 class UpstreamRoute:
     """A connector: relay to its upstream, over TLS made with `tls` (None: plain TCP)."""
 
     name: str
-    host: str  # an IP literal: resolved when the plan was made
+    host: str  # an IP literal: resolved when the plan was made (the first address)
     port: int
     tls: _core.TLSClientContext | None
+    more_addresses: tuple[Address, ...] = ()  # the name's other addresses, in order
+    resolve: HostPort | None = None  # the name to resolve again; None: an IP literal
+    proxy_protocol: int = 0  # PROXY header version sent first, 0: none
+    accept_proxy: bool = False
+    http_host: str | None = None  # the Host that HTTP/1.x requests get; None: untouched
+
+    @property
+    def addresses(self) -> tuple[Address, ...]:
+        return ((self.host, self.port), *self.more_addresses)
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,13 @@ class ExitRoute:
     # Proxies: the destinations allowed, (network, port or 0 = any). Empty: the default
     # policy of the loop (anything but loopback, link-local and unspecified).
     destinations: tuple[tuple[str, int], ...]
+    more_addresses: tuple[Address, ...] = ()  # fixed: the target name's other addresses
+    resolve: HostPort | None = None  # fixed: the target's name to resolve again
+    accept_proxy: bool = False
+
+    @property
+    def addresses(self) -> tuple[Address, ...]:
+        return ((self.host, self.port), *self.more_addresses) if self.target == "fixed" else ()
 
 
 Route = UpstreamRoute | PassthroughRoute | RejectRoute | ExitRoute
@@ -119,6 +137,16 @@ class Plan:
     drain_timeout_s: float
     run_dir: str
     stats_interval_s: float  # 0: no reports; each worker logs its error records itself
+    resolve_interval_s: float = 0.0  # 0: names are resolved only when a plan is made
+
+    def names(self) -> dict[int, HostPort]:
+        """{route id: the name its upstream or fixed target resolves from}, for the routes
+        whose addresses come from a name (relaycore.resolver resolves them again)."""
+        return {
+            k: r.resolve
+            for k, r in enumerate(self.routes)
+            if isinstance(r, UpstreamRoute | ExitRoute) and r.resolve is not None
+        }
 
     @property
     def addresses(self) -> list[HostPort]:
@@ -133,6 +161,18 @@ class Plan:
         """What stats list first, in the config's order: connectors, then exits (the
         gateway's routes follow when they have counted something, as any other name)."""
         return [r.name for r in self.routes if isinstance(r, UpstreamRoute | ExitRoute)]
+
+    def with_addresses(self, addresses: Mapping[int, tuple[Address, ...]]) -> "Plan":
+        """This plan with the upstreams of these route ids going to these addresses (the
+        supervisor's later lookups of their names), for the workers it forks from now on."""
+        routes = list(self.routes)
+        for k, found in addresses.items():
+            r = routes[k]
+            if isinstance(r, UpstreamRoute | ExitRoute) and found and found != r.addresses:
+                routes[k] = replace(
+                    r, host=found[0][0], port=found[0][1], more_addresses=tuple(found[1:])
+                )
+        return replace(self, routes=tuple(routes))
 
     def for_slot(self, slot: int, fd: Callable[[HostPort], int]) -> "WorkerPlan":
         """Worker `slot`'s plan; `fd` gives that slot's socket bound to an address."""
@@ -171,22 +211,29 @@ def compile_plan(config: Config, generation: int) -> Plan:
     """The plan of `config` as generation `generation`. Raises ConfigError (a TLS setting
     OpenSSL refuses) or StartupError (a name that does not resolve, kTLS required where
     the kernel has none)."""
-    upstreams = [resolve(f"connector {c.name}", c.upstream_addr) for c in config.connectors]
+    upstreams = [resolve_all(f"connector {c.name}", c.upstream_addr) for c in config.connectors]
     client_contexts = [
         tls.client_context(c, k) if c.tls else None for k, c in enumerate(config.connectors)
     ]
     exit_targets = [
-        ("", 0) if x.target_addr is None else resolve(f"exit {x.name}", x.target_addr)
+        [("", 0)] if x.target_addr is None else resolve_all(f"exit {x.name}", x.target_addr)
         for x in config.exits
     ]
     server_contexts = [tls.server_context(x, k) for k, x in enumerate(config.exits)]
     tls.check_ktls_requirements(config.connectors, config.exits)
 
     routes: list[Route] = [
-        UpstreamRoute(c.name, host, port, context)
-        for c, (host, port), context in zip(
-            config.connectors, upstreams, client_contexts, strict=True
+        UpstreamRoute(
+            c.name,
+            *addresses[0],
+            context,
+            more_addresses=tuple(addresses[1:]),
+            resolve=_name(c.upstream_addr),
+            proxy_protocol=c.proxy_version,
+            accept_proxy=c.accept_proxy,
+            http_host=c.http_host_value,
         )
+        for c, addresses, context in zip(config.connectors, upstreams, client_contexts, strict=True)
     ]
     gateway_plan = None
     if config.gateway is not None:
@@ -205,16 +252,19 @@ def compile_plan(config: Config, generation: int) -> Plan:
     listen = [
         (c.listen_addr, k) for k, c in enumerate(config.connectors) if c.listen_addr is not None
     ]
-    for x, (host, port), context in zip(config.exits, exit_targets, server_contexts, strict=True):
+    for x, addresses, context in zip(config.exits, exit_targets, server_contexts, strict=True):
         listen.append((x.listen_addr, len(routes)))
         routes.append(
             ExitRoute(
                 name=x.name,
                 tls=context,
                 target=x.target_kind,
-                host=host,
-                port=port,
+                host=addresses[0][0],
+                port=addresses[0][1],
                 destinations=tuple((str(net), port) for net, port in x.destination_networks),
+                more_addresses=tuple(addresses[1:]),
+                resolve=None if x.target_addr is None else _name(x.target_addr),
+                accept_proxy=x.accept_proxy,
             )
         )
     return Plan(
@@ -233,15 +283,38 @@ def compile_plan(config: Config, generation: int) -> Plan:
         drain_timeout_s=config.relay.drain_timeout_s,
         run_dir=config.relay.run_dir,
         stats_interval_s=config.stats.interval_s,
+        resolve_interval_s=config.relay.resolve_interval_s,
     )
 
 
-def resolve(what: str, addr: HostPort) -> tuple[str, int]:
-    """`addr` as (IP literal, port), the first address getaddrinfo gives. `what` names the
-    table in the error ("connector acme"). Raises StartupError."""
+# The loop tries at most this many addresses of a name (UPSTREAM_MAX_ADDRS in ext/).
+MAX_ADDRESSES = 8
+
+
+def lookup(addr: HostPort) -> list[Address]:
+    """Every address of `addr` as (IP literal, port), in getaddrinfo's order, no two alike,
+    at most MAX_ADDRESSES. Blocks for as long as the resolver takes. Raises
+    socket.gaierror."""
+    found: list[Address] = []
+    for info in socket.getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM):
+        ip, port = info[4][:2]
+        if (str(ip), int(port)) not in found:
+            found.append((str(ip), int(port)))
+    return found[:MAX_ADDRESSES]
+
+
+def resolve_all(what: str, addr: HostPort) -> list[Address]:
+    """lookup(addr); `what` names the table in the error ("connector acme"). Raises
+    StartupError."""
     try:
-        infos = socket.getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM)
+        found = lookup(addr)
     except socket.gaierror as e:
         raise StartupError(f"{what}: cannot resolve {addr.host}: {e.strerror}") from e
-    ip, port = infos[0][4][:2]
-    return str(ip), int(port)
+    if not found:
+        raise StartupError(f"{what}: {addr.host} has no address")
+    return found
+
+
+def _name(addr: HostPort) -> HostPort | None:
+    """`addr` if its host is a name to resolve again, None for an IP literal."""
+    return addr if addr.family == socket.AF_UNSPEC else None

@@ -137,9 +137,18 @@ class SetLogLevel(_Message, tag="set_log_level"):
     level: str
 
 
-# A union of one for now; draining stays a signal (SIGTERM), which works even when the
-# supervisor's sockets do not.
-ControlMessage = SetLogLevel
+class UpstreamAddresses(_Message, tag="upstream_addresses"):
+    """Route `route` of generation `generation` goes to these (IP literal, port)
+    addresses now, in order: its name resolved to them (the supervisor sends every
+    name's addresses after each round of lookups, changed or not)."""
+
+    generation: int
+    route: int
+    addresses: list[tuple[str, int]]
+
+
+# Draining stays a signal (SIGTERM), which works even when the supervisor's sockets do not.
+ControlMessage = SetLogLevel | UpstreamAddresses
 
 
 # -- supervisor -> subscribers (stats) -------------------------------------------------------
@@ -157,6 +166,8 @@ class ConnectorStats(msgspec.Struct, kw_only=True, frozen=True):
     handshakes_resumed: int
     errors: dict[str, int]  # cause -> count since start (causes in docs/ERRORS.md)
     cert: UpstreamCert | None = None  # TLS connectors, once a handshake completed
+    # ALPN protocol -> handshakes that agreed on it (connectors and exits with `alpn`)
+    alpn: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class WorkerStatus(msgspec.Struct, kw_only=True, frozen=True):

@@ -79,6 +79,9 @@ def stats(report: StatsReport) -> str:
             lines.append(f"  {'':<16} errors: {causes}")
         if c.cert is not None:
             lines.append(f"  {'':<16} certificate: {upstream_cert(c.cert, report.time)}")
+        if c.alpn:
+            agreed = ", ".join(f"{protocol} {n}" for protocol, n in c.alpn.items())
+            lines.append(f"  {'':<16} alpn: {agreed}")
     return "\n".join(lines)
 
 
@@ -121,13 +124,22 @@ def _describe_exit(x: Exit) -> str:
         parts.append(f"destinations {n}" if n else "destinations default")
     if x.min_tls != "1.2":
         parts.append(f"TLS >= {x.min_tls}")
+    if x.alpn:
+        parts.append(f"alpn {','.join(x.alpn)}")
+    if x.accept_proxy:
+        parts.append("PROXY header read")
     parts.append(f"ktls {x.ktls}")
     return ", ".join(parts)
 
 
 def _describe_tls(c: Connector) -> str:
+    proxy = []
+    if c.accept_proxy:
+        proxy.append("PROXY header read")
+    if c.proxy_protocol:
+        proxy.append(f"PROXY {c.proxy_protocol} sent")
     if not c.tls:
-        return "plain"
+        return ", ".join(["plain", *proxy])
     parts = ["tls", f"SNI {c.sni}" if c.sni else f"no SNI, IP {c.verify_name}"]
     if c.verify:
         parts.append(f"CA {c.ca or 'system'}")
@@ -139,5 +151,9 @@ def _describe_tls(c: Connector) -> str:
         parts.append(f"pins {len(c.pin)}")
     if c.min_tls != "1.2":
         parts.append(f"TLS >= {c.min_tls}")
-    parts.append(f"ktls {c.ktls}")
-    return ", ".join(parts)
+    if c.alpn:
+        parts.append(f"alpn {','.join(c.alpn)}")
+    if c.http_host_value is not None:
+        parts.append(f"Host := {c.http_host_value}")
+    parts.append("ktls off (Host rewrite)" if c.http_host else f"ktls {c.ktls}")
+    return ", ".join([*parts, *proxy])

@@ -49,6 +49,38 @@ def merge_records(
     return pending
 
 
+class ControlSubscriber:
+    """The worker's end of the control socket: what the supervisor tells every worker.
+    Its own ZeroMQ context unless given one (a worker without reports has none)."""
+
+    def __init__(self, run_dir: str, ctx: zmq.Context[zmq.Socket[bytes]] | None = None) -> None:
+        self._own = ctx is None
+        self._ctx = zmq.Context(io_threads=1) if ctx is None else ctx
+        self._decoder = msgspec.msgpack.Decoder(protocol.ControlMessage)
+        self._sub = self._ctx.socket(zmq.SUB)
+        self._sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self._sub.setsockopt(zmq.LINGER, 0)
+        self._sub.connect(f"ipc://{os.path.join(run_dir, protocol.CONTROL_SOCKET)}")
+
+    def messages(self) -> list[protocol.ControlMessage]:
+        """Control messages that arrived since the last call (never waits)."""
+        messages: list[protocol.ControlMessage] = []
+        while True:
+            try:
+                raw = self._sub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return messages
+            try:
+                messages.append(self._decoder.decode(raw))
+            except msgspec.ValidationError:
+                continue  # a newer supervisor's message: not ours to act on
+
+    def close(self) -> None:
+        self._sub.close()
+        if self._own:
+            self._ctx.term()
+
+
 class Reporter:
     def __init__(self, run_dir: str, slot: int, generation: int, interval_s: float) -> None:
         self.slot = slot
@@ -60,17 +92,13 @@ class Reporter:
         self._counted: dict[tuple[str, str], int] = {}  # errors_<cause> at the last report
         self._next_report = 0.0
         self._encoder = msgspec.msgpack.Encoder()
-        self._decoder = msgspec.msgpack.Decoder(protocol.ControlMessage)
         # A fresh context after fork: the supervisor's is not ours to use (pyzmq).
         self._ctx = zmq.Context(io_threads=1)
         self._push = self._ctx.socket(zmq.PUSH)
         self._push.setsockopt(zmq.SNDHWM, SEND_HWM)
         self._push.setsockopt(zmq.LINGER, 0)
         self._push.connect(f"ipc://{os.path.join(run_dir, protocol.EVENTS_SOCKET)}")
-        self._sub = self._ctx.socket(zmq.SUB)
-        self._sub.setsockopt(zmq.SUBSCRIBE, b"")
-        self._sub.setsockopt(zmq.LINGER, 0)
-        self._sub.connect(f"ipc://{os.path.join(run_dir, protocol.CONTROL_SOCKET)}")
+        self._control = ControlSubscriber(run_dir, self._ctx)
         self._send(WorkerHello(slot=slot, generation=generation, pid=os.getpid()))
 
     def collect(self, records: list[ErrorRecord]) -> None:
@@ -150,16 +178,7 @@ class Reporter:
 
     def control(self) -> list[protocol.ControlMessage]:
         """Control messages that arrived since the last call (never waits)."""
-        messages: list[protocol.ControlMessage] = []
-        while True:
-            try:
-                raw = self._sub.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return messages
-            try:
-                messages.append(self._decoder.decode(raw))
-            except msgspec.ValidationError:
-                continue  # a newer supervisor's message: not ours to act on
+        return self._control.messages()
 
     def draining(self) -> None:
         self._send(WorkerDraining(slot=self.slot, generation=self.generation, pid=os.getpid()))
@@ -177,7 +196,7 @@ class Reporter:
 
     def close(self) -> None:
         self._push.close()
-        self._sub.close()
+        self._control.close()
         self._ctx.term()
 
     def _send(self, message: msgspec.Struct) -> bool:

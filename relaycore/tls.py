@@ -30,7 +30,9 @@ def client_context(connector: Connector, index: int) -> _core.TLSClientContext:
             ciphersuites=connector.ciphersuites,
             groups=connector.groups,
             pins=list(connector.pin_digests),
-            ktls=connector.ktls,
+            # The Host rewrite reads the device's bytes in user space: no kTLS there.
+            ktls="off" if connector.http_host is not None else connector.ktls,
+            alpn=list(connector.alpn),
         )
     except ValueError as e:
         raise ConfigError(f"connector[{index}].{e}") from e
@@ -45,6 +47,7 @@ def server_context(exit_node: Exit, index: int) -> _core.TLSServerContext:
             ca=exit_node.ca,
             min_tls=exit_node.min_tls,
             ktls=exit_node.ktls,
+            alpn=list(exit_node.alpn),
         )
     except ValueError as e:
         raise ConfigError(f"exit[{index}].{e}") from e

@@ -22,9 +22,9 @@ from relaycore.plan import (
     UpstreamRoute,
     WorkerPlan,
 )
-from relaycore.protocol import ErrorRecord, SetLogLevel, UpstreamCert
+from relaycore.protocol import ControlMessage, ErrorRecord, SetLogLevel, UpstreamCert
 from relaycore.render import error_line
-from relaycore.reporting import Reporter, merge_records
+from relaycore.reporting import ControlSubscriber, Reporter, merge_records
 
 log = logging.getLogger("relaycore.worker")
 
@@ -69,8 +69,12 @@ def _serve(plan: WorkerPlan, ready_fd: int) -> None:
         missing = ktls_unavailable()
         log.info("kernel TLS %s", f"unavailable ({missing})" if missing else "available")
     reporter = None
+    control = None
     if shared.stats_interval_s > 0:
         reporter = Reporter(shared.run_dir, plan.slot, shared.generation, shared.stats_interval_s)
+    elif shared.resolve_interval_s > 0 and shared.names():
+        # No reports, but names move: the supervisor's lookups still reach this worker.
+        control = ControlSubscriber(shared.run_dir)
     # Ready only once everything the worker holds exists (its fds included).
     os.write(ready_fd, b"r")
     os.close(ready_fd)
@@ -87,11 +91,11 @@ def _serve(plan: WorkerPlan, ready_fd: int) -> None:
                 # flood of refused connects is a few lines, not thousands.
                 for record in merge_records({}, records).values():
                     log.warning("%s", error_line(record))
+                if control is not None:
+                    _obey(loop, plan, control.messages())
             else:
                 reporter.collect(records)
-                for message in reporter.control():
-                    if isinstance(message, SetLogLevel):
-                        logging.getLogger("relaycore").setLevel(message.level.upper())
+                _obey(loop, plan, reporter.control())
                 if reporter.due():
                     reporter.report(
                         _route_counters(loop, plan),
@@ -120,6 +124,8 @@ def _serve(plan: WorkerPlan, ready_fd: int) -> None:
                 _route_certs(loop, plan),
             )
             reporter.close()
+        if control is not None:
+            control.close()
         loop.close()
     log.info(
         "exiting: accepted=%d bytes_in=%d bytes_out=%d spliced=%d",
@@ -128,6 +134,21 @@ def _serve(plan: WorkerPlan, ready_fd: int) -> None:
         counters["bytes_out"],
         counters["bytes_spliced"],
     )
+
+
+def _obey(loop: _core.Loop, plan: WorkerPlan, messages: list[ControlMessage]) -> None:
+    """Act on what the supervisor said, between two turns of the loop."""
+    for message in messages:
+        if isinstance(message, SetLogLevel):
+            logging.getLogger("relaycore").setLevel(message.level.upper())
+        elif message.generation == plan.plan.generation:
+            # Connections in flight keep their sockets; new ones dial these.
+            try:
+                loop.set_upstream_addresses(message.route, message.addresses)
+            except ValueError as e:
+                log.warning("ignoring addresses for route %d: %s", message.route, e)
+                continue
+            log.debug("route %d: upstream addresses %s", message.route, message.addresses)
 
 
 def apply_plan(loop: _core.Loop, plan: WorkerPlan) -> None:
@@ -139,6 +160,8 @@ def apply_plan(loop: _core.Loop, plan: WorkerPlan) -> None:
         if isinstance(route, ExitRoute):
             for network, port in route.destinations:
                 loop.allow_destination(route_id, network, port)
+        if isinstance(route, UpstreamRoute | ExitRoute) and len(route.addresses) > 1:
+            loop.set_upstream_addresses(route_id, list(route.addresses))
     g = plan.plan.gateway
     if g is not None:
         loop.set_gateway(g.default_route, g.reject_route)
@@ -165,13 +188,22 @@ def _add_route(loop: _core.Loop, route: Route) -> int:
     """Add `route` as the loop's next route; returns the id the loop gave it."""
     match route:
         case UpstreamRoute():
-            return loop.add_upstream(route.host, route.port, route.tls)
+            return loop.add_upstream(
+                route.host,
+                route.port,
+                route.tls,
+                proxy_protocol=route.proxy_protocol,
+                accept_proxy=route.accept_proxy,
+                http_host=route.http_host,
+            )
         case PassthroughRoute():
             return loop.add_passthrough()
         case RejectRoute():
             return loop.add_reject()
         case ExitRoute():
-            return loop.add_exit(route.tls, route.target, route.host, route.port)
+            return loop.add_exit(
+                route.tls, route.target, route.host, route.port, accept_proxy=route.accept_proxy
+            )
 
 
 def _route_counters(loop: _core.Loop, plan: WorkerPlan) -> dict[str, dict[str, int]]:

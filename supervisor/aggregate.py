@@ -242,6 +242,11 @@ class Aggregator:
                         if k.startswith("errors_") and n
                     },
                     cert=self.certs[name].cert if name in self.certs else None,
+                    alpn={
+                        k.removeprefix("alpn:"): n
+                        for k, n in sorted(c.items())
+                        if k.startswith("alpn:") and n
+                    },
                 )
             )
         return StatsReport(

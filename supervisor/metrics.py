@@ -81,6 +81,13 @@ def render(report: StatsReport, reports_dropped: int) -> str:
         for c in report.connectors
         if c.cert is not None
     )
+    family("relaycore_tls_alpn_total", "counter", "TLS handshakes by the ALPN protocol agreed.")
+    for c in report.connectors:
+        for protocol, n in sorted(c.alpn.items()):
+            out.append(
+                f'relaycore_tls_alpn_total{{connector="{_label(c.name)}",'
+                f'protocol="{_label(protocol)}"}} {n}'
+            )
     family("relaycore_workers", "gauge", "Worker processes running.")
     out.append(f"relaycore_workers {len(report.workers)}")
     family("relaycore_config_generation", "gauge", "Config generation in force.")

@@ -19,7 +19,7 @@ import os
 import select
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import zmq
 
@@ -37,6 +37,7 @@ from .aggregate import Aggregator
 from .control import ControlPlane
 from .listeners import ListenerKey, ListenerSet
 from .metrics import MetricsServer, render, render_config
+from .names import NameWatcher, describe
 from .restart import MAX_FAST_CRASHES, RestartPolicy
 
 log = logging.getLogger("relaycore.supervisor")
@@ -83,6 +84,7 @@ class Supervisor:
         self.aggregator = Aggregator()
         self.plane: ControlPlane | None = None
         self.metrics: MetricsServer | None = None
+        self.names: NameWatcher | None = None
         self._next_stats = 0.0
         self._drained: set[int] = set()
         self.notify = Notifier()
@@ -107,6 +109,9 @@ class Supervisor:
         try:
             self._manage_rules(None, config)
             self.plane = ControlPlane(config.relay.run_dir, config.stats.publish)
+            self.names = NameWatcher(config.relay.resolve_interval_s, self._wake_w)
+            self.names.watch(self.current.plan)
+            self.names.start()
             if config.stats.prometheus is not None:
                 self.metrics = MetricsServer(
                     parse_host_port(config.stats.prometheus, require_ip=True),
@@ -129,6 +134,8 @@ class Supervisor:
             self._kill_all(signal.SIGKILL)
             raise
         finally:
+            if self.names is not None:
+                self.names.stop()
             self._remove_rules(self.current.config)
             self.listeners.close()
             if self.metrics is not None:
@@ -166,6 +173,7 @@ class Supervisor:
             raise
         if self._wake_r in ready:
             drain(self._wake_r)
+            self._on_names()
         for fd, child in starting.items():
             if fd in ready:
                 self._on_ready(child)
@@ -276,6 +284,8 @@ class Supervisor:
             log.error("reload rejected, generation %d stays: %s", old.number, e)
             return str(e)
         self.current = gen
+        if self.names is not None:
+            self.names.watch(gen.plan)
         old_pids = []
         for c in self.children.values():
             if c.generation == old.number:
@@ -311,6 +321,9 @@ class Supervisor:
     # -- workers --------------------------------------------------------------------
 
     def _spawn(self, spec: WorkerPlan) -> Child:
+        if self.names is not None and spec.plan.generation == self.names.generation:
+            # A respawned worker dials what its name resolves to now, not at reload.
+            spec = replace(spec, plan=spec.plan.with_addresses(self.names.current()))
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         # Blocked across fork so that no signal reaches the child while it still runs
         # the supervisor's handlers; the worker unblocks once its own are in place.
@@ -483,6 +496,38 @@ class Supervisor:
 
     def _upstreams(self) -> dict[str, str]:
         return {c.name: c.upstream for c in self.current.config.connectors}
+
+    def _on_names(self) -> None:
+        """Hand the workers the addresses a round of lookups found (every name's, so that
+        a worker that missed a message catches up), and log a name that failed."""
+        if self.names is None or self.plane is None:
+            return
+        now = time.time()
+        for change in self.names.results():
+            route = change.route
+            self.plane.tell_workers(
+                protocol.UpstreamAddresses(
+                    generation=self.names.generation,
+                    route=route.route,
+                    addresses=list(change.addresses),
+                )
+            )
+            if change.error:
+                record = protocol.ErrorRecord(
+                    connector=route.route_name,
+                    cause="resolve_failed",
+                    upstream=str(route.name),
+                    reason=f"cannot resolve {route.name.host}: {change.error};"
+                    f" keeping {describe(route.addresses)}",
+                    count=1,
+                    first=now,
+                    last=now,
+                    client="-",
+                    worker=-1,
+                    generation=self.names.generation,
+                )
+                self.aggregator.errors([record])
+                self.plane.publish(protocol.TOPIC_LOG, record)
 
     def _on_admin(self) -> None:
         assert self.plane is not None

@@ -40,8 +40,9 @@ cdef ErrorEvent event_from(const Route *r, const ErrorEntry *e):
                                          sizeof(sockaddr_in6))
     else:
         ev.destination = ""
-    if r.kind == ROUTE_UPSTREAM or (r.kind == ROUTE_EXIT and r.exit_mode == EXIT_FIXED):
-        ev.upstream = format_sockaddr(&r.upstream, r.upstream_len)
+    if e.upstream.sin6_family:
+        ev.upstream = format_sockaddr(<const sockaddr_storage *>&e.upstream,
+                                      sizeof(sockaddr_in6))
     else:
         ev.upstream = ev.destination or "-"
     return ev

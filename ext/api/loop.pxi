@@ -73,21 +73,48 @@ cdef class Loop:
         w.nroutes += 1
         return r
 
-    def add_upstream(self, str host, int port, TLSClientContext tls=None):
+    def add_upstream(self, str host, int port, TLSClientContext tls=None, *,
+                     int proxy_protocol=0, bint accept_proxy=False, str http_host=None):
         """A route to host (an IPv4 or IPv6 literal):port, over TLS made with `tls` when
-        given; returns its id."""
-        cdef sockaddr_storage upstream
-        cdef socklen_t upstream_len = 0
+        given; returns its id. More addresses: set_upstream_addresses.
+
+        proxy_protocol: 1 or 2 sends a PROXY header of that version first on each upstream
+        connection. accept_proxy: each connection starts with a PROXY header from a
+        balancer (add_listener's, not a gateway listener's). http_host: with `tls` (kTLS
+        off), the Host every HTTP/1.x request gets, e.g. "api.example.com:8443"."""
         cdef Route *r
-        parse_sockaddr(host, port, &upstream, &upstream_len)
-        r = self.new_route(ROUTE_UPSTREAM)
-        r.upstream = upstream
-        r.upstream_len = upstream_len
+        if proxy_protocol not in (0, 1, 2):
+            raise ValueError(f"proxy_protocol: expected 0, 1 or 2, got {proxy_protocol}")
+        if http_host is not None and (tls is None or tls.conf.ktls_mode != KTLS_OFF):
+            raise ValueError("http_host: needs a TLS context with ktls 'off'")
+        route_addresses(self.new_route(ROUTE_UPSTREAM), [(host, port)])
+        r = &self.w.routes[self.w.nroutes - 1]
+        r.proxy_out = proxy_protocol
+        r.accept_proxy = accept_proxy
+        if http_host is not None:
+            route_http_host(r, http_host)
         if tls is not None:
             r.tls_ctx = tls.ctx
             r.tls = tls.conf
             self.tls_contexts.append(tls)
         return self.w.nroutes - 1
+
+    def set_upstream_addresses(self, int route, addresses):
+        """The upstream (or fixed exit target) of `route` is now these (IP literal, port)
+        pairs, tried in this order (at most 8; the rest are ignored). Connections in
+        flight keep theirs; new ones start with the address that last connected if it is
+        still in the list, else with the first."""
+        cdef Route *r = self.route_at(route)
+        if r.naddrs == 0:
+            raise ValueError(f"route {route} has no upstream addresses")
+        route_addresses(r, list(addresses))
+
+    def upstream_addresses(self, int route):
+        """The addresses of `route` as "ip:port" texts, the one new connections start
+        with first."""
+        cdef Route *r = self.route_at(route)
+        return [format_sockaddr(<const sockaddr_storage *>&r.addrs[(r.good_addr + k) % r.naddrs],
+                                sizeof(sockaddr_in6)) for k in range(r.naddrs)]
 
     def add_passthrough(self):
         """A route that relays plain TCP to each connection's original destination
@@ -101,11 +128,13 @@ cdef class Loop:
         self.new_route(ROUTE_REJECT)
         return self.w.nroutes - 1
 
-    def add_exit(self, TLSServerContext tls not None, str target, str host="", int port=0):
+    def add_exit(self, TLSServerContext tls not None, str target, str host="", int port=0,
+                 *, bint accept_proxy=False):
         """A tunnel exit route; returns its id. Connections are TLS from entry nodes,
         authenticated by `tls`. target: "fixed" (relay plain TCP to host, an IP literal,
         :port), "socks5" or "http-connect" (the entry names the destination; domain names
-        are resolved here, off the loop)."""
+        are resolved here, off the loop). accept_proxy: each connection starts with a PROXY
+        header from a balancer."""
         cdef sockaddr_storage upstream
         cdef socklen_t upstream_len = 0
         cdef Route *r
@@ -121,9 +150,9 @@ cdef class Loop:
         r.exit_mode = mode
         r.tls_ctx = tls.ctx
         r.srv = tls.conf
+        r.accept_proxy = accept_proxy
         if mode == EXIT_FIXED:
-            r.upstream = upstream
-            r.upstream_len = upstream_len
+            route_addresses(r, [(host, port)])
         self.tls_contexts.append(tls)
         return self.w.nroutes - 1
 
@@ -194,7 +223,7 @@ cdef class Loop:
         """The counters of each route's connections in this worker, indexed by route id
         (names in docs/ERRORS.md), with "active"."""
         cdef Worker *w = self.live()
-        return [counters_dict(&w.routes[k].ctr) for k in range(w.nroutes)]
+        return [route_counters_dict(&w.routes[k]) for k in range(w.nroutes)]
 
     def worker_counters(self):
         """What belongs to the worker rather than a route (pipes, pauses, drops), with
@@ -211,9 +240,10 @@ cdef class Loop:
         cdef dict snapshot
         memset(&zero, 0, sizeof(zero))
         snapshot = counters_dict(&zero)
+        del snapshot["alpn"]
         for per_route in self.route_counters():
             for name, value in per_route.items():
-                snapshot[name] += value
+                snapshot[name] = snapshot.get(name, 0) + value
         snapshot.update(self.worker_counters())
         return snapshot
 
@@ -244,3 +274,50 @@ cdef class Loop:
         threads, so a lookup in flight (getaddrinfo cannot be cancelled) can hold it up to
         the resolver's own timeout; other Python threads run meanwhile."""
         self.release()
+
+
+cdef int route_addresses(Route *r, list addresses) except -1:
+    # r's addresses := (IP literal, port) pairs, at most UPSTREAM_MAX_ADDRS; the one that
+    # last connected stays the first tried if it is among them.
+    cdef sockaddr_storage ss
+    cdef socklen_t length = 0
+    cdef sockaddr_in6 parsed[UPSTREAM_MAX_ADDRS]
+    cdef sockaddr_in6 good
+    cdef uint8_t n = 0, k
+    if not addresses:
+        raise ValueError("an upstream needs at least one address")
+    for host, port in addresses[:UPSTREAM_MAX_ADDRS]:
+        parse_sockaddr(host, port, &ss, &length)
+        memset(&parsed[n], 0, sizeof(sockaddr_in6))
+        memcpy(&parsed[n], &ss, length)
+        n += 1
+    good = r.addrs[r.good_addr % r.naddrs] if r.naddrs else parsed[0]
+    memcpy(r.addrs, parsed, n * sizeof(sockaddr_in6))
+    r.naddrs = n
+    r.good_addr = 0
+    for k in range(n):
+        if memcmp(&parsed[k], &good, sizeof(sockaddr_in6)) == 0:
+            r.good_addr = k
+    return 0
+
+
+cdef int route_http_host(Route *r, str value) except -1:
+    # r's requests get "Host: value".
+    cdef bytes line = f"Host: {value}\r\n".encode("ascii")
+    if not 0 < len(value) <= 300 or not value.isprintable() or " " in value:
+        raise ValueError(f"http_host: not a Host value: {value!r}")
+    r.http_host = <char *>malloc(len(line))
+    if r.http_host == NULL:
+        raise MemoryError()
+    memcpy(r.http_host, <char *>line, len(line))
+    r.http_host_len = len(line)
+    return 0
+
+
+cdef dict route_counters_dict(const Route *r):
+    # counters_dict, with the ALPN counts named by protocol: alpn:<protocol>.
+    cdef dict snap = counters_dict(&r.ctr)
+    alpn = snap.pop("alpn")
+    for k, name in enumerate(route_alpn_names(r)):
+        snap["alpn:" + name] = alpn[k]
+    return snap

@@ -19,6 +19,8 @@ cdef ErrorEntry *error_event(Worker *w, Conn *c, uint8_t cause, int err) noexcep
 cdef dict counters_dict(const Counters *ctr)
 
 # -- base/pool.pxi --------------------------------------------------------------------------
+# A buffer of SCRATCH_SIZE from the pool (or malloc), the caller's; NULL: no memory.
+cdef char *buf_get(Worker *w) noexcept nogil
 # buf back to the pool (or freed when the pool is full); the caller forgets it.
 cdef void buf_put(Worker *w, char *buf) noexcept nogil
 # Copies n <= SCRATCH_SIZE bytes into dr's (empty) owned buffer, sent first; False: no memory.

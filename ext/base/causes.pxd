@@ -17,6 +17,7 @@ cdef enum:
     CAUSE_TLS_VERIFY_FAILED
     CAUSE_TLS_PIN_MISMATCH
     CAUSE_TLS_ALERT
+    CAUSE_TLS_ALPN_REFUSED
     CAUSE_TLS_HANDSHAKE_FAILED
     CAUSE_TLS_TRUNCATED
     CAUSE_TLS_ERROR
@@ -25,7 +26,13 @@ cdef enum:
     CAUSE_PROXY_DENIED
     CAUSE_RESOLVE_FAILED
     CAUSE_OUT_OF_MEMORY
+    CAUSE_PROXY_HEADER
+    CAUSE_HTTP_REQUEST
     CAUSE_COUNT
+
+
+cdef enum:
+    ALPN_MAX = 8                  # protocols in a connector's or exit's alpn list
 
 
 cdef struct Counters:
@@ -46,6 +53,8 @@ cdef struct Counters:
     uint64_t ktls_conns
     uint64_t ktls_declined
     uint64_t ktls_control_records
+    uint64_t http_rewritten       # request heads whose Host was rewritten
+    uint64_t alpn[ALPN_MAX]       # handshakes that agreed on the route's k-th ALPN protocol
     uint64_t by_cause[CAUSE_COUNT]  # every error event, counted even when the ring is full
 
 
@@ -61,6 +70,7 @@ cdef struct ErrorEntry:
     # One error event in the worker's ring, until Loop.pop_errors makes an ErrorEvent of it.
     uint16_t route
     sockaddr_in6 orig_dst         # the device's original destination (gateway) or zeros
+    sockaddr_in6 upstream         # the address dialled, or the route's (zeros: none)
     uint8_t cause
     int err
     char reason[REASON_LEN]       # empty: strerror(err)

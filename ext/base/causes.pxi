@@ -13,9 +13,10 @@
 CAUSES = (
     "connect_refused", "connect_timeout", "connect_failed", "upstream_socket",
     "handshake_timeout", "tls_unknown_ca", "tls_hostname_mismatch", "tls_cert_expired",
-    "tls_verify_failed", "tls_pin_mismatch", "tls_alert", "tls_handshake_failed",
+    "tls_verify_failed", "tls_pin_mismatch", "tls_alert", "tls_alpn_refused",
+    "tls_handshake_failed",
     "tls_truncated", "tls_error", "no_route", "proxy_request", "proxy_denied",
-    "resolve_failed", "out_of_memory",
+    "resolve_failed", "out_of_memory", "proxy_header", "http_request",
 )
 if len(CAUSES) != CAUSE_COUNT:
     raise ImportError(f"relaycore._core: {len(CAUSES)} cause names for {CAUSE_COUNT} causes")
@@ -25,6 +26,7 @@ cdef ErrorEntry *error_event(Worker *w, Conn *c, uint8_t cause, int err) noexcep
     # Count the failure, and return its new event with an empty reason (the caller may
     # write one; empty means strerror(err)), or NULL when the ring is full.
     cdef ErrorEntry *e
+    cdef Route *r
     conn_ctr(w, c).by_cause[cause] += 1
     if w.err_len == ERR_RING:
         w.wctr.events_dropped += 1
@@ -34,6 +36,10 @@ cdef ErrorEntry *error_event(Worker *w, Conn *c, uint8_t cause, int err) noexcep
     e.reason[0] = 0
     e.route = c.route
     e.orig_dst = c.orig_dst
+    e.upstream = c.upstream
+    r = &w.routes[c.route]
+    if not c.upstream.sin6_family and r.naddrs:
+        e.upstream = r.addrs[r.good_addr % r.naddrs]    # failed before it dialled
     e.cause = cause
     e.err = err
     # From accept: getpeername fails once the peer has reset or left.

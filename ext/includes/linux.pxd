@@ -41,6 +41,7 @@ cdef extern from "<sys/socket.h>" nogil:
         SO_LINGER
         SHUT_WR
         MSG_NOSIGNAL
+        MSG_PEEK
     struct sockaddr:
         sa_family_t sa_family
     struct sockaddr_storage:

@@ -82,6 +82,23 @@ cdef extern from "<openssl/ssl.h>" nogil:
     long SSL_CTX_set_session_cache_mode(SSL_CTX *ctx, long mode)
     void SSL_CTX_sess_set_new_cb(SSL_CTX *ctx, int (*cb)(SSL *, SSL_SESSION *) noexcept nogil)
     void SSL_CTX_set_info_callback(SSL_CTX *ctx, void (*cb)(const SSL *, int, int) noexcept nogil)
+    # ALPN (RFC 7301)
+    enum:
+        SSL_TLSEXT_ERR_OK
+        SSL_TLSEXT_ERR_ALERT_FATAL
+        OPENSSL_NPN_NEGOTIATED
+        SSL_AD_NO_APPLICATION_PROTOCOL
+        SSL_R_NO_APPLICATION_PROTOCOL
+    int SSL_CTX_set_alpn_protos(SSL_CTX *ctx, const unsigned char *protos, unsigned int len)
+    void SSL_CTX_set_alpn_select_cb(
+        SSL_CTX *ctx,
+        int (*cb)(SSL *, const unsigned char **, unsigned char *, const unsigned char *,
+                  unsigned int, void *) noexcept nogil,
+        void *arg)
+    int SSL_select_next_proto(unsigned char **out, unsigned char *outlen,
+                              const unsigned char *server, unsigned int server_len,
+                              const unsigned char *client, unsigned int client_len)
+    void SSL_get0_alpn_selected(const SSL *ssl, const unsigned char **data, unsigned int *len)
     int SSL_CTX_set_app_data(SSL_CTX *ctx, void *arg)
     void *SSL_CTX_get_app_data(const SSL_CTX *ctx)
 

@@ -58,6 +58,8 @@ cdef void conn_close(Worker *w, int32_t i, bint abortive) noexcept nogil:
         c.ssl = NULL
     if c.px != NULL:
         proxy_free(w, c)
+    if c.http != NULL:
+        http_free(w, c)
     timer_disarm(w, i)
     c.state = CONN_CLOSED
     if not c.queued:
@@ -144,41 +146,11 @@ cdef void conn_linger_drain(Worker *w, int32_t i) noexcept nogil:
     conn_queue(w, i)
 
 
-cdef void conn_connect_failed(Worker *w, int32_t i, int err) noexcept nogil:
-    # [may close]
-    if w.conns[i].px != NULL and proxy_dial_next(w, i):
-        return
-    conn_fail(w, i, CAUSE_CONNECT_REFUSED if err == ECONNREFUSED else CAUSE_CONNECT_FAILED,
-              err, NULL)
-
-
 cdef void conn_relaying(Worker *w, int32_t i) noexcept nogil:
     cdef Conn *c = &w.conns[i]
     c.state = CONN_RELAYING
     c.last_active_ms = w.now_ms
     timer_arm(w, i, w.now_ms + w.idle_timeout_ms)
-
-
-cdef void conn_connected(Worker *w, int32_t i) noexcept nogil:
-    # TCP to the upstream is up. [may close]
-    cdef Route *r = &w.routes[w.conns[i].route]
-    if r.kind == ROUTE_EXIT:
-        exit_connected(w, i)
-    elif r.tls_ctx != NULL:
-        conn_tls_start(w, i, SIDE_UPSTREAM)
-    else:
-        conn_relaying(w, i)
-
-
-cdef int conn_register(Worker *w, int32_t i, int side) noexcept nogil:
-    cdef epoll_event ev
-    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
-    ev.data.u64 = (<uint64_t>i << 2) | <uint64_t>side
-    return epoll_ctl(w.epfd, EPOLL_CTL_ADD, w.conns[i].fd[side], &ev)
-
-
-cdef inline int upstream_socket(const sockaddr *dst) noexcept nogil:
-    return socket(dst.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
 
 
 cdef void conn_open(Worker *w, uint32_t listener, int client_fd,
@@ -221,54 +193,39 @@ cdef void conn_open(Worker *w, uint32_t listener, int client_fd,
     if conn_register(w, i, SIDE_CLIENT) < 0:
         conn_fail(w, i, CAUSE_UPSTREAM_SOCKET, errno, NULL)
         return
+    if r.http_host != NULL and not http_open(w, c):
+        conn_fail(w, i, CAUSE_OUT_OF_MEMORY, ENOMEM, NULL)
+        return
+    if r.accept_proxy and not lsn.gateway:
+        # The balancer's header comes first; the route starts once it is read.
+        c.state = CONN_PROXY_HEADER
+        timer_arm(w, i, w.now_ms + w.handshake_timeout_ms)
+        c.ready[SIDE_CLIENT] |= READY_READ      # it may be here already
+        conn_queue(w, i)
+        return
+    conn_start(w, i)
+
+
+cdef void conn_start(Worker *w, int32_t i) noexcept nogil:
+    # The device is accepted (and its PROXY header read): go where its route says.
+    # [may close]
+    cdef Conn *c = &w.conns[i]
+    cdef Route *r = &w.routes[c.route]
     if r.kind == ROUTE_EXIT:
         conn_tls_start(w, i, SIDE_CLIENT)       # the entry node's ClientHello comes first
     elif r.kind == ROUTE_PASSTHROUGH:
-        conn_dial(w, i, <const sockaddr *>&c.orig_dst,
-                  sizeof(sockaddr_in) if c.orig_dst.sin6_family == AF_INET
-                  else sizeof(sockaddr_in6))
+        conn_dial(w, i, &c.orig_dst)
     else:
-        conn_dial(w, i, <const sockaddr *>&r.upstream, r.upstream_len)
-
-
-cdef void conn_dial(Worker *w, int32_t i, const sockaddr *dst, socklen_t dst_len) noexcept nogil:
-    # A socket to dst and a non-blocking connect; CONNECTING until it completes.
-    # [may close]
-    cdef Conn *c = &w.conns[i]
-    cdef int up, rc, err
-    up = upstream_socket(dst)
-    if up < 0 and (errno == EMFILE or errno == ENFILE) and w.reserve_fd >= 0:
-        close(w.reserve_fd)
-        w.reserve_fd = -1
-        listeners_pause_emfile(w)
-        up = upstream_socket(dst)
-    if up < 0:
-        err = errno
-        if c.px != NULL and err != EMFILE and err != ENFILE and proxy_dial_next(w, i):
-            return                                  # e.g. EAFNOSUPPORT: IPv6 is off here
-        conn_fail(w, i, CAUSE_UPSTREAM_SOCKET, err, NULL)
-        return
-    c.fd[SIDE_UPSTREAM] = up
-    c.ready[SIDE_UPSTREAM] = 0
-    c.state = CONN_CONNECTING
-    set_nodelay(up)
-    if conn_register(w, i, SIDE_UPSTREAM) < 0:
-        conn_fail(w, i, CAUSE_UPSTREAM_SOCKET, errno, NULL)
-        return
-    rc = connect(up, dst, dst_len)
-    if rc == 0:
-        conn_connected(w, i)
-    elif errno == EINPROGRESS:
-        timer_arm(w, i, w.now_ms + w.connect_timeout_ms)
-    else:
-        conn_connect_failed(w, i, errno)
+        route_dial(w, i)
 
 
 cdef inline int pump(Worker *w, Conn *c, int d, Py_ssize_t *moved) noexcept nogil:
     # The pump for direction d as the connection stands: TLS (unless the kernel took it),
     # bytes OpenSSL read ahead of a kTLS switch, splice, or copy.
     if c.ssl != NULL and not c.ktls:
-        return pump_tls_read(w, c, moved) if d == c.tls_side else pump_tls_write(w, c, moved)
+        if d == c.tls_side:
+            return pump_tls_read(w, c, moved)
+        return pump_http_write(w, c, moved) if c.http != NULL else pump_tls_write(w, c, moved)
     if c.ktls and d == c.tls_side and SSL_has_pending(c.ssl):
         return pump_tls_read(w, c, moved)
     if c.dir[d].pipe_r >= 0:
@@ -285,6 +242,9 @@ cdef void conn_pump_failed(Worker *w, int32_t i, int rc) noexcept nogil:
     # out of memory, which is its own cause with an event. [may close]
     if rc == PUMP_NO_BUFFER:
         conn_fail(w, i, CAUSE_OUT_OF_MEMORY, ENOMEM, NULL)
+        return
+    if rc == PUMP_HTTP_REFUSED:
+        http_refuse(w, i)
         return
     conn_ctr(w, &w.conns[i]).resets += 1
     conn_close(w, i, True)
@@ -308,8 +268,8 @@ cdef void conn_run(Worker *w, int32_t i) noexcept nogil:
         if err:
             conn_connect_failed(w, i, err)
             return
-        if c.px != NULL and not proxy_connected(c):
-            # A proxy exit redials in place: the event was for its previous socket.
+        if c.redialled and not dial_connected(c):
+            # A redial reuses the slot: the event was for its previous socket.
             c.ready[SIDE_UPSTREAM] &= ~READY_WRITE
             return
         conn_connected(w, i)
@@ -319,6 +279,8 @@ cdef void conn_run(Worker *w, int32_t i) noexcept nogil:
         exit_read_request(w, i)
     elif c.state == CONN_LINGERING and c.ready[SIDE_CLIENT] & READY_READ:
         conn_linger_drain(w, i)
+    elif c.state == CONN_PROXY_HEADER and c.ready[SIDE_CLIENT] & READY_READ:
+        proxyhdr_read(w, i)
     if c.state != CONN_RELAYING:
         return
     while True:
@@ -359,9 +321,10 @@ cdef void conn_expire(Worker *w, int32_t i) noexcept nogil:
     # The connection's deadline passed (its timer already disarmed). [may close]
     cdef Conn *c = &w.conns[i]
     if c.state == CONN_CONNECTING:
-        if c.px != NULL and proxy_dial_next(w, i):
-            return                                  # a name's next address
-        conn_fail(w, i, CAUSE_CONNECT_TIMEOUT, ETIMEDOUT, NULL)
+        conn_connect_timeout(w, i)
+    elif c.state == CONN_PROXY_HEADER:
+        conn_fail(w, i, CAUSE_PROXY_HEADER, ETIMEDOUT,
+                  "no complete PROXY header within the handshake timeout")
     elif c.state == CONN_HANDSHAKING:
         conn_fail(w, i, CAUSE_HANDSHAKE_TIMEOUT, ETIMEDOUT,
                   "the server did not complete the TLS handshake in time"

@@ -17,8 +17,30 @@ cdef inline void conn_queue(Worker *w, int32_t i) noexcept nogil:
 # Takes client_fd into the free slot w.free_head (the caller checked), routes it. [may close]
 cdef void conn_open(Worker *w, uint32_t listener, int client_fd,
                     const sockaddr_in6 *peer) noexcept nogil
+# Goes where the route says once the device is accepted (and its PROXY header read). [may close]
+cdef void conn_start(Worker *w, int32_t i) noexcept nogil
+# A refusal was written to the client: FIN, then read and drop its input. [may close]
+cdef void conn_linger(Worker *w, int32_t i) noexcept nogil
+# TCP_NODELAY on fd.
+cdef void set_nodelay(int fd) noexcept nogil
+
+# -- loop/dial.pxi: the upstream's addresses in turn ----------------------------------------
+# Edge-triggered readiness of conns[i]'s `side`: 0, or -1 and errno.
+cdef int conn_register(Worker *w, int32_t i, int side) noexcept nogil
+# Dials the route's addresses, from the one that last connected. [may close]
+cdef void route_dial(Worker *w, int32_t i) noexcept nogil
 # A socket to dst (the slot owns it) and a non-blocking connect: CONNECTING. [may close]
-cdef void conn_dial(Worker *w, int32_t i, const sockaddr *dst, socklen_t dst_len) noexcept nogil
+cdef void conn_dial(Worker *w, int32_t i, const sockaddr_in6 *dst) noexcept nogil
+# The connect failed: the next address (route's or proxy's); False: none left. [may close]
+cdef bint conn_dial_next(Worker *w, int32_t i) noexcept nogil
+# Whether a redialled connection's upstream socket is connected yet.
+cdef bint dial_connected(Conn *c) noexcept nogil
+# The connect failed with err: the next address, or an event and a reset. [may close]
+cdef void conn_connect_failed(Worker *w, int32_t i, int err) noexcept nogil
+# The connect deadline passed: the next address, or connect_timeout. [may close]
+cdef void conn_connect_timeout(Worker *w, int32_t i) noexcept nogil
+# TCP is up: PROXY header, then TLS, the exit's next step, or relaying. [may close]
+cdef void conn_connected(Worker *w, int32_t i) noexcept nogil
 # RELAYING from now on, under the idle timeout.
 cdef void conn_relaying(Worker *w, int32_t i) noexcept nogil
 # Moves what can move now; stays queued if its budget ran out. [may close]

@@ -11,6 +11,7 @@ cdef enum:
     DEMOTE_AFTER = 2              # small splice fills in a row that demote to copy
     EMFILE_PAUSE_MS = 100         # how long a listener rests when fds run out
     LINGER_MS = 2000              # how long a refused client may still send before a RST
+    UPSTREAM_MAX_ADDRS = 8        # addresses of an upstream name, tried in turn
 
 # Conn.state
 cdef enum:
@@ -19,6 +20,7 @@ cdef enum:
     CONN_HANDSHAKING              # TCP is up, the TLS handshake (either side) is not done
     CONN_REQUEST                  # tunnel exit: reading the entry's SOCKS5 / CONNECT request
     CONN_RESOLVING                # tunnel exit: the destination name is being resolved
+    CONN_PROXY_HEADER             # accept_proxy: reading the load balancer's PROXY header
     CONN_RELAYING
     CONN_LINGERING                # refused: FIN sent, the client's input read and dropped
     CONN_CLOSED                   # closed in this turn; its slot is freed at the end of it
@@ -64,6 +66,8 @@ cdef enum:
     # Fatal: the pool had no owned buffer for bytes dst refused (cause out_of_memory, not a
     # reset). Below every -errno (the kernel's are at most 4095).
     PUMP_NO_BUFFER = -4096
+    # Fatal: http_host = "rewrite" refused the device's request (modes/http.pxi).
+    PUMP_HTTP_REFUSED = -4097
 
 
 cdef struct Dir:
@@ -99,6 +103,10 @@ cdef struct Conn:
     Proxy *px                     # a proxy exit's request state, else NULL
     uint8_t tls_dead              # OpenSSL reported a fatal error: no close_notify
     uint8_t ktls                  # the kernel encrypts and decrypts both directions
+    uint8_t dial_idx              # the route's address being dialled (loop/dial.pxi)
+    uint8_t dial_left             # more of its addresses this connection may try
+    uint8_t redialled             # the upstream socket is not the first one dialled
+    Http *http                    # http_host = "rewrite": the request tracker, else NULL
     Dir dir[2]
     uint64_t deadline_ms          # connect deadline, or when to look at idleness again
     uint64_t last_active_ms
@@ -106,6 +114,7 @@ cdef struct Conn:
     int32_t timer_next
     int32_t timer_prev
     int32_t timer_slot            # NIL when not on the wheel
+    sockaddr_in6 upstream         # the address last dialled (error events name it)
 
 
 cdef struct Route:
@@ -119,8 +128,16 @@ cdef struct Route:
     ServerConf *srv               # server side (ROUTE_EXIT)
     Match *allow                  # proxy exits: allowed destinations (route field unused)
     uint32_t nallow               # 0: any but loopback, link-local, unspecified
-    socklen_t upstream_len
-    sockaddr_storage upstream
+    # The upstream (or a fixed exit's target): a name's addresses, replaced between turns
+    # when the name resolves to others (Loop.set_upstream_addresses). A connection starts
+    # at good_addr, the one that last connected, and moves on when a connect fails.
+    sockaddr_in6 addrs[UPSTREAM_MAX_ADDRS]    # AF_INET ones are sockaddr_in in the space
+    uint8_t naddrs
+    uint8_t good_addr
+    uint8_t proxy_out             # PROXY header first on the upstream: 0, 1 (v1), 2 (v2)
+    uint8_t accept_proxy          # a PROXY header comes first from the client (a balancer)
+    char *http_host               # http_host = "rewrite": "Host: <value>\r\n", else NULL
+    uint32_t http_host_len
     CertSeen cert                 # ROUTE_UPSTREAM over TLS: the server's certificate
 
 

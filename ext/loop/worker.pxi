@@ -166,6 +166,7 @@ cdef void worker_release(Worker *w) noexcept nogil:
     for k in range(w.nroutes):
         free(w.routes[k].allow)
         cert_seen_clear(&w.routes[k].cert)
+        free(w.routes[k].http_host)
     for k in range(w.pipe_pool_len):
         close(w.pipe_pool[2 * k])
         close(w.pipe_pool[2 * k + 1])

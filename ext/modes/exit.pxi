@@ -20,7 +20,7 @@ cdef void exit_handshake_done(Worker *w, int32_t i) noexcept nogil:
     cdef Conn *c = &w.conns[i]
     cdef Route *r = &w.routes[c.route]
     if r.exit_mode == EXIT_FIXED:
-        conn_dial(w, i, <const sockaddr *>&r.upstream, r.upstream_len)
+        route_dial(w, i)
         return
     c.px = <Proxy *>calloc(1, sizeof(Proxy))
     if c.px == NULL:

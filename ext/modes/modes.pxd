@@ -33,10 +33,6 @@ cdef bint proxy_send(Conn *c, const void *data, int n) noexcept nogil
 cdef void proxy_consume(Proxy *px, size_t n) noexcept nogil
 # Keeps the allowed addresses of px.dst and dials the first; or proxy_denied. [may close]
 cdef void proxy_try(Worker *w, int32_t i) noexcept nogil
-# The connect failed: dials the next address; False: none left, nothing done. [may close]
-cdef bint proxy_dial_next(Worker *w, int32_t i) noexcept nogil
-# Whether the upstream socket of a redialled connection is connected yet.
-cdef bint proxy_connected(Conn *c) noexcept nogil
 # Answers a failed request in the entry's protocol (best effort); closes nothing.
 cdef void proxy_refuse(Worker *w, Conn *c, uint8_t cause, int err) noexcept nogil
 # Frees c.px (cancelling its lookup); c.px is NULL afterwards.
@@ -63,3 +59,30 @@ cdef void exit_resolved(Worker *w, int32_t i, ResolveJob *job) noexcept nogil
 cdef void exit_connected(Worker *w, int32_t i) noexcept nogil
 # The request or the lookup took too long. [may close]
 cdef void exit_expire(Worker *w, int32_t i) noexcept nogil
+
+# -- modes/proxyhdr.pxi: the PROXY protocol --------------------------------------------------
+# A v1 or v2 header at p[0:n]: >0 its length (out filled), 0 incomplete, <0 refused (why).
+cdef Py_ssize_t proxyhdr_parse(const uint8_t *p, size_t n, ProxyAddrs *out,
+                               const char **why) noexcept nogil
+# The header (version 1 or 2) for src -> dst into out[PROXYHDR_OUT]; its length.
+cdef size_t proxyhdr_build(uint8_t *out, int version, const sockaddr_in6 *src_in,
+                           const sockaddr_in6 *dst_in) noexcept nogil
+# c's route's header on its new upstream socket; False: it did not leave whole.
+cdef bint proxyhdr_send(Worker *w, Conn *c) noexcept nogil
+# Reads the balancer's header once complete, then starts the route; or refuses. [may close]
+cdef void proxyhdr_read(Worker *w, int32_t i) noexcept nogil
+
+# -- modes/http.pxi, modes/http_pump.pxi: http_host = "rewrite" -----------------------------
+# The next piece of a device's bytes: >0 consumed (forwarded, or replaced by out[0:*out_len]),
+# 0 more needed, -1 refused (why).
+cdef Py_ssize_t http_step(Http *st, const uint8_t *p, size_t n, const char *host_line,
+                          size_t host_len, char *out, size_t *out_len,
+                          const char **why) noexcept nogil
+# c tracks its requests from now on (c.http); False: no memory.
+cdef bint http_open(Worker *w, Conn *c) noexcept nogil
+# Frees c.http and its input buffer; c.http is NULL afterwards.
+cdef void http_free(Worker *w, Conn *c) noexcept nogil
+# Device -> server with each Host rewritten; as pump_tls_write, or PUMP_HTTP_REFUSED.
+cdef int pump_http_write(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil
+# The request in c.http.why was refused: event, 400, close_notify, linger. [may close]
+cdef void http_refuse(Worker *w, int32_t i) noexcept nogil

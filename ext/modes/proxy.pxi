@@ -300,34 +300,11 @@ cdef void proxy_try(Worker *w, int32_t i) noexcept nogil:
 
 
 cdef void proxy_dial(Worker *w, int32_t i) noexcept nogil:
-    # Dial the current candidate address. [may close]
+    # Dial the first candidate address; conn_dial_next (loop/dial.pxi) the others.
+    # [may close]
     cdef Conn *c = &w.conns[i]
-    cdef sockaddr_in6 *dst = &c.px.dst[c.px.next_dst]
-    c.orig_dst = dst[0]                 # where error events say it went
-    conn_dial(w, i, <const sockaddr *>dst,
-              sizeof(sockaddr_in) if dst.sin6_family == AF_INET else sizeof(sockaddr_in6))
-
-
-cdef bint proxy_dial_next(Worker *w, int32_t i) noexcept nogil:
-    # The connect failed: the name's next address, if there is one (IPv6 and IPv4 of
-    # the same host, a refused replica). False: none left, nothing done. [may close]
-    cdef Conn *c = &w.conns[i]
-    if c.px.next_dst + 1 >= c.px.ndst:
-        return False
-    if c.fd[SIDE_UPSTREAM] >= 0:
-        close(c.fd[SIDE_UPSTREAM])
-        c.fd[SIDE_UPSTREAM] = -1
-    c.px.next_dst += 1
-    proxy_dial(w, i)
-    return True
-
-
-cdef bint proxy_connected(Conn *c) noexcept nogil:
-    # After proxy_dial_next, a writable edge may be the closed socket's, and SO_ERROR of
-    # the new one is 0 while its connect is still in progress.
-    cdef sockaddr_storage peer
-    cdef socklen_t length = sizeof(peer)
-    return getpeername(c.fd[SIDE_UPSTREAM], <sockaddr *>&peer, &length) == 0
+    c.orig_dst = c.px.dst[0]            # where error events say it went
+    conn_dial(w, i, &c.px.dst[0])
 
 
 cdef void proxy_refuse(Worker *w, Conn *c, uint8_t cause, int err) noexcept nogil:

@@ -2,6 +2,7 @@
 # request state, the resolver's jobs. Declarations only.
 
 cdef struct ResolveJob                # below; a Proxy points to its job
+cdef struct Http                      # below; a Conn points to its request tracker
 
 cdef enum:
     PROXY_REQ_MAX = 4096          # bytes: a SOCKS5 or CONNECT request longer is refused
@@ -75,3 +76,60 @@ cdef struct Resolver:
     uint8_t stop
     uint32_t nthreads
     pthread_t threads[RESOLVER_THREADS]
+
+
+# -- http_host = "rewrite" (modes/http.pxi) -------------------------------------------------
+
+cdef enum:
+    HTTP_HEAD_MAX = 16384         # bytes: a request head longer is refused (400)
+    HTTP_LINE_MAX = 4096          # bytes: a chunk-size or trailer line longer is refused
+
+# Http.mode: what the next bytes from the device are.
+cdef enum:
+    HTTP_HEAD = 0                 # a request head (request line, fields, empty line)
+    HTTP_BODY                     # `left` bytes of a Content-Length body
+    HTTP_CHUNK_SIZE               # a chunk-size line of a chunked body
+    HTTP_CHUNK_DATA               # `left` bytes of chunk data
+    HTTP_CHUNK_END                # the CRLF after chunk data
+    HTTP_TRAILERS                 # trailer lines after the last chunk, up to an empty one
+    HTTP_TUNNEL                   # after Upgrade or CONNECT: everything as it comes
+
+
+cdef struct Http:
+    # One device's request stream. `in` is a pooled buffer of SCRATCH_SIZE held only while
+    # it has bytes not looked at yet: a head (or chunk line) being parsed, or input behind
+    # bytes the server has not taken. `why` is the refusal, for the event.
+    uint8_t mode
+    uint64_t left
+    char *inbuf
+    uint32_t in_off
+    uint32_t in_len
+    uint32_t scan                 # bytes of the head already searched for its end
+    uint8_t line_ok               # ... and its request line was judged good
+    const char *why
+
+
+cdef struct HttpHead:
+    # What a complete request head says (modes/http.pxi, head_parse).
+    uint8_t version               # 0: HTTP/1.0, 1: HTTP/1.1
+    uint8_t chunked
+    uint8_t tunnel                # Upgrade or CONNECT: the rest is relayed as it comes
+    uint8_t has_length
+    uint64_t length
+    uint32_t line_end             # the request line's end, CRLF included
+    uint32_t host_start           # the Host line, CRLF included (host_end 0: none)
+    uint32_t host_end
+
+
+# -- PROXY protocol (modes/proxyhdr.pxi) ----------------------------------------------------
+
+cdef enum:
+    PROXYHDR_MAX = 1024           # bytes: a v1 line is <= 107; a v2 header with TLVs <= this
+    PROXYHDR_OUT = 108            # bytes: the longest header relaycore sends (v1, TCP6)
+
+
+cdef struct ProxyAddrs:
+    # What a PROXY header says: the client's address and the one it connected to
+    # (family 0: UNKNOWN or LOCAL, the connection's own addresses stand).
+    sockaddr_in6 src
+    sockaddr_in6 dst

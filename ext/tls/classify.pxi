@@ -53,6 +53,11 @@ cdef uint8_t tls_classify(SSL *ssl, const char *peer, int ssl_err, int err, char
     elif is_alert(e):
         alert_reason(e, peer, reason, reason_len)
         cause = CAUSE_TLS_ALERT
+        if ERR_GET_REASON(e) - SSL_AD_REASON_OFFSET == SSL_AD_NO_APPLICATION_PROTOCOL:
+            cause = CAUSE_TLS_ALPN_REFUSED      # it takes none of the protocols offered
+    elif e and ERR_GET_LIB(e) == ERR_LIB_SSL and r == SSL_R_NO_APPLICATION_PROTOCOL:
+        snprintf(reason, reason_len, "%s offered none of the alpn protocols", peer)
+        cause = CAUSE_TLS_ALPN_REFUSED
     elif e and ERR_GET_LIB(e) == ERR_LIB_SSL and r == SSL_R_UNEXPECTED_EOF_WHILE_READING:
         snprintf(reason, reason_len, "%s closed the connection during the handshake", peer)
     elif e and ERR_GET_LIB(e) == ERR_LIB_SSL and r == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE:

@@ -114,7 +114,7 @@ cdef class TLSClientContext:
 
     def __cinit__(self, *, server_name=None, ca=None, cert=None, key=None,
                   bint verify=True, str min_tls="1.2", ciphers=None, ciphersuites=None,
-                  groups=None, pins=(), str ktls="auto"):
+                  groups=None, pins=(), str ktls="auto", alpn=()):
         cdef bytes raw
         self.conf = <TLSConf *>calloc(1, sizeof(TLSConf))
         if self.conf == NULL:
@@ -161,6 +161,7 @@ cdef class TLSClientContext:
         copy_pins(self.conf.pins, pins, "pin")
         self.conf.npins = len(pins)
         self.conf.ktls_mode = set_ktls(self.ctx, ktls)
+        set_alpn(self.ctx, &self.conf.alpn, alpn, False)
 
     def __dealloc__(self):
         cdef uint32_t k
@@ -185,7 +186,7 @@ cdef class TLSServerContext:
     Raises ValueError("<key>: <reason>") where <key> is the config key at fault."""
 
     def __cinit__(self, *, str cert, str key, allow_pins=(), ca=None, str min_tls="1.2",
-                  str ktls="auto"):
+                  str ktls="auto", alpn=()):
         self.conf = <ServerConf *>calloc(1, sizeof(ServerConf))
         if self.conf == NULL:
             raise MemoryError()
@@ -212,6 +213,7 @@ cdef class TLSServerContext:
         # with a verified client without an id context (SSL_CTX_set_session_id_context(3)).
         SSL_CTX_set_session_id_context(self.ctx, <const unsigned char *>"relaycore-exit", 14)
         self.conf.ktls_mode = set_ktls(self.ctx, ktls)
+        set_alpn(self.ctx, &self.conf.alpn, alpn, True)
 
     def __dealloc__(self):
         if self.ctx != NULL:
@@ -219,6 +221,74 @@ cdef class TLSServerContext:
         if self.conf != NULL:
             free(self.conf.pins)
             free(self.conf)
+
+
+cdef int set_alpn(SSL_CTX *ctx, Alpn *alpn, protocols, bint server) except -1:
+    # ALPN (RFC 7301): a client offers `protocols` in order; a server (a tunnel exit) picks
+    # the first of its own that the client offers, and refuses a client that offers only
+    # others with the no_application_protocol alert (a client offering none is admitted).
+    cdef bytes wire = b""
+    protocols = list(protocols)
+    if len(protocols) > ALPN_MAX:
+        raise ValueError(f"alpn: at most {ALPN_MAX} protocols")
+    for name in protocols:
+        raw = name.encode("ascii") if isinstance(name, str) else bytes(name)
+        if not 0 < len(raw) < 256:
+            raise ValueError(f"alpn: each protocol is 1-255 bytes, got {name!r}")
+        wire += bytes([len(raw)]) + raw
+    if len(wire) > ALPN_WIRE_MAX:
+        raise ValueError("alpn: the list is too long")
+    memcpy(alpn.wire, <char *>wire, len(wire))
+    alpn.len = len(wire)
+    if not protocols:
+        return 0
+    if server:
+        SSL_CTX_set_alpn_select_cb(ctx, on_alpn_select, alpn)
+    elif SSL_CTX_set_alpn_protos(ctx, alpn.wire, alpn.len) != 0:
+        raise ValueError(f"alpn: {ssl_error_text()}")
+    return 0
+
+
+cdef int on_alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                        const unsigned char *offered, unsigned int offered_len,
+                        void *arg) noexcept nogil:
+    cdef Alpn *alpn = <Alpn *>arg
+    if SSL_select_next_proto(<unsigned char **>out, outlen, alpn.wire, alpn.len, offered,
+                             offered_len) != OPENSSL_NPN_NEGOTIATED:
+        return SSL_TLSEXT_ERR_ALERT_FATAL          # the no_application_protocol alert
+    return SSL_TLSEXT_ERR_OK
+
+
+cdef int alpn_index(const Alpn *alpn, SSL *ssl) noexcept nogil:
+    # The position in `alpn` of the protocol the handshake agreed on, or -1 (none).
+    cdef const unsigned char *chosen = NULL
+    cdef unsigned int n = 0
+    cdef uint32_t off = 0
+    cdef int k = 0
+    SSL_get0_alpn_selected(ssl, &chosen, &n)
+    if n == 0:
+        return -1
+    while off < alpn.len:
+        if alpn.wire[off] == n and memcmp(alpn.wire + off + 1, chosen, n) == 0:
+            return k
+        off += 1 + alpn.wire[off]
+        k += 1
+    return -1
+
+
+cdef list route_alpn_names(const Route *r):
+    # The route's alpn list as text, in order.
+    cdef const Alpn *alpn = NULL
+    cdef uint32_t off = 0
+    cdef list names = []
+    if r.kind == ROUTE_EXIT and r.srv != NULL:
+        alpn = &r.srv.alpn
+    elif r.kind == ROUTE_UPSTREAM and r.tls != NULL:
+        alpn = &r.tls.alpn
+    while alpn != NULL and off < alpn.len:
+        names.append(alpn.wire[off + 1:off + 1 + alpn.wire[off]].decode("ascii", "replace"))
+        off += 1 + alpn.wire[off]
+    return names
 
 
 def _is_ip_literal(text):

@@ -78,6 +78,9 @@ cdef void conn_handshake(Worker *w, int32_t i) noexcept nogil:
             conn_ctr(w, c).handshakes_resumed += 1
         if r.kind == ROUTE_UPSTREAM:
             cert_seen_note(&r.cert, c.ssl, w.now_ms)
+        rc = alpn_index(&r.srv.alpn if r.kind == ROUTE_EXIT else &r.tls.alpn, c.ssl)
+        if rc >= 0:
+            conn_ctr(w, c).alpn[rc] += 1
         ktls_mode = r.srv.ktls_mode if r.kind == ROUTE_EXIT else r.tls.ktls_mode
         if ktls_mode != KTLS_OFF:
             c.ktls = (BIO_get_ktls_send(SSL_get_wbio(c.ssl)) == 1
@@ -133,6 +136,22 @@ cdef Py_ssize_t tls_write(Worker *w, Conn *c, char *p, size_t n) noexcept nogil:
     return tls_blocked(w, c, d, SSL_get_error(c.ssl, k))
 
 
+cdef Py_ssize_t tls_flush_owned(Worker *w, Conn *c) noexcept nogil:
+    # The plain side's owned buffer (bytes SSL_write did not take), offered again, same
+    # bytes: >0 taken, 0 it waits, <0 fatal. The buffer goes back to the pool once empty.
+    cdef Dir *dr = &c.dir[1 - c.tls_side]
+    cdef Py_ssize_t k = tls_write(w, c, dr.buf + dr.buf_off, dr.buf_len)
+    if k <= 0:
+        return k
+    dr.buf_off += <uint32_t>k
+    dr.buf_len -= <uint32_t>k
+    if dr.buf_len == 0:
+        buf_put(w, dr.buf)
+        dr.buf = NULL
+        dr.buf_off = 0
+    return k
+
+
 cdef int pump_tls_write(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
     # plain side -> TLS side: recv from the plain socket, SSL_write to the TLS one.
     cdef int src = 1 - c.tls_side
@@ -141,18 +160,12 @@ cdef int pump_tls_write(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
     cdef Py_ssize_t n, s, k
     while total < PUMP_BUDGET:
         if dr.buf_len:
-            k = tls_write(w, c, dr.buf + dr.buf_off, dr.buf_len)
+            k = tls_flush_owned(w, c)
             if k < 0:
                 return <int>k
             if k == 0:
                 break
-            dr.buf_off += <uint32_t>k
-            dr.buf_len -= <uint32_t>k
             total += k
-            if dr.buf_len == 0:
-                buf_put(w, dr.buf)
-                dr.buf = NULL
-                dr.buf_off = 0
             continue
         if dr.eof or not c.ready[src] & READY_READ:
             break

@@ -3,6 +3,10 @@
 # -- tls/context.pxi ------------------------------------------------------------------------
 # Offers ssl the newest cached session; a TLS 1.3 ticket leaves the cache (single use).
 cdef void session_offer(TLSConf *conf, SSL *ssl) noexcept nogil
+# The position in alpn of the protocol ssl's handshake agreed on, or -1.
+cdef int alpn_index(const Alpn *alpn, SSL *ssl) noexcept nogil
+# A route's alpn list (its TLS context's) as text, in order.
+cdef list route_alpn_names(const Route *r)
 
 # -- tls/verify.pxi -------------------------------------------------------------------------
 # cert's pin (SHA-256 of its DER SubjectPublicKeyInfo) into md[32]; False: no key.
@@ -35,6 +39,10 @@ cdef void conn_tls_start(Worker *w, int32_t i, int side) noexcept nogil
 cdef void conn_handshake(Worker *w, int32_t i) noexcept nogil
 # After an SSL_* call <= 0: 0 if it waits (ready cleared, tls_want[d] set), else tls_fatal's.
 cdef int tls_blocked(Worker *w, Conn *c, int d, int ssl_err) noexcept nogil
+# SSL_write of p[0:n] when the TLS side is ready: >0 bytes taken (counted), 0 wait, <0 fatal.
+cdef Py_ssize_t tls_write(Worker *w, Conn *c, char *p, size_t n) noexcept nogil
+# The plain side's owned buffer through SSL_write: >0 taken, 0 wait, <0 fatal; pooled once empty.
+cdef Py_ssize_t tls_flush_owned(Worker *w, Conn *c) noexcept nogil
 # Plain side -> TLS side by SSL_write; as pump_copy (a PUMP_* result, -errno, PUMP_NO_BUFFER).
 cdef int pump_tls_write(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil
 # TLS side -> plain side by SSL_read, until WANT_*: as pump_tls_write.

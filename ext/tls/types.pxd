@@ -14,6 +14,15 @@ cdef enum:
     KTLS_AUTO
     KTLS_REQUIRE
 
+cdef enum:
+    ALPN_WIRE_MAX = 512           # bytes of an alpn list in wire form (length-prefixed)
+
+
+cdef struct Alpn:
+    # An alpn list in wire form: each protocol as one length byte and its bytes, in order.
+    unsigned char wire[ALPN_WIRE_MAX]
+    uint32_t len
+
 
 cdef struct TLSConf:
     # A client context's settings, kept in its SSL_CTX app data.
@@ -27,6 +36,7 @@ cdef struct TLSConf:
     unsigned char pins[MAX_PINS][32]
     SSL_SESSION *sessions[SESSION_CACHE]
     uint32_t nsessions
+    Alpn alpn                     # offered in this order (len 0: no ALPN)
 
 
 cdef struct CertSeen:
@@ -45,6 +55,7 @@ cdef struct ServerConf:
     uint32_t npins
     uint8_t has_ca                # a client certificate that chains to the CA is allowed too
     uint8_t ktls_mode
+    Alpn alpn                     # the protocols the exit takes, its preference first
 
 
 cdef class TLSClientContext:

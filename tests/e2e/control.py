@@ -251,8 +251,8 @@ class TaggedEchoServer(EchoServer):
     """Echo every chunk with `tag` in front, so that a test can tell which upstream
     answered a relayed connection."""
 
-    def __init__(self, tag: bytes) -> None:
-        super().__init__()
+    def __init__(self, tag: bytes, *, host: str = HOST, port: int = 0) -> None:
+        super().__init__(host=host, port=port)
         self.tag = tag
 
     def serve(self, conn: socket.socket | TLSConn, record: ConnRecord) -> None:

@@ -63,6 +63,7 @@ HTTPS_PORT = 8443
 DNS_PORT = 53
 DNS_BLOCKED_PORT = 5353  # a responder no passthrough rule lets the devices reach
 FIRMWARE_PORT = 9000
+PROXY_PORT = 9001  # answers with the PROXY v1 line a connector sent first
 OTHER_PORT = 80
 DNS_ANSWER = "198.51.100.7"
 FIRMWARE_BANNER = "FIRMWARE relaycore-lab 1.0\n"
@@ -374,6 +375,24 @@ class _BannerServer(socketserver.ThreadingTCPServer):
         super().__init__(addr, _BannerHandler)
 
 
+class _ProxyLineHandler(socketserver.StreamRequestHandler):
+    """Reads the PROXY v1 line a connector sends first and answers with it."""
+
+    def handle(self) -> None:
+        line = self.rfile.readline(108)
+        self.server.record(kind="proxy", line=line.decode(errors="replace"))  # type: ignore[attr-defined]
+        self.wfile.write(line)
+
+
+class _ProxyLineServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, addr: tuple[str, int], record: _Recorder) -> None:
+        self.record = record
+        super().__init__(addr, _ProxyLineHandler)
+
+
 def _https(cert: str, key: str, ca: str, record: _Recorder) -> HttpsUpstream:
     """api.test: answers every GET with a line naming its path. Each request is a record
     (path, Host, SNI, the client certificate's CN, peer), and so is each failure."""
@@ -408,6 +427,7 @@ def serve(records: str, cert: str, key: str, ca: str) -> None:
         _BannerServer((SERVER_IP, FIRMWARE_PORT), FIRMWARE_BANNER, record),
         _BannerServer((SERVER_IP6, FIRMWARE_PORT), FIRMWARE_BANNER, record),
         _BannerServer((OTHER_SERVER_IP, OTHER_PORT), OTHER_BANNER, record),
+        _ProxyLineServer((SERVER_IP, PROXY_PORT), record),
     ]
     for server in servers:
         threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -26,6 +26,7 @@ CONNECTOR_FIELDS = {
     "handshakes_resumed",
     "errors",
     "cert",
+    "alpn",
 }
 WORKER_FIELDS = {"slot", "generation", "pid", "started", "active", "reports_dropped", "draining"}
 LOG_FIELDS = {

@@ -161,8 +161,9 @@ def test_third_party_subscriber_reads_stats_and_log_with_pyzmq_and_msgspec(tmp_p
         assert set(c) == CONNECTOR_FIELDS, c
         assert isinstance(c["opened_per_s"], float)
         assert isinstance(c["errors"], dict)
-        counts = CONNECTOR_FIELDS - {"name", "errors", "opened_per_s", "cert"}
         assert c["cert"] is None  # plain connectors: no certificate
+        assert isinstance(c["alpn"], dict)
+        counts = CONNECTOR_FIELDS - {"name", "errors", "opened_per_s", "cert", "alpn"}
         assert all(isinstance(c[k], int) for k in counts), c
     assert len(stats["workers"]) == 1
     (worker,) = stats["workers"]

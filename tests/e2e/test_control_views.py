@@ -115,6 +115,7 @@ def test_status_and_stats_show_workers_capabilities_and_connectors(tmp_path):
                 "handshakes_resumed": 0,
                 "errors": {},
                 "cert": None,
+                "alpn": {},
             }
             assert t["opened_per_s"] >= 0
             assert (dead["opened"], dead["closed"], dead["errors"]) == (
@@ -314,6 +315,7 @@ def test_prometheus_scrape_matches_stats_and_survives_a_silent_client(tmp_path):
                 "relaycore_tls_handshakes_resumed": "counter",
                 "relaycore_bytes": "counter",
                 "relaycore_errors": "counter",
+                "relaycore_tls_alpn": "counter",
                 "relaycore_workers": "gauge",
                 "relaycore_config_generation": "gauge",
                 "relaycore_reports_dropped": "counter",

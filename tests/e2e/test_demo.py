@@ -47,6 +47,8 @@ def test_demo_sends_the_traffic_and_stops_cleanly() -> None:
     assert out.returncode == 0, (out.stdout, out.stderr)
     assert "All 8 requests were answered 200 by the HTTPS server through the relay." in out.stdout
     assert "  SNI              localhost on 4" in out.stdout
+    # The server got the Host it serves, not the relay's address the device dialled.
+    assert re.search(r"^    Host: localhost:\d+$", out.stdout, re.M), out.stdout
     assert "relay stopped cleanly (exit code 0)." in out.stdout
     assert out.stderr == ""
     assert not temp_dir_of(out.stdout).exists()  # the PKI and the config went with it
@@ -95,8 +97,10 @@ def test_devices_through_the_relay_reach_the_recording_server(tmp_path: Path) ->
     assert {(leg.sni, leg.peer) for leg in legs} == {(SERVER_NAME, HOST)}
     assert sum(r.resumed for r in reports) == sum(leg.resumed for leg in legs) >= 1
     assert {(r.method, r.path) for r in got} == {("POST", "/telemetry")}
+    # Every request's Host is the server's name and port (http_host = "rewrite").
+    assert {r.host for r in got} == {f"{SERVER_NAME}:{https.port}"}
     bodies = sorted((json.loads(r.body)["device"], json.loads(r.body)["seq"]) for r in got)
     assert bodies == [(f"dev-{d}", seq) for d in (1, 2) for seq in range(6)]
-    # Byte for byte what the device sent: the relay does not touch the HTTP.
+    # Byte for byte what the device sent: the rewrite touches the head only.
     first = json.loads(got[0].body)
     assert got[0].body == telemetry(first["device"], first["seq"], first["temp_c"])

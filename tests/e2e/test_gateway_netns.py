@@ -39,6 +39,7 @@ from netns import (
     OTHER_BANNER,
     OTHER_PORT,
     OTHER_SERVER_IP,
+    PROXY_PORT,
     SERVER_IP,
     SERVER_IP6,
     Lab,
@@ -401,3 +402,28 @@ def test_stopping_the_relay_removes_its_rules(lab: Lab, relay: Relay) -> None:
     assert relay.process.stop() == 0, relay.process.output()
     assert "nftables rules applied" in relay.process.output()
     assert "inet relaycore" not in relay.nft_tables()
+
+
+def test_the_proxy_header_names_the_destination_the_device_dialled(
+    lab: Lab, servers: Servers, files: Files, tmp_path: Path
+) -> None:
+    """proxy_protocol in gateway mode: the header's destination is the address the device
+    dialled (its firmware's dummy address, intercepted), not the gateway's port."""
+    pp = (
+        '[[connector]]\nname = "pp"\nmatch = ["192.0.2.11:7000"]\n'
+        f'upstream = "{SERVER_IP}:{PROXY_PORT}"\ntls = false\nproxy_protocol = "v1"\n'
+    )
+    config_path = tmp_path / "relay.toml"
+    config_path.write_text(gateway_config(tmp_path / "run", files, pp))
+    argv = [sys.executable, "-m", "relaycore", "run", "-c", str(config_path)]
+    process = NsProcess(lab.gateway, argv, tmp_path / "relay.log", tmp_path)
+    try:
+        process.wait_output("ready generation=1", READY_TIMEOUT)
+        got = device_tcp(lab, "192.0.2.11", 7000)
+    finally:
+        process.stop()
+        lab.gateway.run("nft", "delete", "table", "inet", "relaycore", check=False)
+    words = got["data"].split()
+    assert got["error"] is None, (got, process.output())
+    assert words[:4] == ["PROXY", "TCP4", DEVICE_IP, "192.0.2.11"], got
+    assert words[5] == "7000", got

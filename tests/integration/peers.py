@@ -200,6 +200,24 @@ def nginx_https(directory: Path, port: int, servers: Sequence[NginxServer]) -> I
             '        location / { return 200 "hello $ssl_server_name\\n"; }\n'
             "    }\n"
         )
+    http = (
+        f"    log_format peers '{NGINX_LOG_FORMAT}';\n"
+        f"    access_log {access_log} peers;\n"
+        # nginx 1.22 offers TLS 1.0-1.2 unless told otherwise.
+        "    ssl_protocols TLSv1.2 TLSv1.3;\n"
+        "    ssl_session_tickets on;\n"
+        f"{''.join(blocks)}"
+    )
+    with nginx_process(directory, port, http) as peer:
+        yield Nginx(peer=peer, access_log=access_log, error_log=error_log)
+
+
+@contextlib.contextmanager
+def nginx_process(directory: Path, port: int, http: str) -> Iterator[Peer]:
+    """nginx with `http` inside its http { } block: one process in the foreground, its pid,
+    temp files and error log (error.log, level info) in `directory`; yielded once
+    127.0.0.1:port accepts connections."""
+    error_log = directory / "error.log"
     temp = "\n".join(
         f"    {kind}_temp_path {directory / kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -213,12 +231,7 @@ def nginx_https(directory: Path, port: int, servers: Sequence[NginxServer]) -> I
         "events { worker_connections 64; }\n"
         "http {\n"
         f"{temp}\n"
-        f"    log_format peers '{NGINX_LOG_FORMAT}';\n"
-        f"    access_log {access_log} peers;\n"
-        # nginx 1.22 offers TLS 1.0-1.2 unless told otherwise.
-        "    ssl_protocols TLSv1.2 TLSv1.3;\n"
-        "    ssl_session_tickets on;\n"
-        f"{''.join(blocks)}"
+        f"{http}"
         "}\n"
     )
     argv = [
@@ -233,7 +246,7 @@ def nginx_https(directory: Path, port: int, servers: Sequence[NginxServer]) -> I
     with peer_process(
         "nginx", argv, ports=[port], log=directory / "nginx.out", cwd=directory
     ) as peer:
-        yield Nginx(peer=peer, access_log=access_log, error_log=error_log)
+        yield peer
 
 
 # -- mosquitto --------------------------------------------------------------------------------

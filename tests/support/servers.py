@@ -156,8 +156,10 @@ class _Server:
         fin_after_close_notify: bool = True,
         coalesce: int = 0,
         host: str = HOST,
+        port: int = 0,
     ) -> None:
-        """`host`: the address to listen on (127.0.0.1, or ::1 for IPv6).
+        """`host`: the address to listen on (127.0.0.1, or ::1 for IPv6), `port` (0: a
+        free one).
         `tls`: serve TLS with this server-side context (its sni_callback is taken over
         to record the SNI). `close_notify=False`: end TLS streams with a bare TCP FIN.
         `fin_after_close_notify=False`: a TLS handler's shutdown(SHUT_WR) sends close_notify
@@ -182,7 +184,7 @@ class _Server:
                 # Accepted sockets inherit the listener's sizes; the window scale is fixed
                 # at the SYN, so the receive buffer has to be small before listen().
                 set_bufsize(self._lsock, bufsize)
-            self._lsock.bind((host, 0))
+            self._lsock.bind((host, port))
             self._lsock.listen(backlog)
             self._lsock.setblocking(False)
             self._wake_r, self._wake_w = socket.socketpair()

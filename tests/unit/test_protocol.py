@@ -18,9 +18,10 @@ import zmq
 
 from relaycore import protocol, rundir
 from relaycore.errors import StartupError
-from relaycore.render import error_line
+from relaycore.render import error_line, stats
 from relaycore.reporting import merge_records
 from relaycore.supervisor.control import ControlPlane
+from relaycore.supervisor.metrics import render
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"
 
@@ -56,6 +57,7 @@ CONNECTOR = protocol.ConnectorStats(
     handshakes=100,
     handshakes_resumed=60,
     errors={"connect_refused": 37},
+    alpn={"x-amzn-mqtt-ca": 100},
 )
 STATS = protocol.StatsReport(
     time=1700000002.0, generation=2, connectors=[CONNECTOR], workers=[WORKER]
@@ -85,6 +87,7 @@ SAMPLES: list[msgspec.Struct] = [
     protocol.WorkerDraining(slot=0, generation=1, pid=10),
     protocol.WorkerBye(slot=0, generation=1, pid=10),
     protocol.SetLogLevel(level="debug"),
+    protocol.UpstreamAddresses(generation=2, route=0, addresses=[("10.0.0.7", 443)]),
     CONNECTOR,
     WORKER,
     STATS,
@@ -359,3 +362,9 @@ def test_records_merge_by_connector_cause_and_upstream_and_the_latest_speaks() -
     ]
     first = merged["acme", "connect_refused", "10.0.0.5:443"]
     assert (first.count, first.first, first.last, first.client) == (2, 1.0, 3.0, "192.0.2.1:1")
+
+
+def test_the_agreed_alpn_protocols_show_in_stats_and_metrics() -> None:
+    assert "alpn: x-amzn-mqtt-ca 100" in stats(STATS)
+    metric = 'relaycore_tls_alpn_total{connector="acme",protocol="x-amzn-mqtt-ca"} 100'
+    assert metric in render(STATS, 0)

@@ -21,8 +21,10 @@ from relaycore.addresses import HostPort, parse_host_port
 from relaycore.configcheck import (
     IFNAME,
     NAME,
+    check_ca,
     check_pins,
     check_readable,
+    check_run_dir,
     is_ip,
     pin_digest,
     tls_host,
@@ -34,8 +36,10 @@ from relaycore.gateway import Network, parse_match
 MAX_WORKERS = 256
 # A week: some bound, because TOML can spell `inf` and a timer in milliseconds cannot hold it.
 MAX_SECONDS = 604_800
+# The loop counts in milliseconds: anything shorter would round to a timeout of 0.
+MIN_SECONDS = 0.001
 
-Seconds = Annotated[float, msgspec.Meta(gt=0, le=MAX_SECONDS)]
+Seconds = Annotated[float, msgspec.Meta(ge=MIN_SECONDS, le=MAX_SECONDS)]
 Splice = Literal["auto", "off", "always"]
 MinTls = Literal["1.2", "1.3"]
 Ktls = Literal["auto", "off", "require"]
@@ -61,6 +65,9 @@ class Relay(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     drain_timeout_s: Seconds = 30.0
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
     splice: Splice = "auto"
+
+    def __post_init__(self) -> None:
+        check_run_dir("run_dir", self.run_dir)
 
 
 class Timeouts(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -127,7 +134,7 @@ class Connector(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
                 f"server_name: expected a DNS name or an IP address, got {self.server_name!r}"
             )
         if self.ca is not None:
-            check_readable("ca", self.ca, directory_ok=True)
+            check_ca("ca", self.ca)
         if (self.cert is None) != (self.key is None):
             missing, given = ("key", "cert") if self.key is None else ("cert", "key")
             raise ConfigError(f"{missing}: required when {given} is set")
@@ -220,7 +227,7 @@ class Exit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
         check_readable("key", self.key, directory_ok=False)
         check_pins("allow", self.allow)
         if self.ca is not None:
-            check_readable("ca", self.ca, directory_ok=True)
+            check_ca("ca", self.ca)
         if not self.allow and self.ca is None:
             raise ConfigError(
                 "allow: required unless ca is given: the pins of the entry nodes that may"
@@ -481,13 +488,17 @@ def parse_config(text: str | bytes, source: str = "<string>") -> Config:
             raise ConfigError(f"{source}: invalid TOML: not UTF-8 (byte {e.start})") from e
     try:
         cfg = msgspec.toml.decode(text, type=Config)
+        # The Struct cannot tell `verify = true` written out from the default, so with
+        # tls = false its own check misses TLS keys that repeat their default: the file can.
+        tables = msgspec.toml.decode(text).get("connector", [])
     except msgspec.ValidationError as e:
         raise ConfigError(explain(e, text, source, Config)) from e
     except msgspec.DecodeError as e:
         raise ConfigError(f"{source}: invalid TOML: {lower_first(str(e))}") from e
-    # The Struct cannot tell `verify = true` written out from the default, so with
-    # tls = false its own check misses TLS keys that repeat their default: the file can.
-    tables = msgspec.toml.decode(text).get("connector", [])
+    except RecursionError:
+        # The TOML parser recurses once per level of nested arrays or inline tables; no
+        # relay's file nests more than a few.
+        raise ConfigError(f"{source}: invalid TOML: nested too deeply") from None
     for i, table in enumerate(tables):
         if table.get("tls") is False:
             for key in _TLS_DEFAULTS:

@@ -65,6 +65,7 @@ def test_an_exit_node_needs_no_connector(identity_files: tuple[Path, Path]) -> N
 
 def test_every_exit_key(identity_files: tuple[Path, Path], tmp_path: Path) -> None:
     cert, key = identity_files
+    (tmp_path / "0123abcd.0").write_text("a hashed name: not parsed here\n")
     cfg = parse_config(
         exit_table(
             cert,

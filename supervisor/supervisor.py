@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import zmq
 
-from relaycore import gateway, logs, protocol, rundir, tls, worker
+from relaycore import gateway, hostcheck, logs, protocol, rundir, tls, worker
 from relaycore.addresses import parse_host_port
 from relaycore.capabilities import ktls_unavailable
 from relaycore.config import Config, load_config
@@ -66,6 +66,8 @@ class Generation:
 
 class Supervisor:
     def __init__(self, config_path: str, config: Config) -> None:
+        # Before anything is opened or forked: the workers inherit the limit.
+        hostcheck.raise_fd_limit()
         self.config_path = config_path
         self.listeners = ListenerSet()
         self.children: dict[int, Child] = {}
@@ -172,6 +174,7 @@ class Supervisor:
         plan = compile_plan(config, number)
         added = self.listeners.ensure(plan.addresses, plan.workers)
         tls.warn_insecure(config.connectors)
+        hostcheck.log_warnings(config)
         workers = {
             slot: plan.for_slot(slot, functools.partial(self.listeners.fd, slot=slot))
             for slot in range(plan.workers)

@@ -42,6 +42,7 @@ READY_TIMEOUT_S = 10.0
 STATS_PERIOD_S = 1.0  # how often stats are published (and Prometheus sees new numbers)
 DRAIN_CONFIRM_S = 2.0  # how long a reload waits for the old workers to stop accepting
 KILL_GRACE_S = 5.0
+ADMIN_BATCH = 64  # admin requests answered per wake of the loop
 _HANDLED = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 
 
@@ -149,7 +150,11 @@ class Supervisor:
         if self.plane.events in ready:
             self._on_worker_messages()
         if self.plane.admin in ready:
-            self._on_admin()
+            # Several per wake: requests queued by many peers do not wait a poll each.
+            for _ in range(ADMIN_BATCH):
+                self._on_admin()
+                if not self.plane.admin.poll(0, zmq.POLLIN):
+                    break
         if self.metrics is not None:
             for fd in metrics_fds:
                 if fd in ready:

@@ -6,24 +6,14 @@ check and again at run."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from control import relaycore
 from support.relay import relay_process
 
 from relaycore.lab.base import HOST, free_port
 from relaycore.lab.pki import make_pki, make_server_pki
-
-
-def relaycore(*args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*prefix, sys.executable, "-m", "relaycore", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def tls_connector(name: str = "acme", **keys: str) -> str:
@@ -41,7 +31,7 @@ def check(
     # max_connections: so that the open-files warning stays out of the way of others.
     head = f'[relay]\nrun_dir = "{tmp_path / "run"}"\nmax_connections = 1000\n'
     path.write_text(head + text)
-    return relaycore("check", "-c", str(path), prefix=prefix)
+    return relaycore("check", "-c", str(path), wrapper=prefix)
 
 
 def assert_one_error(out: subprocess.CompletedProcess[str], line: str) -> None:
@@ -128,12 +118,12 @@ def test_an_fd_limit_too_low_for_max_connections_is_a_warning(tmp_path):
     text = "[relay]\nworkers = 1\nmax_connections = 1000\n" + tls_connector()
     path = tmp_path / "relay.toml"
     path.write_text(text.replace("[relay]\n", f'[relay]\nrun_dir = "{tmp_path / "run"}"\n', 1))
-    out = relaycore("check", "-c", str(path), prefix=("prlimit", "--nofile=256"))
+    out = relaycore("check", "-c", str(path), wrapper=("prlimit", "--nofile=256"))
     assert out.returncode == 0, out
     [warning] = [line for line in out.stderr.splitlines() if "WARNING" in line]
     assert "open files: the limit is 256" in warning
     assert "max_connections = 1000 needs" in warning
     assert (
         "WARNING"
-        not in relaycore("check", "-c", str(path), prefix=("prlimit", "--nofile=4096")).stderr
+        not in relaycore("check", "-c", str(path), wrapper=("prlimit", "--nofile=4096")).stderr
     )

@@ -3,6 +3,12 @@
 The HTTP side is deliberately tiny and non-blocking: one GET /metrics per connection,
 requests over MAX_REQUEST bytes or slower than REQUEST_TIMEOUT_S are dropped, so a stuck
 or hostile scraper cannot stall the supervisor (which also handles signals and crashes).
+
+Nor can it take every slot: when MAX_CLIENTS connections wait for their requests, a new
+one evicts the oldest. A real scraper sends its request as soon as it connects and is
+answered within a turn or two, so it is never the oldest for long; a client that opens
+connections and sends nothing only ever evicts its own (issue 16: 20 connections that
+each sent one byte used to block every scrape for as long as they stayed).
 """
 
 import errno
@@ -15,8 +21,9 @@ from relaycore.errors import StartupError
 from relaycore.protocol import StatsReport
 
 MAX_REQUEST = 8192
-REQUEST_TIMEOUT_S = 5.0
-MAX_CLIENTS = 16
+REQUEST_TIMEOUT_S = 2.0  # a scraper on a LAN sends its request in a millisecond
+MAX_CLIENTS = 64
+ACCEPTS_PER_WAKE = 16  # fewer than MAX_CLIENTS: what was accepted last wake stays a wake
 
 _COUNTERS = (
     # (metric, help, ConnectorStats field)
@@ -129,17 +136,17 @@ class MetricsServer:
         self.listener.close()
 
     def _accept(self) -> None:
-        try:
-            sock, _ = self.listener.accept()
-        except OSError as e:
-            if e.errno in (errno.EAGAIN, errno.ECONNABORTED, errno.EMFILE, errno.ENFILE):
-                return
-            raise
-        if len(self._clients) >= MAX_CLIENTS:
-            sock.close()
-            return
-        sock.setblocking(False)
-        self._clients[sock.fileno()] = (sock, bytearray(), time.monotonic())
+        for _ in range(ACCEPTS_PER_WAKE):
+            try:
+                sock, _ = self.listener.accept()
+            except OSError as e:
+                if e.errno in (errno.EAGAIN, errno.ECONNABORTED, errno.EMFILE, errno.ENFILE):
+                    return
+                raise
+            if len(self._clients) >= MAX_CLIENTS:
+                self._drop(next(iter(self._clients)))  # the oldest: dicts keep their order
+            sock.setblocking(False)
+            self._clients[sock.fileno()] = (sock, bytearray(), time.monotonic())
 
     def _answer(self, fd: int, request: bytes) -> None:
         sock = self._clients[fd][0]

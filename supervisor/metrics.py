@@ -14,7 +14,7 @@ each sent one byte used to block every scrape for as long as they stayed).
 import errno
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from relaycore.addresses import HostPort
 from relaycore.errors import StartupError
@@ -46,7 +46,9 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def render(report: StatsReport, reports_dropped: int) -> str:
+def render(
+    report: StatsReport, reports_dropped: int, worker_totals: Mapping[str, int] | None = None
+) -> str:
     out: list[str] = []
 
     def family(name: str, kind: str, text: str) -> None:
@@ -85,6 +87,19 @@ def render(report: StatsReport, reports_dropped: int) -> str:
         "Worker reports dropped because the supervisor was not reading.",
     )
     out.append(f"relaycore_reports_dropped_total {reports_dropped}")
+    family(
+        "relaycore_accept_paused_emfile_total",
+        "counter",
+        "Listener pauses because a worker was out of file descriptors (devices waited).",
+    )
+    paused = (worker_totals or {}).get("accept_paused_emfile", 0)
+    out.append(f"relaycore_accept_paused_emfile_total {paused}")
+    family("relaycore_worker_resident_bytes", "gauge", "Resident memory of each worker.")
+    out.extend(
+        f'relaycore_worker_resident_bytes{{slot="{w.slot}",generation="{w.generation}"}}'
+        f" {w.rss_bytes}"
+        for w in report.workers
+    )
     return "\n".join(out) + "\n"
 
 

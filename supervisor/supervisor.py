@@ -99,7 +99,11 @@ class Supervisor:
             if config.stats.prometheus is not None:
                 self.metrics = MetricsServer(
                     parse_host_port(config.stats.prometheus, require_ip=True),
-                    lambda: render(self._stats(), self.aggregator.reports_dropped()),
+                    lambda: render(
+                        self._stats(),
+                        self.aggregator.reports_dropped(),
+                        self.aggregator.worker_totals(),
+                    ),
                 )
             self._start(self.current)
             while not (self.stopping and not self.children):

@@ -26,7 +26,17 @@ CONNECTOR_FIELDS = {
     "handshakes_resumed",
     "errors",
 }
-WORKER_FIELDS = {"slot", "generation", "pid", "started", "active", "reports_dropped", "draining"}
+WORKER_FIELDS = {
+    "slot",
+    "generation",
+    "pid",
+    "started",
+    "active",
+    "reports_dropped",
+    "draining",
+    "rss_bytes",
+    "counters",
+}
 LOG_FIELDS = {
     "connector",
     "cause",

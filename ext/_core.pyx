@@ -37,8 +37,10 @@ include "tls/classify.pxi"
 include "tls/stream.pxi"
 include "tls/identity.pxi"
 
-# modes: match tables, gateway, the proxy protocols, the resolver, tunnel exits
+# modes: match tables and the exit host's own addresses, gateway, the proxy protocols, the
+# resolver, tunnel exits
 include "modes/match.pxi"
+include "modes/local.pxi"
 include "modes/gateway.pxi"
 include "modes/proxy.pxi"
 include "modes/resolver.pxi"

@@ -210,7 +210,8 @@ class Exit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     allow: tuple[str, ...] = ()
     ca: NonEmpty | None = None
     target: str
-    # None: the default policy (anything but loopback, link-local and unspecified). TOML
+    # None: the default policy (anything but loopback, link-local, unspecified and the exit
+    # host's own addresses). TOML
     # has no null, so None is only ever "not written"; an empty list is refused.
     allow_destinations: tuple[str, ...] | None = None
     min_tls: MinTls = "1.2"
@@ -256,7 +257,8 @@ class Exit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
             # Empty could mean "nothing" or "the default"; either guess surprises someone.
             raise ConfigError(
                 "allow_destinations: empty; leave the key out for the default policy"
-                " (any destination but loopback, link-local and unspecified addresses)"
+                " (any destination but the exit host's own addresses, loopback included, and"
+                " link-local and unspecified ones)"
             )
         for i, text in enumerate(self.allow_destinations):
             try:

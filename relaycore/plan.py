@@ -69,7 +69,8 @@ class ExitRoute:
     host: str  # fixed: the target's IP, resolved when the plan was made; proxies: ""
     port: int  # fixed: the target's port; proxies: 0
     # Proxies: the destinations allowed, (network, port or 0 = any). Empty: the default
-    # policy of the loop (anything but loopback, link-local and unspecified).
+    # policy of the loop (anything but loopback, link-local, unspecified and the exit host's
+    # own addresses).
     destinations: tuple[tuple[str, int], ...]
 
 

@@ -215,7 +215,8 @@ def exit_errors() -> list[Any]:
         pytest.param(
             {"allow_destinations": "[]"},
             "exit[0].allow_destinations: empty; leave the key out for the default policy"
-            " (any destination but loopback, link-local and unspecified addresses)",
+            " (any destination but the exit host's own addresses, loopback included, and"
+            " link-local and unspecified ones)",
             id="destinations-empty",
         ),
         pytest.param(

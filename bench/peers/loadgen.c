@@ -15,6 +15,10 @@
  *       opens N connections, at most C in progress, each does one S-byte echo and is then
  *       held. Prints "phase held" once all N are; then waits for a line or EOF on stdin (at
  *       most H seconds), counts the held connections that died meanwhile, closes all.
+ *       The line "ping [K]" instead sweeps: every held connection does one more S-byte echo
+ *       (at most K in flight, default C) and is held again; one line "sweep {json}" gives the latency
+ *       of those echoes (p50, p99, max) and the connections that failed, and the wait for
+ *       the next line goes on (bench/peers/scale.py: idle connections still answer).
  *   common: --tls CA [--sni NAME]: speak TLS 1.2/1.3 to HOST:PORT, verified against CA and
  *       NAME (default localhost), resuming sessions (a few kept, TLS 1.3 tickets used once):
  *       the direct TLS reference. --timeout T: the run fails after T seconds (default 120).
@@ -268,7 +272,9 @@ static void ping_done(struct conn *c)
         conn_close(c, 0);
         return;
     }
-    c->state = C_HELD; /* idle */
+    if (recording)
+        record(t - c->t0); /* idle: a sweep's echo */
+    c->state = C_HELD;
     held++;
 }
 
@@ -600,6 +606,52 @@ static int run_churn(uint64_t deadline, double *elapsed)
     return 0;
 }
 
+/* idle, on "ping [K]": every held connection echoes once more, at most K at a time. */
+static void sweep(int conc)
+{
+    uint64_t t0 = now_ns(), deadline = t0 + (uint64_t)(cfg.timeout * 1e9);
+    uint64_t errors0 = errors, lost0 = lost;
+    nsamples = 0;
+    units = 0;
+    recording = 1;
+    int next = 0;
+    for (;;) {
+        int in_flight = 0;
+        for (int i = 0; i < next; i++)
+            in_flight += conns[i].state == C_PING;
+        while (next < nconns && in_flight < conc) {
+            struct conn *c = &conns[next++];
+            if (c->state != C_HELD)
+                continue;
+            held--;
+            c->state = C_PING;
+            c->wpos = c->rpos = 0;
+            c->t0 = now_ns();
+            in_flight++;
+            conn_step(c);
+        }
+        if (next == nconns && in_flight == 0)
+            break;
+        if (now_ns() > deadline) { /* an echo that never came back is a failure */
+            for (int i = 0; i < next; i++)
+                if (conns[i].state == C_PING)
+                    conn_close(&conns[i], 1);
+            break;
+        }
+        turn(5, NULL);
+    }
+    recording = 0;
+    double elapsed = (double)(now_ns() - t0) / 1e9;
+    qsort(samples, nsamples, sizeof *samples, cmp_u64);
+    printf("sweep {\"pinged\": %llu, \"elapsed_s\": %.6f, \"p50_us\": %.2f, \"p99_us\": %.2f,"
+           " \"max_us\": %.2f, \"errors\": %llu, \"lost\": %llu, \"held\": %llu}\n",
+           (unsigned long long)units, elapsed, pct_us(0.5), pct_us(0.99),
+           nsamples ? (double)samples[nsamples - 1] / 1000.0 : 0.0,
+           (unsigned long long)(errors - errors0), (unsigned long long)(lost - lost0),
+           (unsigned long long)held);
+    fflush(stdout);
+}
+
 static int run_idle(uint64_t deadline, double *elapsed)
 {
     nconns = cfg.conns;
@@ -629,8 +681,18 @@ static int run_idle(uint64_t deadline, double *elapsed)
     /* stdin not pollable (a file, /dev/null): nothing will come, do not wait for it */
     int stdin_ready = epoll_ctl(ep, EPOLL_CTL_ADD, 0, &ev) < 0;
     uint64_t t_hold = now_ns() + (uint64_t)(cfg.hold_timeout * 1e9);
-    while (!stdin_ready && now_ns() < t_hold)
-        turn(100, &stdin_ready);
+    for (;;) {
+        while (!stdin_ready && now_ns() < t_hold)
+            turn(100, &stdin_ready);
+        char line[64];
+        ssize_t n = stdin_ready ? read(0, line, sizeof line - 1) : 0;
+        if (n < 4 || strncmp(line, "ping", 4) != 0)
+            break; /* EOF, the hold timeout, "close" or anything else */
+        line[n] = '\0';
+        int conc = atoi(line + 4);
+        sweep(conc > 0 ? conc : cfg.conc);
+        stdin_ready = 0;
+    }
     epoll_ctl(ep, EPOLL_CTL_DEL, 0, NULL);
     uint64_t still = held;
     for (int i = 0; i < nconns; i++)

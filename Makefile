@@ -101,3 +101,13 @@ BENCH_SCALE_ARGS ?= --json bench/results/scale-$(shell date +%F).json
 .PHONY: bench-scale
 bench-scale: build  ## 50,000 idle TLS device connections: memory, open time, ping p99 (~3 min)
 	$(PY) bench/peers/scale.py $(BENCH_SCALE_ARGS)
+
+# 10 minutes of mixed traffic (churn, echo, bulk; plain and TLS) with a reload every 30 s
+# and a worker SIGKILL every 60 s, every byte compared (bench/soak.py, docs/OPERATIONS.md).
+# Exits 1 if a failure is not explained by a kill, a byte is corrupted, memory grows or fds
+# leak. SOAK_ARGS="--duration 90" for a short run. Not part of `make test` or CI
+# (tests/e2e/test_soak.py runs 15 s).
+SOAK_ARGS ?= --json bench/results/soak-$(shell date +%F).json
+.PHONY: soak
+soak: build  ## 10 min of traffic with reloads and worker kills; every byte checked
+	$(PY) bench/soak.py $(SOAK_ARGS)

@@ -34,6 +34,7 @@ from relaycore.explain import explain, lower_first
 from relaycore.gateway import Network, parse_match
 
 MAX_WORKERS = 256
+MAX_ROUTES = 0xFFFF  # the loop's route ids are 16-bit
 # A week: some bound, because TOML can spell `inf` and a timer in milliseconds cannot hold it.
 MAX_SECONDS = 604_800
 # The loop counts in milliseconds: anything shorter would round to a timeout of 0.
@@ -413,6 +414,13 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                 )
         self._check_gateway(names, listens)
         self._check_exits(names, listens)
+        routes = len(self.connectors) + len(self.exits) + (2 if self.gateway else 0)
+        if routes > MAX_ROUTES:
+            # The loop numbers its routes with 16 bits (relaycore.plan has the order).
+            raise ConfigError(
+                f"connector: at most {MAX_ROUTES} connectors and exits in all (a [gateway]"
+                f" takes 2 of them), got {routes}"
+            )
 
     def _check_gateway(self, names: dict[str, int], listens: dict[HostPort | None, int]) -> None:
         matching = [i for i, c in enumerate(self.connectors) if c.match]

@@ -83,3 +83,19 @@ def test_a_ca_directory_without_hashed_certificates_is_refused(tmp_path: Path) -
 def test_a_rehashed_ca_directory_is_accepted(tmp_path: Path) -> None:
     hashed = make_pki(tmp_path / "pki").hashed_dir()
     assert parse_config(connector(tls=None, ca=f'"{hashed}"')).connectors[0].ca == str(hashed)
+
+
+@pytest.mark.slow
+def test_more_routes_than_the_loop_can_number_are_refused() -> None:
+    # Gateway connectors need no listen address, so nothing else stops 65,534 of them.
+    tables = "".join(
+        f'[[connector]]\nname = "c{k}"\nmatch = ["10.{k >> 8}.{k & 255}.1"]\n'
+        'upstream = "10.0.0.1:80"\ntls = false\n'
+        for k in range(0xFFFF - 1)
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config('[gateway]\ninterface = "eth0"\n' + tables)
+    assert str(info.value) == (
+        "connector: at most 65535 connectors and exits in all (a [gateway] takes 2 of them),"
+        " got 65536"
+    )

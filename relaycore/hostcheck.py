@@ -58,12 +58,15 @@ def worker_fds(config: Config) -> int:
 
 
 def _fd_warning(config: Config) -> str | None:
-    # `run` raises the soft limit to the hard one first: that is what a worker gets.
+    # `run` raises the soft limit to the hard one first: that is what a worker gets. The
+    # warning is for a max_connections that cannot fit at all (two fds per connection):
+    # the worker's few dozen fds of its own shave a few connections off a limit that just
+    # fits, which the reserve fd and the backlog absorb (docs/DESIGN.md, Limits).
     limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    need = worker_fds(config)
+    need = 2 * config.relay.max_connections
     if limit == resource.RLIM_INFINITY or need <= limit:
         return None
-    fit = max(0, (limit - (need - 2 * config.relay.max_connections)) // 2)
+    fit = max(0, (limit - (worker_fds(config) - need)) // 2)
     return (
         f"open files: the limit is {limit} but max_connections ="
         f" {config.relay.max_connections} needs {need} per worker (2 per connection): a"

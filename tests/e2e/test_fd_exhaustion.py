@@ -8,12 +8,11 @@ proves that an operator can see it.
 
 from __future__ import annotations
 
-import selectors
 import socket
 
 from control import HOST, cli_json, with_stats
 from plane_checks import metric_samples, scrape
-from storm import AsyncEchoServer
+from storm import AsyncEchoServer, served_in_turn
 from support.relay import relay_config, relay_process
 
 from relaycore.lab.base import free_port, wait_for
@@ -32,10 +31,7 @@ def test_fd_exhaustion_is_warned_counted_and_exported_then_everyone_is_served(tm
             prometheus=f"{HOST}:{prom}",
             interval_s=0.2,
         )
-        with (
-            relay_process(config, tmp_path, wrapper=["prlimit", f"--nofile={NOFILE}"]) as relay,
-            selectors.DefaultSelector() as sel,
-        ):
+        with relay_process(config, tmp_path, wrapper=["prlimit", f"--nofile={NOFILE}"]) as relay:
             # At start: the limit cannot be raised (hard = soft = 256), and it is too low.
             relay.wait_line(r"WARNING open files: the limit is 256 but max_connections = 1000", 5)
             devices: dict[int, tuple[int, socket.socket]] = {}
@@ -44,7 +40,6 @@ def test_fd_exhaustion_is_warned_counted_and_exported_then_everyone_is_served(tm
                     s = socket.create_connection((HOST, port), timeout=10)
                     s.sendall(b"device %03d\n" % k)
                     devices[s.fileno()] = (k, s)
-                    sel.register(s, selectors.EVENT_READ)
                 relay.wait_line(OUT_OF_FDS, 10)
 
                 def paused() -> int:
@@ -54,16 +49,7 @@ def test_fd_exhaustion_is_warned_counted_and_exported_then_everyone_is_served(tm
                 wait_for(paused, 10, "accept_paused_emfile in status --json")
                 samples = metric_samples(scrape(prom)[2])
                 assert samples[("relaycore_accept_paused_emfile_total", frozenset())] > 0
-
-                # Each device that gets its echo hangs up, which frees two fds for the next.
-                while devices:
-                    events = sel.select(timeout=10)
-                    assert events, f"{len(devices)} devices never served:\n{relay.output()}"
-                    for key, _ in events:
-                        k, s = devices.pop(key.fd)
-                        assert s.recv(64) == b"device %03d\n" % k  # a reset would raise
-                        sel.unregister(s)
-                        s.close()
+                served_in_turn(devices, lambda k: b"device %03d\n" % k, relay.output)
             finally:
                 for _, s in devices.values():
                     s.close()

@@ -5,34 +5,22 @@ workers have given their memory back (malloc_trim). `make bench-scale` runs 50,0
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from benches import run_bench
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-SCALE = Path(__file__).resolve().parents[2] / "bench" / "peers" / "scale.py"
 CONNS, ACTIVE = 5_000, 100
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler for the peers")
 def test_5000_idle_tls_connections_answer_and_give_their_memory_back(tmp_path):
-    out = tmp_path / "scale.json"
     args = ["--conns", str(CONNS), "--active", str(ACTIVE), "--workers", "2"]
-    args += ["--per-group", "2500", "--active-s", "10", "--json", str(out)]
-    done = subprocess.run(
-        [sys.executable, str(SCALE), *args],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        stdin=subprocess.DEVNULL,
-    )
+    args += ["--per-group", "2500", "--active-s", "10"]
+    done, r = run_bench("peers/scale.py", args, tmp_path / "scale.json", timeout=240)
     assert done.returncode == 0, done.stderr
-    r = json.loads(out.read_text())
     s = r["summary"]
     assert (s["connections"], s["idle_held"]) == (CONNS, CONNS - ACTIVE), s
     assert (s["errors"], s["lost"], s["sweep_pinged"]) == (0, 0, CONNS - ACTIVE), s

@@ -5,31 +5,18 @@ on a killed worker, no byte comes back wrong, and memory and fds are where they 
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from benches import run_bench
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
-
-SOAK = Path(__file__).resolve().parents[2] / "bench" / "soak.py"
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler for the peers")
 def test_a_short_soak_passes_and_explains_every_failure(tmp_path):
-    out = tmp_path / "soak.json"
-    args = ["--duration", "15", "--reload-every", "5", "--kill-every", "6", "--json", str(out)]
-    done = subprocess.run(
-        [sys.executable, str(SOAK), *args],
-        capture_output=True,
-        text=True,
-        timeout=150,
-        stdin=subprocess.DEVNULL,
-    )
-    r = json.loads(out.read_text())
+    args = ["--duration", "15", "--reload-every", "5", "--kill-every", "6"]
+    done, r = run_bench("soak.py", args, tmp_path / "soak.json", timeout=150)
     assert done.returncode == 0, (done.stdout, done.stderr)
     assert r["passed"], r
     assert (r["reloads"], r["kills"]) == (2, 2), r  # at 5 and 10 s, at 6 and 12 s

@@ -1,7 +1,7 @@
 """`make bench-scale`: tens of thousands of idle TLS device connections on one machine.
 
     .venv/bin/python bench/peers/scale.py [--conns 50000] [--active 1000] [--workers 8]
-        [--per-group 10000] [--active-s 30] [--sweep-conc 4] [--json FILE]
+        [--per-group 10000] [--active-s 90] [--sweep-conc 4] [--json FILE]
 
 Devices speak plain TCP to relaycore, which holds a verified TLS connection to the
 upstream for each. The connections are opened in groups of at most --per-group, each
@@ -58,7 +58,7 @@ class Settings:
     active: int = 1_000
     workers: int = 8
     per_group: int = 10_000
-    active_s: float = 30.0
+    active_s: float = 90.0  # covers the sweep of 49,000 at a few ms each, 20 at a time
     sweep_conc: int = 4  # pings in flight per group: a probe, not a load of its own
 
     @property

@@ -5,9 +5,11 @@
  *       wait for the sink's 8-byte count, which must equal B. The clock runs from the
  *       first byte (every connection already open) to the last count.
  *   loadgen echo  HOST:PORT --conns N --size S --warmup W --duration D [--max M]
+ *                 [--interval I]
  *       N kept connections, each a strict ping-pong of S bytes (send S, read S back,
  *       compare). W seconds unrecorded, then D seconds (or M round trips) recorded: round
- *       trips/s and the latency of each (p50, p99, max).
+ *       trips/s and the latency of each (p50, p99, max). With I > 0 each connection starts
+ *       a round trip every I seconds (a device that talks now and then) instead of at once.
  *   loadgen churn HOST:PORT --conc C --size S --warmup W --duration D [--max M]
  *       C slots, each: socket, connect, one S-byte echo, close, again. Connections/s and the
  *       latency of each (socket() to the echo back; the close is not on it).
@@ -56,7 +58,8 @@
 #define DRAIN_S 5.0
 
 enum { M_BULK, M_ECHO, M_CHURN, M_IDLE };
-enum { C_FREE, C_CONNECT, C_HANDSHAKE, C_READY, C_SEND, C_SHUT, C_COUNT, C_PING, C_HELD };
+enum { C_FREE, C_CONNECT, C_HANDSHAKE, C_READY, C_SEND, C_SHUT, C_COUNT, C_PING, C_HELD,
+       C_WAIT }; /* C_WAIT: echo --interval, t0 is when the next round trip starts */
 
 struct conn {
     int fd;
@@ -73,7 +76,7 @@ static struct {
     struct sockaddr_in addr;
     int conns, conc, size;
     uint64_t bytes;
-    double warmup, duration, timeout, hold_timeout;
+    double warmup, duration, timeout, hold_timeout, interval;
     uint64_t max;
     const char *ca, *sni;
 } cfg = {.conns = 1, .conc = 16, .size = 64, .bytes = 1 << 30, .warmup = 0.5, .duration = 3,
@@ -262,6 +265,11 @@ static void ping_done(struct conn *c)
             c->state = C_READY;
             return;
         }
+        if (cfg.interval > 0) {
+            c->state = C_WAIT;
+            c->t0 += (uint64_t)(cfg.interval * 1e9);
+            return;
+        }
         c->t0 = t;
         c->wpos = c->rpos = 0;
         return;
@@ -284,6 +292,7 @@ static void conn_step(struct conn *c)
         switch (c->state) {
         case C_FREE:
         case C_READY:
+        case C_WAIT:
             return;
         case C_HELD: {
             char b[64];
@@ -522,6 +531,21 @@ static int run_bulk(uint64_t deadline, double *elapsed)
     return 0;
 }
 
+/* echo --interval: start the round trips whose time has come. */
+static void wake_due(void)
+{
+    uint64_t t = now_ns();
+    for (int i = 0; i < nconns; i++) {
+        struct conn *c = &conns[i];
+        if (c->state != C_WAIT || c->t0 > t)
+            continue;
+        c->state = C_PING;
+        c->t0 = t;
+        c->wpos = c->rpos = 0;
+        conn_step(c);
+    }
+}
+
 static int run_echo(uint64_t deadline, double *elapsed)
 {
     open_all(deadline);
@@ -535,6 +559,7 @@ static int run_echo(uint64_t deadline, double *elapsed)
     uint64_t t_warm = now_ns() + (uint64_t)(cfg.warmup * 1e9);
     while (now_ns() < t_warm) {
         turn(5, NULL);
+        wake_due();
         if (now_ns() > deadline)
             fail_timeout("warm-up");
     }
@@ -543,7 +568,8 @@ static int run_echo(uint64_t deadline, double *elapsed)
     t_begin = now_ns();
     uint64_t t_stop = t_begin + (uint64_t)(cfg.duration * 1e9);
     while (now_ns() < t_stop && units < cfg.max) {
-        turn(5, NULL);
+        turn(cfg.interval > 0 ? 1 : 5, NULL);
+        wake_due();
         if (now_ns() > deadline)
             fail_timeout("echo");
     }
@@ -706,7 +732,7 @@ static int usage(void)
     fprintf(stderr,
             "usage: loadgen bulk|echo|churn|idle HOST:PORT [--conns N] [--conc C] [--size S]\n"
             "       [--bytes B] [--warmup W] [--duration D] [--max M] [--timeout T]\n"
-            "       [--hold-timeout H] [--tls CA] [--sni NAME]\n");
+            "       [--hold-timeout H] [--interval I] [--tls CA] [--sni NAME]\n");
     return 1;
 }
 
@@ -754,6 +780,8 @@ int main(int argc, char **argv)
             cfg.timeout = atof(v);
         else if (strcmp(o, "--hold-timeout") == 0)
             cfg.hold_timeout = atof(v);
+        else if (strcmp(o, "--interval") == 0)
+            cfg.interval = atof(v);
         else if (strcmp(o, "--tls") == 0)
             cfg.ca = v;
         else if (strcmp(o, "--sni") == 0)

@@ -1,7 +1,8 @@
 """`make bench-scale`: tens of thousands of idle TLS device connections on one machine.
 
     .venv/bin/python bench/peers/scale.py [--conns 50000] [--active 1000] [--workers 8]
-        [--per-group 10000] [--active-s 90] [--sweep-conc 4] [--json FILE]
+        [--per-group 10000] [--active-s 90] [--sweep-conc 4]
+        [--active-interval-ms 0] [--json FILE]
 
 Devices speak plain TCP to relaycore, which holds a verified TLS connection to the
 upstream for each. The connections are opened in groups of at most --per-group, each
@@ -16,10 +17,11 @@ fd limit. Clients are bench/peers/loadgen.c processes, one per group.
   2. open: conns - active idle connections (each does one 64-byte echo, then is held),
      at most 64 connecting per group at a time; the time until every one is held.
   3. memory: PSS and slab again; per connection = the growth / the connections held.
-  4. active: --active more connections do strict 64-byte ping-pong, as fast as they can,
-     for --active-s seconds, while every idle connection is pinged once (a sweep with
-     --sweep-conc pings in flight per group: a probe, not a load of its own): the latency
-     of each (p50, p99 of the worst group, max), and of the active ones.
+  4. active: --active more connections do strict 64-byte ping-pong, as fast as they can
+     (or one round trip every --active-interval-ms each), for --active-s seconds, while
+     every idle connection is pinged once (a sweep with --sweep-conc pings in flight per
+     group: a probe, not a load of its own): the latency of each (p50, p99 of the worst
+     group, max), and of the active ones.
   5. close: everything closes; once the workers are quiet, their RSS again (malloc_trim
      gives back what closed connections freed).
 
@@ -60,6 +62,7 @@ class Settings:
     per_group: int = 10_000
     active_s: float = 90.0  # covers the sweep of 49,000 at a few ms each, 20 at a time
     sweep_conc: int = 4  # pings in flight per group: a probe, not a load of its own
+    active_interval_s: float = 0.0  # 0: the busy connections ping-pong flat out
 
     @property
     def groups(self) -> int:
@@ -151,6 +154,7 @@ def run(s: Settings, work: Path) -> dict[str, Any]:
         if s.active:
             args = ["echo", f"{HOST}:{ports[0]}", "--conns", str(s.active), "--size", "64"]
             args += ["--warmup", "1", "--duration", str(s.active_s)]
+            args += ["--interval", str(s.active_interval_s)]
             active = Loadgen(bins["loadgen"], args, STEP_TIMEOUT_S)
             active.until(stop_at="measure")
         t_sweep = time.monotonic()
@@ -222,9 +226,23 @@ def main() -> int:
     p.add_argument("--per-group", type=int, default=d.per_group, help="connections per port")
     p.add_argument("--active-s", type=float, default=d.active_s, help="seconds of activity")
     p.add_argument("--sweep-conc", type=int, default=d.sweep_conc, help="pings in flight per group")
+    p.add_argument(
+        "--active-interval-ms",
+        type=float,
+        default=d.active_interval_s * 1000,
+        help="a busy connection's round trip every this often (default 0: flat out)",
+    )
     p.add_argument("--json", type=Path, help="write every figure here")
     a = p.parse_args()
-    s = Settings(a.conns, a.active, a.workers, a.per_group, a.active_s, a.sweep_conc)
+    s = Settings(
+        a.conns,
+        a.active,
+        a.workers,
+        a.per_group,
+        a.active_s,
+        a.sweep_conc,
+        a.active_interval_ms / 1000,
+    )
     if s.conns > s.workers * s.max_connections:
         sys.exit(f"bench-scale: {s.workers} workers hold at most {s.workers * s.max_connections}")
     with tempfile.TemporaryDirectory(prefix="relaycore-scale-") as tmp:

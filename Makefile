@@ -100,3 +100,23 @@ test-ktls: build  ## kernel TLS tests (tests/ktls, -m ktls) in a QEMU guest with
 bench-peers: build  ## relaycore vs stunnel, HAProxy, nginx, socat (installs them; ~10 min)
 	sh bench/peers/deps.sh
 	$(PY) bench/peers/run.py $(BENCH_PEERS_ARGS)
+
+# 50,000 concurrent idle TLS device connections, 1,000 of them busy, through 8 workers
+# (bench/peers/scale.py: open time, PSS per connection, ping latency of the idle ones,
+# memory given back once they close). About 4 minutes on a quiet 2-core machine; loopback
+# only. Figures: bench/results/scale-YYYY-MM-DD.json. Not part of `make test` or CI
+# (tests/e2e/test_scale.py runs 5,000).
+BENCH_SCALE_ARGS ?= --json bench/results/scale-$(shell date +%F).json
+.PHONY: bench-scale
+bench-scale: build  ## 50,000 idle TLS device connections: memory, open time, ping p99 (~4 min)
+	$(PY) bench/peers/scale.py $(BENCH_SCALE_ARGS)
+
+# 10 minutes of mixed traffic (churn, echo, bulk; plain and TLS) with a reload every 30 s
+# and a worker SIGKILL every 60 s, every byte compared (bench/soak.py, docs/OPERATIONS.md).
+# Exits 1 if a failure is not explained by a kill, a byte is corrupted, memory grows or fds
+# leak. SOAK_ARGS="--duration 90" for a short run. Not part of `make test` or CI
+# (tests/e2e/test_soak.py runs 10 s).
+SOAK_ARGS ?= --json bench/results/soak-$(shell date +%F).json
+.PHONY: soak
+soak: build  ## 10 min of traffic with reloads and worker kills; every byte checked
+	$(PY) bench/soak.py $(SOAK_ARGS)

@@ -40,9 +40,10 @@ include "tls/stream.pxi"
 include "tls/identity.pxi"
 include "tls/certseen.pxi"
 
-# modes: match tables, gateway, the proxy protocols, the resolver, tunnel exits, the PROXY
-# protocol, the HTTP Host rewrite
+# modes: match tables and the exit host's own addresses, gateway, the proxy protocols, the
+# resolver, tunnel exits, the PROXY protocol, the HTTP Host rewrite
 include "modes/match.pxi"
+include "modes/local.pxi"
 include "modes/gateway.pxi"
 include "modes/proxy.pxi"
 include "modes/resolver.pxi"

@@ -94,7 +94,8 @@ class Loop:
         "http-connect" (the entry names the destination; names are resolved off the loop)."""
     def allow_destination(self, route: int, network: str, port: int = 0) -> None:
         """Proxy exits: also allow destinations in `network` and `port` (0: any). With
-        none added, any destination but loopback, link-local and unspecified addresses."""
+        none added, any destination but loopback, link-local and unspecified addresses and
+        the addresses of this host (the kernel's local routes)."""
     def add_listener(self, listen_fd: int, route: int) -> None:
         """Accept on listen_fd (the loop owns it from now on); connections take `route`."""
     def add_gateway_listener(self, listen_fd: int) -> None:

@@ -12,7 +12,17 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 
-from relaycore import __version__, client, demo, gateway, identity, protocol, render
+from relaycore import (
+    __version__,
+    client,
+    demo,
+    gateway,
+    hostcheck,
+    identity,
+    protocol,
+    render,
+    tls,
+)
 from relaycore.config import Relay, load_config
 from relaycore.errors import EXIT_UNEXPECTED, ConfigError, RelayError
 from relaycore.logs import set_role, setup_logging
@@ -41,6 +51,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    tls.check_contexts(config)
+    hostcheck.log_warnings(config)
     print(f"{args.config}: ok")
     print(render.config_summary(config))
     return 0

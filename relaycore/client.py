@@ -6,6 +6,7 @@ with a hint, never a hang.
 """
 
 import os
+import stat
 from collections.abc import Iterator
 
 import msgspec
@@ -25,15 +26,41 @@ class NotRunningError(RelayError):
     exit_code = 6
 
 
-def admin(
-    run_dir: str, request: protocol.AdminRequest, timeout_s: float = ADMIN_TIMEOUT_S
-) -> protocol.AdminReply:
-    path = os.path.join(run_dir, protocol.ADMIN_SOCKET)
-    if not os.path.exists(path):
+class NoAccessError(RelayError):
+    """The run_dir cannot be entered by this user (it is 0700, the relay's user's): the
+    relay may well be running. The operator's to fix: run the command as that user."""
+
+    exit_code = 6
+
+
+def socket_path(run_dir: str, name: str) -> str:
+    """The path of the relay's socket `name` in run_dir. Raises NoAccessError when this
+    user may not reach it, NotRunningError when it is not there."""
+    path = os.path.join(run_dir, name)
+    try:
+        os.stat(path)
+    except PermissionError:
+        try:
+            st = os.stat(run_dir)
+            whose = f" (it belongs to uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}: run"
+            whose += " this as that user)"
+        except OSError:
+            whose = " (or a directory above it: run this as the user relaycore runs as)"
+        raise NoAccessError(
+            f"cannot reach relaycore in run_dir {run_dir}: permission denied{whose}"
+        ) from None
+    except OSError:
         raise NotRunningError(
             f"relaycore is not running with run_dir {run_dir} (no {path}; use -c FILE or"
             " --run-dir DIR to name another)"
-        )
+        ) from None
+    return path
+
+
+def admin(
+    run_dir: str, request: protocol.AdminRequest, timeout_s: float = ADMIN_TIMEOUT_S
+) -> protocol.AdminReply:
+    path = socket_path(run_dir, protocol.ADMIN_SOCKET)
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
@@ -54,9 +81,7 @@ def admin(
 
 def subscribe(run_dir: str, topic: bytes) -> Iterator[msgspec.Struct]:
     """Messages published on `topic` from now on (StatsReport or ErrorRecord), forever."""
-    path = os.path.join(run_dir, protocol.STATS_SOCKET)
-    if not os.path.exists(path):
-        raise NotRunningError(f"relaycore is not running with run_dir {run_dir} (no {path})")
+    path = socket_path(run_dir, protocol.STATS_SOCKET)
     kind: type[msgspec.Struct] = (
         protocol.StatsReport if topic == protocol.TOPIC_STATS else protocol.ErrorRecord
     )

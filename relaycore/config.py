@@ -22,8 +22,10 @@ from relaycore.configcheck import (
     IFNAME,
     NAME,
     check_alpn,
+    check_ca,
     check_pins,
     check_readable,
+    check_run_dir,
     is_ip,
     pin_digest,
     tls_host,
@@ -33,12 +35,15 @@ from relaycore.explain import explain, lower_first
 from relaycore.gateway import Network, parse_match
 
 MAX_WORKERS = 256
+MAX_ROUTES = 0xFFFF  # the loop's route ids are 16-bit
 # A week: some bound, because TOML can spell `inf` and a timer in milliseconds cannot hold it.
 MAX_SECONDS = 604_800
 # A name looked up more often than this is a resolver under load, not a fresher address.
 MIN_RESOLVE_INTERVAL_S = 0.1
+# The loop counts in milliseconds: anything shorter would round to a timeout of 0.
+MIN_SECONDS = 0.001
 
-Seconds = Annotated[float, msgspec.Meta(gt=0, le=MAX_SECONDS)]
+Seconds = Annotated[float, msgspec.Meta(ge=MIN_SECONDS, le=MAX_SECONDS)]
 Splice = Literal["auto", "off", "always"]
 MinTls = Literal["1.2", "1.3"]
 Ktls = Literal["auto", "off", "require"]
@@ -74,6 +79,9 @@ class Relay(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
                 f"resolve_interval_s: expected 0 (off) or at least {MIN_RESOLVE_INTERVAL_S},"
                 f" got {self.resolve_interval_s:g}"
             )
+
+    def __post_init__(self) -> None:
+        check_run_dir("run_dir", self.run_dir)
 
 
 class Timeouts(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -152,7 +160,7 @@ class Connector(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
                 f"server_name: expected a DNS name or an IP address, got {self.server_name!r}"
             )
         if self.ca is not None:
-            check_readable("ca", self.ca, directory_ok=True)
+            check_ca("ca", self.ca)
         if (self.cert is None) != (self.key is None):
             missing, given = ("key", "cert") if self.key is None else ("cert", "key")
             raise ConfigError(f"{missing}: required when {given} is set")
@@ -252,7 +260,8 @@ class Exit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     allow: tuple[str, ...] = ()
     ca: NonEmpty | None = None
     target: str
-    # None: the default policy (anything but loopback, link-local and unspecified). TOML
+    # None: the default policy (anything but loopback, link-local, unspecified and the exit
+    # host's own addresses). TOML
     # has no null, so None is only ever "not written"; an empty list is refused.
     allow_destinations: tuple[str, ...] | None = None
     min_tls: MinTls = "1.2"
@@ -272,7 +281,7 @@ class Exit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
         check_readable("key", self.key, directory_ok=False)
         check_pins("allow", self.allow)
         if self.ca is not None:
-            check_readable("ca", self.ca, directory_ok=True)
+            check_ca("ca", self.ca)
         if not self.allow and self.ca is None:
             raise ConfigError(
                 "allow: required unless ca is given: the pins of the entry nodes that may"
@@ -301,7 +310,8 @@ class Exit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
             # Empty could mean "nothing" or "the default"; either guess surprises someone.
             raise ConfigError(
                 "allow_destinations: empty; leave the key out for the default policy"
-                " (any destination but loopback, link-local and unspecified addresses)"
+                " (any destination but the exit host's own addresses, loopback included, and"
+                " link-local and unspecified ones)"
             )
         for i, text in enumerate(self.allow_destinations):
             try:
@@ -456,6 +466,13 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                 )
         self._check_gateway(names, listens)
         self._check_exits(names, listens)
+        routes = len(self.connectors) + len(self.exits) + (2 if self.gateway else 0)
+        if routes > MAX_ROUTES:
+            # The loop numbers its routes with 16 bits (relaycore.plan has the order).
+            raise ConfigError(
+                f"connector: at most {MAX_ROUTES} connectors and exits in all (a [gateway]"
+                f" takes 2 of them), got {routes}"
+            )
 
     def _check_gateway(self, names: dict[str, int], listens: dict[HostPort | None, int]) -> None:
         matching = [i for i, c in enumerate(self.connectors) if c.match]
@@ -533,13 +550,17 @@ def parse_config(text: str | bytes, source: str = "<string>") -> Config:
             raise ConfigError(f"{source}: invalid TOML: not UTF-8 (byte {e.start})") from e
     try:
         cfg = msgspec.toml.decode(text, type=Config)
+        # The Struct cannot tell `verify = true` written out from the default, so with
+        # tls = false its own check misses TLS keys that repeat their default: the file can.
+        tables = msgspec.toml.decode(text).get("connector", [])
     except msgspec.ValidationError as e:
         raise ConfigError(explain(e, text, source, Config)) from e
     except msgspec.DecodeError as e:
         raise ConfigError(f"{source}: invalid TOML: {lower_first(str(e))}") from e
-    # The Struct cannot tell `verify = true` written out from the default, so with
-    # tls = false its own check misses TLS keys that repeat their default: the file can.
-    tables = msgspec.toml.decode(text).get("connector", [])
+    except RecursionError:
+        # The TOML parser recurses once per level of nested arrays or inline tables; no
+        # relay's file nests more than a few.
+        raise ConfigError(f"{source}: invalid TOML: nested too deeply") from None
     for i, table in enumerate(tables):
         if table.get("tls") is False:
             for key in _TLS_DEFAULTS:

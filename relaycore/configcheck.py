@@ -10,6 +10,7 @@ import os
 import re
 import stat
 
+from relaycore import protocol
 from relaycore.addresses import is_dns_name
 from relaycore.errors import ConfigError
 
@@ -17,6 +18,15 @@ NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # connectors' and exits' `name`
 IFNAME = re.compile(r"[A-Za-z0-9_.:-]{1,15}")  # a network interface
 # `sha256/` and the base64 of 32 bytes: 43 characters and one '=' of padding.
 PIN = re.compile(r"sha256/([A-Za-z0-9+/]{43}=)")
+# What OpenSSL looks up in a hashed CA directory: <subject hash>.<n> (.r<n>: a CRL).
+HASHED_CERT = re.compile(r"[0-9a-f]{8}\.[0-9]+")
+# sizeof(sockaddr_un.sun_path) less its NUL, and the longest name of a control socket
+# that run_dir holds.
+SUN_PATH_MAX = 107
+LONGEST_SOCKET = max(
+    (protocol.EVENTS_SOCKET, protocol.CONTROL_SOCKET, protocol.STATS_SOCKET, protocol.ADMIN_SOCKET),
+    key=len,
+)
 
 
 def tls_host(text: str) -> str | None:
@@ -59,6 +69,35 @@ def check_readable(key: str, path: str, *, directory_ok: bool) -> None:
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
     except OSError as e:
         raise ConfigError(f"{key}: cannot read {path}: {e.strerror}") from None
+
+
+def check_ca(key: str, path: str) -> None:
+    """`path` is a readable PEM file (OpenSSL checks that it holds a certificate when the
+    context is built) or a directory in which OpenSSL can find a CA: without a hashed
+    name in it, every handshake would fail with "unable to get local issuer certificate"."""
+    check_readable(key, path, directory_ok=True)
+    if not os.path.isdir(path):
+        return
+    try:
+        names = os.listdir(path)
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot read {path}: {e.strerror}") from None
+    if not any(HASHED_CERT.fullmatch(name) for name in names):
+        raise ConfigError(
+            f"{key}: no certificate in directory {path}: OpenSSL looks a CA up by its subject"
+            " hash (files named HHHHHHHH.0); run `openssl rehash` on it, or give a PEM file"
+        )
+
+
+def check_run_dir(key: str, path: str) -> None:
+    """The control sockets in run_dir are AF_UNIX: their paths must fit in sun_path, or
+    the supervisor cannot bind them."""
+    longest = len(os.fsencode(os.path.join(path, LONGEST_SOCKET)))
+    if longest > SUN_PATH_MAX:
+        raise ConfigError(
+            f"{key}: {path!r} is too long: the control sockets in it need paths of at most"
+            f" {SUN_PATH_MAX} bytes (this one makes {longest})"
+        )
 
 
 def check_pins(key: str, pins: tuple[str, ...]) -> None:

@@ -80,7 +80,8 @@ class ExitRoute:
     host: str  # fixed: the target's IP, resolved when the plan was made; proxies: ""
     port: int  # fixed: the target's port; proxies: 0
     # Proxies: the destinations allowed, (network, port or 0 = any). Empty: the default
-    # policy of the loop (anything but loopback, link-local and unspecified).
+    # policy of the loop (anything but loopback, link-local, unspecified and the exit host's
+    # own addresses).
     destinations: tuple[tuple[str, int], ...]
     more_addresses: tuple[Address, ...] = ()  # fixed: the target name's other addresses
     resolve: HostPort | None = None  # fixed: the target's name to resolve again

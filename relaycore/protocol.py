@@ -178,6 +178,10 @@ class WorkerStatus(msgspec.Struct, kw_only=True, frozen=True):
     active: int
     reports_dropped: int
     draining: bool
+    # Resident memory (bytes) and the worker's own counters (pipes_open, pipes_exhausted,
+    # accept_paused_emfile, accept_paused_limit, events_dropped) as of its last report.
+    rss_bytes: int = 0
+    counters: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class StatsReport(_Message, tag="stats"):

@@ -25,14 +25,16 @@ def _bytes(n: int) -> str:
 
 
 def workers_table(workers: list[WorkerStatus], now: float) -> list[str]:
-    lines = ["  slot  gen  pid      uptime  connections  state"]
+    lines = ["  slot  gen  pid      uptime  connections       memory  state"]
     for w in workers:
         state = "draining" if w.draining else "serving"
         if w.reports_dropped:
             state += f" ({w.reports_dropped} reports dropped)"
+        if paused := w.counters.get("accept_paused_emfile", 0):
+            state += f" (out of fds {paused} times)"
         lines.append(
             f"  {w.slot:<4}  {w.generation:<3}  {w.pid:<7}  {_age(w.started, now):>6}"
-            f"  {w.active:>11}  {state}"
+            f"  {w.active:>11}  {_bytes(w.rss_bytes):>11}  {state}"
         )
     return lines
 

@@ -10,7 +10,7 @@ import logging
 
 from relaycore import _core
 from relaycore.capabilities import ktls_unavailable
-from relaycore.config import Connector, Exit
+from relaycore.config import Config, Connector, Exit
 from relaycore.errors import ConfigError, StartupError
 
 log = logging.getLogger("relaycore.tls")
@@ -51,6 +51,17 @@ def server_context(exit_node: Exit, index: int) -> _core.TLSServerContext:
         )
     except ValueError as e:
         raise ConfigError(f"exit[{index}].{e}") from e
+
+
+def check_contexts(config: Config) -> None:
+    """Build every TLS context of `config` and drop it: what OpenSSL refuses (a CA file
+    without a certificate, a key that is not the certificate's, an unknown cipher) is the
+    ConfigError `run` would stop with. For `relaycore check`, which starts nothing."""
+    for k, c in enumerate(config.connectors):
+        if c.tls:
+            client_context(c, k)
+    for k, x in enumerate(config.exits):
+        server_context(x, k)
 
 
 def check_ktls_requirements(

@@ -25,6 +25,7 @@ from relaycore.plan import (
 from relaycore.protocol import ControlMessage, ErrorRecord, SetLogLevel, UpstreamCert
 from relaycore.render import error_line
 from relaycore.reporting import ControlSubscriber, Reporter, merge_records
+from relaycore.upkeep import Upkeep
 
 log = logging.getLogger("relaycore.worker")
 
@@ -82,9 +83,11 @@ def _serve(plan: WorkerPlan, ready_fd: int) -> None:
     interval_ms = round(shared.stats_interval_s * 1000)
     tick_ms = min(TICK_MS, max(10, interval_ms)) if reporter else TICK_MS
     deadline = None
+    upkeep = Upkeep()
     try:
         while True:
             loop.run(tick_ms)
+            upkeep.tick(loop.counters())
             records = _error_records(loop, plan)
             if reporter is None:
                 # One line per (connector, cause, upstream) per tick, with a count: a
@@ -99,7 +102,7 @@ def _serve(plan: WorkerPlan, ready_fd: int) -> None:
                 if reporter.due():
                     reporter.report(
                         _route_counters(loop, plan),
-                        _worker_counters(loop, reporter),
+                        _worker_counters(loop, reporter, upkeep),
                         _route_certs(loop, plan),
                     )
             if drain.requested and deadline is None:
@@ -120,13 +123,14 @@ def _serve(plan: WorkerPlan, ready_fd: int) -> None:
             reporter.collect(_error_records(loop, plan))
             reporter.bye(
                 _route_counters(loop, plan),
-                _worker_counters(loop, reporter),
+                _worker_counters(loop, reporter, upkeep),
                 _route_certs(loop, plan),
             )
             reporter.close()
         if control is not None:
             control.close()
         loop.close()
+        upkeep.close()
     log.info(
         "exiting: accepted=%d bytes_in=%d bytes_out=%d spliced=%d",
         counters["accepted"],
@@ -173,8 +177,8 @@ def apply_plan(loop: _core.Loop, plan: WorkerPlan) -> None:
         loop.add_listener(fd, route_id)
 
 
-def _worker_counters(loop: _core.Loop, reporter: Reporter) -> dict[str, int]:
-    return {**loop.worker_counters(), "reports_dropped": reporter.dropped}
+def _worker_counters(loop: _core.Loop, reporter: Reporter, upkeep: Upkeep) -> dict[str, int]:
+    return {**loop.worker_counters(), "reports_dropped": reporter.dropped, **upkeep.counters()}
 
 
 class _DrainFlag:

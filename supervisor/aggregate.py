@@ -44,6 +44,15 @@ class CertView:
     cert: UpstreamCert
     slot: int
     generation: int
+# A worker's own counters that only grow (docs/ERRORS.md), summed over every worker the
+# relay ran; the rest of what it reports about itself (active, pipes_open, rss_bytes)
+# is a gauge of one live worker.
+WORKER_COUNTERS = (
+    "accept_paused_emfile",
+    "accept_paused_limit",
+    "pipes_exhausted",
+    "events_dropped",
+)
 
 
 @dataclass
@@ -63,6 +72,7 @@ class Aggregator:
     retired: dict[str, Counter[str]] = field(default_factory=dict)
     log: OrderedDict[tuple[str, str, str], ErrorRecord] = field(default_factory=OrderedDict)
     retired_reports_dropped: int = 0
+    retired_worker: Counter[str] = field(default_factory=Counter)
     _last_opened: dict[str, int] = field(default_factory=dict)
     _last_time: float | None = None
     _rates: dict[str, float] = field(default_factory=dict)
@@ -172,6 +182,7 @@ class Aggregator:
                     for name, values in view.report.connectors.items():
                         self.retired.setdefault(name, Counter()).update(_final(values))
                     self.retired_reports_dropped += view.report.reports_dropped
+                    self.retired_worker.update(_worker_counters(view.report.worker))
                 del self.workers[pid]
 
     def totals(self) -> dict[str, Counter[str]]:
@@ -189,6 +200,14 @@ class Aggregator:
             v.report.reports_dropped for v in self.workers.values() if v.report is not None
         )
 
+    def worker_totals(self) -> Counter[str]:
+        """WORKER_COUNTERS since start, all workers, exited ones included."""
+        totals = Counter(self.retired_worker)
+        for v in self.workers.values():
+            if v.report is not None:
+                totals.update(_worker_counters(v.report.worker))
+        return totals
+
     def live_workers(self) -> list[WorkerStatus]:
         return [
             WorkerStatus(
@@ -201,6 +220,10 @@ class Aggregator:
                 else 0,
                 reports_dropped=v.report.reports_dropped if v.report else 0,
                 draining=v.draining,
+                rss_bytes=v.report.worker.get("rss_bytes", 0) if v.report else 0,
+                counters={k: n for k, n in v.report.worker.items() if k != "rss_bytes"}
+                if v.report
+                else {},
             )
             for v in sorted(self.workers.values(), key=lambda v: (v.generation, v.slot))
             if v.exited is None
@@ -252,6 +275,10 @@ class Aggregator:
         return StatsReport(
             time=now, generation=generation, connectors=connectors, workers=self.live_workers()
         )
+
+
+def _worker_counters(values: dict[str, int]) -> dict[str, int]:
+    return {k: values.get(k, 0) for k in WORKER_COUNTERS}
 
 
 def _final(values: dict[str, int]) -> dict[str, int]:

@@ -14,6 +14,9 @@ from relaycore import protocol
 from relaycore.errors import StartupError
 
 EVENTS_HWM = 100_000  # worker messages queued in the supervisor before workers drop reports
+# An admin request is a few dozen bytes; a peer that sends more is dropped by ZeroMQ
+# before the supervisor allocates it.
+ADMIN_MAX_MESSAGE = 64 * 1024
 
 
 class ControlPlane:
@@ -28,6 +31,7 @@ class ControlPlane:
         self.control = self._bind(zmq.PUB, protocol.CONTROL_SOCKET)
         self.stats = self._bind(zmq.PUB, protocol.STATS_SOCKET)
         self.admin = self._bind(zmq.REP, protocol.ADMIN_SOCKET)
+        self.admin.setsockopt(zmq.MAXMSGSIZE, ADMIN_MAX_MESSAGE)
         if publish is not None:
             try:
                 self.stats.bind(publish)
@@ -63,20 +67,31 @@ class ControlPlane:
         return messages
 
     def admin_request(self) -> protocol.AdminRequest | None:
-        """The pending admin request, or None; a malformed one is answered here."""
+        """The pending admin request, or None; a malformed one is answered here.
+
+        Anyone with our uid can write to the admin socket. A REP socket may answer only
+        once it has taken every frame of a request, so a request is taken whole, and one
+        of more than one frame is malformed like any other garbage."""
         try:
-            raw = self.admin.recv(zmq.NOBLOCK)
+            frames = self.admin.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:
             return None
         try:
-            request: protocol.AdminRequest = self._admin_decoder.decode(raw)
+            if len(frames) != 1:
+                raise msgspec.DecodeError(f"expected one frame, got {len(frames)}")
+            request: protocol.AdminRequest = self._admin_decoder.decode(frames[0])
         except msgspec.DecodeError as e:
             self.reply(protocol.ErrorReply(message=f"bad request: {e}"))
             return None
         return request
 
     def reply(self, message: protocol.AdminReply) -> None:
-        self.admin.send(self._encoder.encode(message))
+        # Never blocks and never raises: a peer that went away or stopped reading loses
+        # its answer, the supervisor loses nothing.
+        try:
+            self.admin.send(self._encoder.encode(message), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
 
     def publish(self, topic: bytes, message: msgspec.Struct) -> None:
         try:

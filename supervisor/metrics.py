@@ -4,20 +4,27 @@ The HTTP side is deliberately tiny and non-blocking: one GET per connection (/me
 the pages the supervisor adds: /healthz, /readyz),
 requests over MAX_REQUEST bytes or slower than REQUEST_TIMEOUT_S are dropped, so a stuck
 or hostile scraper cannot stall the supervisor (which also handles signals and crashes).
+
+Nor can it take every slot: when MAX_CLIENTS connections wait for their requests, a new
+one evicts the oldest. A real scraper sends its request as soon as it connects and is
+answered within a turn or two, so it is never the oldest for long; a client that opens
+connections and sends nothing only ever evicts its own (issue 16: 20 connections that
+each sent one byte used to block every scrape for as long as they stayed).
 """
 
 import errno
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from relaycore.addresses import HostPort
 from relaycore.errors import StartupError
 from relaycore.protocol import StatsReport
 
 MAX_REQUEST = 8192
-REQUEST_TIMEOUT_S = 5.0
-MAX_CLIENTS = 16
+REQUEST_TIMEOUT_S = 2.0  # a scraper on a LAN sends its request in a millisecond
+MAX_CLIENTS = 64
+ACCEPTS_PER_WAKE = 16  # fewer than MAX_CLIENTS: what was accepted last wake stays a wake
 _STATUS = {200: "200 OK", 503: "503 Service Unavailable"}
 
 _COUNTERS = (
@@ -41,7 +48,9 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def render(report: StatsReport, reports_dropped: int) -> str:
+def render(
+    report: StatsReport, reports_dropped: int, worker_totals: Mapping[str, int] | None = None
+) -> str:
     out: list[str] = []
 
     def family(name: str, kind: str, text: str) -> None:
@@ -98,6 +107,19 @@ def render(report: StatsReport, reports_dropped: int) -> str:
         "Worker reports dropped because the supervisor was not reading.",
     )
     out.append(f"relaycore_reports_dropped_total {reports_dropped}")
+    family(
+        "relaycore_accept_paused_emfile_total",
+        "counter",
+        "Listener pauses because a worker was out of file descriptors (devices waited).",
+    )
+    paused = (worker_totals or {}).get("accept_paused_emfile", 0)
+    out.append(f"relaycore_accept_paused_emfile_total {paused}")
+    family("relaycore_worker_resident_bytes", "gauge", "Resident memory of each worker.")
+    out.extend(
+        f'relaycore_worker_resident_bytes{{slot="{w.slot}",generation="{w.generation}"}}'
+        f" {w.rss_bytes}"
+        for w in report.workers
+    )
     return "\n".join(out) + "\n"
 
 
@@ -172,17 +194,17 @@ class MetricsServer:
         self.listener.close()
 
     def _accept(self) -> None:
-        try:
-            sock, _ = self.listener.accept()
-        except OSError as e:
-            if e.errno in (errno.EAGAIN, errno.ECONNABORTED, errno.EMFILE, errno.ENFILE):
-                return
-            raise
-        if len(self._clients) >= MAX_CLIENTS:
-            sock.close()
-            return
-        sock.setblocking(False)
-        self._clients[sock.fileno()] = (sock, bytearray(), time.monotonic())
+        for _ in range(ACCEPTS_PER_WAKE):
+            try:
+                sock, _ = self.listener.accept()
+            except OSError as e:
+                if e.errno in (errno.EAGAIN, errno.ECONNABORTED, errno.EMFILE, errno.ENFILE):
+                    return
+                raise
+            if len(self._clients) >= MAX_CLIENTS:
+                self._drop(next(iter(self._clients)))  # the oldest: dicts keep their order
+            sock.setblocking(False)
+            self._clients[sock.fileno()] = (sock, bytearray(), time.monotonic())
 
     def _answer(self, fd: int, request: bytes) -> None:
         sock = self._clients[fd][0]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 
 import zmq
 
-from relaycore import gateway, logs, protocol, rundir, tls, worker
+from relaycore import gateway, hostcheck, logs, protocol, rundir, tls, worker
 from relaycore.addresses import parse_host_port
 from relaycore.capabilities import ktls_unavailable
 from relaycore.config import Config, load_config
@@ -46,6 +46,7 @@ READY_TIMEOUT_S = 10.0
 STATS_PERIOD_S = 1.0  # how often stats are published (and Prometheus sees new numbers)
 DRAIN_CONFIRM_S = 2.0  # how long a reload waits for the old workers to stop accepting
 KILL_GRACE_S = 5.0
+ADMIN_BATCH = 64  # admin requests answered per wake of the loop
 _HANDLED = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 
 
@@ -72,6 +73,8 @@ class Supervisor:
     def __init__(
         self, config_path: str, config: Config, *, watch: ConfigWatch | None = None
     ) -> None:
+        # Before anything is opened or forked: the workers inherit the limit.
+        hostcheck.raise_fd_limit()
         self.config_path = config_path
         self.watch = watch  # --watch: reload when the file's content changes
         self.listeners = ListenerSet()
@@ -116,7 +119,11 @@ class Supervisor:
                 self.metrics = MetricsServer(
                     parse_host_port(config.stats.prometheus, require_ip=True),
                     lambda: (
-                        render(self._stats(), self.aggregator.reports_dropped())
+                        render(
+                            self._stats(),
+                            self.aggregator.reports_dropped(),
+                            self.aggregator.worker_totals(),
+                        )
                         + render_config(self.config_sha256, self.last_reload_ok, self.config_loaded)
                     ),
                 )
@@ -180,7 +187,11 @@ class Supervisor:
         if self.plane.events in ready:
             self._on_worker_messages()
         if self.plane.admin in ready:
-            self._on_admin()
+            # Several per wake: requests queued by many peers do not wait a poll each.
+            for _ in range(ADMIN_BATCH):
+                self._on_admin()
+                if not self.plane.admin.poll(0, zmq.POLLIN):
+                    break
         self._on_metrics(metrics_fds, set(ready))
         if self.watch is not None and (watch_fd is None or watch_fd in ready):
             self._on_config_change()
@@ -221,6 +232,7 @@ class Supervisor:
         plan = compile_plan(config, number)
         added = self.listeners.ensure(plan.addresses, plan.workers)
         tls.warn_insecure(config.connectors)
+        hostcheck.log_warnings(config)
         workers = {
             slot: plan.for_slot(slot, functools.partial(self.listeners.fd, slot=slot))
             for slot in range(plan.workers)

@@ -5,9 +5,11 @@
  *       wait for the sink's 8-byte count, which must equal B. The clock runs from the
  *       first byte (every connection already open) to the last count.
  *   loadgen echo  HOST:PORT --conns N --size S --warmup W --duration D [--max M]
+ *                 [--interval I]
  *       N kept connections, each a strict ping-pong of S bytes (send S, read S back,
  *       compare). W seconds unrecorded, then D seconds (or M round trips) recorded: round
- *       trips/s and the latency of each (p50, p99, max).
+ *       trips/s and the latency of each (p50, p99, max). With I > 0 each connection starts
+ *       a round trip every I seconds (a device that talks now and then) instead of at once.
  *   loadgen churn HOST:PORT --conc C --size S --warmup W --duration D [--max M]
  *       C slots, each: socket, connect, one S-byte echo, close, again. Connections/s and the
  *       latency of each (socket() to the echo back; the close is not on it).
@@ -15,6 +17,10 @@
  *       opens N connections, at most C in progress, each does one S-byte echo and is then
  *       held. Prints "phase held" once all N are; then waits for a line or EOF on stdin (at
  *       most H seconds), counts the held connections that died meanwhile, closes all.
+ *       The line "ping [K]" instead sweeps: every held connection does one more S-byte echo
+ *       (at most K in flight, default C) and is held again; one line "sweep {json}" gives the latency
+ *       of those echoes (p50, p99, max) and the connections that failed, and the wait for
+ *       the next line goes on (bench/peers/scale.py: idle connections still answer).
  *   common: --tls CA [--sni NAME]: speak TLS 1.2/1.3 to HOST:PORT, verified against CA and
  *       NAME (default localhost), resuming sessions (a few kept, TLS 1.3 tickets used once):
  *       the direct TLS reference. --timeout T: the run fails after T seconds (default 120).
@@ -52,7 +58,8 @@
 #define DRAIN_S 5.0
 
 enum { M_BULK, M_ECHO, M_CHURN, M_IDLE };
-enum { C_FREE, C_CONNECT, C_HANDSHAKE, C_READY, C_SEND, C_SHUT, C_COUNT, C_PING, C_HELD };
+enum { C_FREE, C_CONNECT, C_HANDSHAKE, C_READY, C_SEND, C_SHUT, C_COUNT, C_PING, C_HELD,
+       C_WAIT }; /* C_WAIT: echo --interval, t0 is when the next round trip starts */
 
 struct conn {
     int fd;
@@ -69,7 +76,7 @@ static struct {
     struct sockaddr_in addr;
     int conns, conc, size;
     uint64_t bytes;
-    double warmup, duration, timeout, hold_timeout;
+    double warmup, duration, timeout, hold_timeout, interval;
     uint64_t max;
     const char *ca, *sni;
 } cfg = {.conns = 1, .conc = 16, .size = 64, .bytes = 1 << 30, .warmup = 0.5, .duration = 3,
@@ -258,6 +265,11 @@ static void ping_done(struct conn *c)
             c->state = C_READY;
             return;
         }
+        if (cfg.interval > 0) {
+            c->state = C_WAIT;
+            c->t0 += (uint64_t)(cfg.interval * 1e9);
+            return;
+        }
         c->t0 = t;
         c->wpos = c->rpos = 0;
         return;
@@ -268,7 +280,9 @@ static void ping_done(struct conn *c)
         conn_close(c, 0);
         return;
     }
-    c->state = C_HELD; /* idle */
+    if (recording)
+        record(t - c->t0); /* idle: a sweep's echo */
+    c->state = C_HELD;
     held++;
 }
 
@@ -278,6 +292,7 @@ static void conn_step(struct conn *c)
         switch (c->state) {
         case C_FREE:
         case C_READY:
+        case C_WAIT:
             return;
         case C_HELD: {
             char b[64];
@@ -516,6 +531,21 @@ static int run_bulk(uint64_t deadline, double *elapsed)
     return 0;
 }
 
+/* echo --interval: start the round trips whose time has come. */
+static void wake_due(void)
+{
+    uint64_t t = now_ns();
+    for (int i = 0; i < nconns; i++) {
+        struct conn *c = &conns[i];
+        if (c->state != C_WAIT || c->t0 > t)
+            continue;
+        c->state = C_PING;
+        c->t0 = t;
+        c->wpos = c->rpos = 0;
+        conn_step(c);
+    }
+}
+
 static int run_echo(uint64_t deadline, double *elapsed)
 {
     open_all(deadline);
@@ -529,6 +559,7 @@ static int run_echo(uint64_t deadline, double *elapsed)
     uint64_t t_warm = now_ns() + (uint64_t)(cfg.warmup * 1e9);
     while (now_ns() < t_warm) {
         turn(5, NULL);
+        wake_due();
         if (now_ns() > deadline)
             fail_timeout("warm-up");
     }
@@ -537,7 +568,8 @@ static int run_echo(uint64_t deadline, double *elapsed)
     t_begin = now_ns();
     uint64_t t_stop = t_begin + (uint64_t)(cfg.duration * 1e9);
     while (now_ns() < t_stop && units < cfg.max) {
-        turn(5, NULL);
+        turn(cfg.interval > 0 ? 1 : 5, NULL);
+        wake_due();
         if (now_ns() > deadline)
             fail_timeout("echo");
     }
@@ -600,6 +632,52 @@ static int run_churn(uint64_t deadline, double *elapsed)
     return 0;
 }
 
+/* idle, on "ping [K]": every held connection echoes once more, at most K at a time. */
+static void sweep(int conc)
+{
+    uint64_t t0 = now_ns(), deadline = t0 + (uint64_t)(cfg.timeout * 1e9);
+    uint64_t errors0 = errors, lost0 = lost;
+    nsamples = 0;
+    units = 0;
+    recording = 1;
+    int next = 0;
+    for (;;) {
+        int in_flight = 0;
+        for (int i = 0; i < next; i++)
+            in_flight += conns[i].state == C_PING;
+        while (next < nconns && in_flight < conc) {
+            struct conn *c = &conns[next++];
+            if (c->state != C_HELD)
+                continue;
+            held--;
+            c->state = C_PING;
+            c->wpos = c->rpos = 0;
+            c->t0 = now_ns();
+            in_flight++;
+            conn_step(c);
+        }
+        if (next == nconns && in_flight == 0)
+            break;
+        if (now_ns() > deadline) { /* an echo that never came back is a failure */
+            for (int i = 0; i < next; i++)
+                if (conns[i].state == C_PING)
+                    conn_close(&conns[i], 1);
+            break;
+        }
+        turn(5, NULL);
+    }
+    recording = 0;
+    double elapsed = (double)(now_ns() - t0) / 1e9;
+    qsort(samples, nsamples, sizeof *samples, cmp_u64);
+    printf("sweep {\"pinged\": %llu, \"elapsed_s\": %.6f, \"p50_us\": %.2f, \"p99_us\": %.2f,"
+           " \"max_us\": %.2f, \"errors\": %llu, \"lost\": %llu, \"held\": %llu}\n",
+           (unsigned long long)units, elapsed, pct_us(0.5), pct_us(0.99),
+           nsamples ? (double)samples[nsamples - 1] / 1000.0 : 0.0,
+           (unsigned long long)(errors - errors0), (unsigned long long)(lost - lost0),
+           (unsigned long long)held);
+    fflush(stdout);
+}
+
 static int run_idle(uint64_t deadline, double *elapsed)
 {
     nconns = cfg.conns;
@@ -629,8 +707,18 @@ static int run_idle(uint64_t deadline, double *elapsed)
     /* stdin not pollable (a file, /dev/null): nothing will come, do not wait for it */
     int stdin_ready = epoll_ctl(ep, EPOLL_CTL_ADD, 0, &ev) < 0;
     uint64_t t_hold = now_ns() + (uint64_t)(cfg.hold_timeout * 1e9);
-    while (!stdin_ready && now_ns() < t_hold)
-        turn(100, &stdin_ready);
+    for (;;) {
+        while (!stdin_ready && now_ns() < t_hold)
+            turn(100, &stdin_ready);
+        char line[64];
+        ssize_t n = stdin_ready ? read(0, line, sizeof line - 1) : 0;
+        if (n < 4 || strncmp(line, "ping", 4) != 0)
+            break; /* EOF, the hold timeout, "close" or anything else */
+        line[n] = '\0';
+        int conc = atoi(line + 4);
+        sweep(conc > 0 ? conc : cfg.conc);
+        stdin_ready = 0;
+    }
     epoll_ctl(ep, EPOLL_CTL_DEL, 0, NULL);
     uint64_t still = held;
     for (int i = 0; i < nconns; i++)
@@ -644,7 +732,7 @@ static int usage(void)
     fprintf(stderr,
             "usage: loadgen bulk|echo|churn|idle HOST:PORT [--conns N] [--conc C] [--size S]\n"
             "       [--bytes B] [--warmup W] [--duration D] [--max M] [--timeout T]\n"
-            "       [--hold-timeout H] [--tls CA] [--sni NAME]\n");
+            "       [--hold-timeout H] [--interval I] [--tls CA] [--sni NAME]\n");
     return 1;
 }
 
@@ -692,6 +780,8 @@ int main(int argc, char **argv)
             cfg.timeout = atof(v);
         else if (strcmp(o, "--hold-timeout") == 0)
             cfg.hold_timeout = atof(v);
+        else if (strcmp(o, "--interval") == 0)
+            cfg.interval = atof(v);
         else if (strcmp(o, "--tls") == 0)
             cfg.ca = v;
         else if (strcmp(o, "--sni") == 0)

@@ -147,21 +147,33 @@ class Relay:
 
 
 class Relaycore(Relay):
-    """`python -m relaycore run -c relay.toml`, workers = 2 (relaycore.lab.relay.RelayProcess)."""
+    """`python -m relaycore run -c relay.toml`, workers = 2 (relaycore.lab.relay.RelayProcess).
+    `workers`, `max_connections` and `idle_s` for the scale bench (bench/peers/scale.py)."""
 
     def describe(self) -> str:
-        return f"{self.label} (a supervisor and 2 worker processes)"
+        return f"{self.label} (a supervisor and {self.workers} worker processes)"
 
     name = "relaycore"
     label = "relaycore"
     sockets_per_port = 2
 
     def __init__(
-        self, workdir: Path, ca: Path | None, *, splice: str | None = None, tls: bool = True
+        self,
+        workdir: Path,
+        ca: Path | None,
+        *,
+        splice: str | None = None,
+        tls: bool = True,
+        workers: int = 2,
+        max_connections: int | None = None,
+        idle_s: float | None = None,
     ) -> None:
         super().__init__(workdir, ca)
         self.splice = splice
         self.tls = tls
+        self.workers = workers
+        self.max_connections = max_connections
+        self.idle_s = idle_s
         if splice is not None:
             self.name = f"relaycore-{'copy' if splice == 'off' else 'splice'}"
             self.label = f'relaycore, splice = "{splice}"'
@@ -171,12 +183,16 @@ class Relaycore(Relay):
     def config(self, routes: Routes) -> str:
         lines = [
             "[relay]",
-            "workers = 2",
+            f"workers = {self.workers}",
             f"run_dir = {json.dumps(str(self.workdir / 'run'))}",
             "drain_timeout_s = 2",
         ]
         if self.splice is not None:
             lines.append(f'splice = "{self.splice}"')
+        if self.max_connections is not None:
+            lines.append(f"max_connections = {self.max_connections}")
+        if self.idle_s is not None:
+            lines += ["[timeouts]", f"idle_s = {self.idle_s}"]
         for name, (port, upstream) in routes.items():
             lines += [
                 "",

@@ -158,7 +158,8 @@ cdef class Loop:
 
     def allow_destination(self, int route, str network, int port=0):
         """Proxy exits: also allow destinations in `network` and `port` (0: any). With
-        none added, any destination but loopback, link-local and unspecified addresses."""
+        none added, any destination but loopback, link-local and unspecified addresses and
+        the addresses of this host (the kernel's local routes)."""
         cdef Route *r = self.route_at(route)
         if r.kind != ROUTE_EXIT:
             raise ValueError(f"no exit route {route}")

@@ -42,6 +42,8 @@ cdef extern from "<sys/socket.h>" nogil:
         SHUT_WR
         MSG_NOSIGNAL
         MSG_PEEK
+        SOCK_RAW
+        MSG_DONTWAIT
     struct sockaddr:
         sa_family_t sa_family
     struct sockaddr_storage:
@@ -192,3 +194,36 @@ cdef extern from "<signal.h>" nogil:
         SIG_SETMASK
     int sigfillset(sigset_t *s)
     int pthread_sigmask(int how, const sigset_t *s, sigset_t *old)
+
+
+# rtnetlink: a proxy exit asks the kernel how it would route a destination (modes/local.pxi).
+cdef extern from "<linux/netlink.h>" nogil:
+    enum:
+        AF_NETLINK
+        NETLINK_ROUTE
+        NLM_F_REQUEST
+        NLMSG_ERROR
+        NLMSG_HDRLEN
+    struct nlmsghdr:
+        uint32_t nlmsg_len
+        uint16_t nlmsg_type
+        uint16_t nlmsg_flags
+        uint32_t nlmsg_seq
+        uint32_t nlmsg_pid
+    struct nlmsgerr:
+        int error
+
+
+cdef extern from "<linux/rtnetlink.h>" nogil:
+    enum:
+        RTM_GETROUTE
+        RTM_NEWROUTE
+        RTA_DST
+        RTN_LOCAL
+    struct rtmsg:
+        uint8_t rtm_family
+        uint8_t rtm_dst_len
+        uint8_t rtm_type
+    struct rtattr:
+        uint16_t rta_len
+        uint16_t rta_type

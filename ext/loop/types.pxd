@@ -196,3 +196,7 @@ cdef struct Worker:
     # inside SSL_do_handshake, on this worker's thread).
     uint8_t refused_pin_set
     unsigned char refused_pin[32]
+    # Proxy exits ask the kernel whether a destination is this host (modes/local.pxi):
+    # an rtnetlink socket, made on the first question, and the last question's number.
+    int rtnl_fd
+    uint32_t rtnl_seq

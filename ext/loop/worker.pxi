@@ -19,6 +19,7 @@ cdef Worker *worker_new(uint32_t max_conns, int splice_mode, uint32_t max_pipes,
         raise MemoryError()
     w.epfd = -1
     w.reserve_fd = -1
+    w.rtnl_fd = -1
     w.splice_mode = splice_mode
     w.max_conns = max_conns
     w.max_pipes = max_pipes
@@ -176,6 +177,8 @@ cdef void worker_release(Worker *w) noexcept nogil:
         close(w.epfd)
     if w.reserve_fd >= 0:
         close(w.reserve_fd)
+    if w.rtnl_fd >= 0:
+        close(w.rtnl_fd)
     free(w.routes)
     free(w.listeners)
     free(w.matches)

@@ -1,6 +1,6 @@
 # Match tables: (network, port) entries that an address is looked up in, in order. The
 # gateway's table maps original destinations to routes (modes/gateway.pxi); a proxy
-# exit's allow table says where its entries may go (destination_allowed, below).
+# exit's allow table says where its entries may go (destination_refusal, below).
 
 
 cdef inline bint prefix_matches(const uint8_t *want, const uint8_t *have,
@@ -81,8 +81,9 @@ cdef void sockaddr_unmap(sockaddr_in6 *sa) noexcept nogil:
 
 
 cdef bint destination_special(const sockaddr_in6 *sa) noexcept nogil:
-    # What an exit refuses unless allowed by name: the exit host itself (loopback,
-    # unspecified) and link-local (cloud metadata services live at 169.254.169.254).
+    # What an exit refuses unless allowed by name, known without asking: the exit host
+    # itself (loopback, unspecified) and link-local (cloud metadata services live at
+    # 169.254.169.254). Its other addresses: local_address (modes/local.pxi).
     cdef const uint8_t *a
     cdef int k
     if sa.sin6_family == AF_INET:
@@ -97,8 +98,17 @@ cdef bint destination_special(const sockaddr_in6 *sa) noexcept nogil:
     return a[15] <= 1                         # :: and ::1
 
 
-cdef bint destination_allowed(const Route *r, const sockaddr_in6 *sa) noexcept nogil:
-    # A proxy exit's policy: its allow table, or, without one, anything not special.
-    if r.nallow == 0:
-        return not destination_special(sa)
-    return match_find(r.allow, r.nallow, sa) != NULL
+cdef int destination_refusal(Worker *w, const Route *r, const sockaddr_in6 *sa) noexcept nogil:
+    # A proxy exit's policy: DEST_ALLOWED, or why sa is refused. With allow_destinations
+    # the list alone decides (an entry that covers an address of the exit's host lets
+    # entries reach it: the operator said so); without it, anything but the special
+    # addresses and the exit host's own.
+    cdef int local
+    if r.nallow:
+        return DEST_ALLOWED if match_find(r.allow, r.nallow, sa) != NULL else DEST_NOT_LISTED
+    if destination_special(sa):
+        return DEST_SPECIAL
+    local = local_address(w, sa)
+    if local < 0:
+        return DEST_UNKNOWN
+    return DEST_LOCAL if local else DEST_ALLOWED

@@ -8,8 +8,12 @@ cdef const Match *match_find(const Match *table, uint32_t n,
 cdef Match *match_add(Match **table, uint32_t *n, str network, int port) except NULL
 # An IPv4-mapped IPv6 address becomes the IPv4 one, in place.
 cdef void sockaddr_unmap(sockaddr_in6 *sa) noexcept nogil
-# Whether proxy exit r may connect to sa (unmapped first).
-cdef bint destination_allowed(const Route *r, const sockaddr_in6 *sa) noexcept nogil
+# Whether proxy exit r may connect to sa (unmapped first): DEST_ALLOWED, or why not.
+cdef int destination_refusal(Worker *w, const Route *r, const sockaddr_in6 *sa) noexcept nogil
+
+# -- modes/local.pxi ------------------------------------------------------------------------
+# 1: the kernel delivers sa to this host (RTN_LOCAL), 0: it does not, <0: -errno, not asked.
+cdef int local_address(Worker *w, const sockaddr_in6 *sa) noexcept nogil
 
 # -- modes/gateway.pxi ----------------------------------------------------------------------
 # The route of a gateway connection; its original destination into dst (zeros: not redirected).

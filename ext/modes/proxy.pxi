@@ -259,6 +259,18 @@ cdef uint16_t refusal_code(uint8_t exit_mode, uint8_t cause, int err) noexcept n
 # -- the request phase of one connection ------------------------------------------------
 
 
+cdef const char *refusal_text(int why) noexcept nogil:
+    # What follows "... is not an allowed destination" in a proxy_denied event.
+    if why == DEST_SPECIAL:
+        return " (loopback, link-local and unspecified addresses need allow_destinations)"
+    if why == DEST_LOCAL:
+        return (" (it is an address of the exit's own host, which needs"
+                " allow_destinations)")
+    if why == DEST_UNKNOWN:
+        return " (the kernel could not say whether it is the exit's own host)"
+    return ""
+
+
 cdef bint proxy_send(Conn *c, const void *data, int n) noexcept nogil:
     # One small write before relaying (a reply of at most a few dozen bytes on a fresh
     # connection, where the socket buffer is empty): it goes whole or the TLS is broken.
@@ -281,17 +293,20 @@ cdef void proxy_try(Worker *w, int32_t i) noexcept nogil:
     cdef Route *r = &w.routes[c.route]
     cdef char reason[REASON_LEN]
     cdef uint8_t k, kept = 0
+    cdef int why, last = DEST_NOT_LISTED
     for k in range(px.ndst):
         sockaddr_unmap(&px.dst[k])
-        if destination_allowed(r, &px.dst[k]):
+        why = destination_refusal(w, r, &px.dst[k])
+        if why == DEST_ALLOWED:
             if kept != k:
                 px.dst[kept] = px.dst[k]
             kept += 1
+        else:
+            last = why
     if kept == 0:
         c.orig_dst = px.dst[0]
         snprintf(reason, REASON_LEN, "%.80s port %d is not an allowed destination%s", px.name,
-                 px.port, "" if r.nallow else
-                 " (loopback, link-local and unspecified addresses need allow_destinations)")
+                 px.port, refusal_text(last))
         conn_fail(w, i, CAUSE_PROXY_DENIED, 0, reason)
         return
     px.ndst = kept

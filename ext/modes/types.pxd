@@ -15,6 +15,14 @@ cdef enum:
     EXIT_SOCKS5                   # the entry names it: SOCKS5 CONNECT (RFC 1928)
     EXIT_HTTP_CONNECT             # the entry names it: HTTP CONNECT (RFC 9110 §9.3.6)
 
+# Why a proxy exit's policy refuses a destination address (modes/match.pxi); 0: it allows it.
+cdef enum:
+    DEST_ALLOWED = 0
+    DEST_NOT_LISTED               # no entry of allow_destinations covers it
+    DEST_SPECIAL                  # loopback, link-local or unspecified
+    DEST_LOCAL                    # an address of the exit's own host (the kernel says so)
+    DEST_UNKNOWN                  # the kernel could not be asked: refused all the same
+
 cdef enum:
     SOCKS_GENERAL_FAILURE = 1     # RFC 1928 §6 reply codes
     SOCKS_NOT_ALLOWED = 2

@@ -28,7 +28,17 @@ CONNECTOR_FIELDS = {
     "cert",
     "alpn",
 }
-WORKER_FIELDS = {"slot", "generation", "pid", "started", "active", "reports_dropped", "draining"}
+WORKER_FIELDS = {
+    "slot",
+    "generation",
+    "pid",
+    "started",
+    "active",
+    "reports_dropped",
+    "draining",
+    "rss_bytes",
+    "counters",
+}
 LOG_FIELDS = {
     "connector",
     "cause",

@@ -3,7 +3,8 @@
 `AsyncEchoServer` is an asyncio echo upstream in a thread (thousands of connections
 without a thread each). `storm()` opens `count` non-blocking connections from one
 thread, `concurrency` at a time; each sends one line, must get it back, then closes.
-Every outcome is counted: ok, refused, reset, timeout, wrong echo.
+Every outcome is counted: ok, refused, reset, timeout, wrong echo. `served_in_turn()`
+waits for devices that were kept waiting (out of fds) to be served one after another.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import selectors
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from relaycore.lab.base import HOST
@@ -158,3 +160,24 @@ def storm(
             key.fileobj.close()  # type: ignore[union-attr]
         sel.close()
     return result
+
+
+def served_in_turn(
+    waiting: dict[int, tuple[int, socket.socket]],
+    echo: Callable[[int], bytes],
+    output: Callable[[], str],
+) -> None:
+    """Each device of `waiting` (fd: (its number k, its socket)), which sent echo(k), gets
+    it back and hangs up, which frees two of the relay's fds for the next. A reset
+    raises; ten seconds in which nobody is served fail, with the relay's `output()`."""
+    with selectors.DefaultSelector() as sel:
+        for _, s in waiting.values():
+            sel.register(s, selectors.EVENT_READ)
+        while waiting:
+            events = sel.select(timeout=10)
+            assert events, f"{len(waiting)} devices never served:\n{output()}"
+            for key, _ in events:
+                k, s = waiting.pop(key.fd)
+                assert s.recv(64) == echo(k)
+                sel.unregister(s)
+                s.close()

@@ -90,6 +90,7 @@ def test_status_and_stats_show_workers_capabilities_and_connectors(tmp_path):
                 "pid",
                 "uptime",
                 "connections",
+                "memory",
                 "state",
             ]
             rows = [line.split() for line in lines[5:]]
@@ -97,7 +98,9 @@ def test_status_and_stats_show_workers_capabilities_and_connectors(tmp_path):
             for r in rows:
                 assert r[1] == "1", r
                 assert re.fullmatch(r"\d+s", r[3]), r
-                assert r[4:] == ["0", "serving"], r
+                assert r[4] == "0", r
+                assert re.fullmatch(r"\d+\.\d", r[5]), r
+                assert r[6:] == ["MiB", "serving"], r
 
             # stats --json (read above)
             t, dead = connector(report, "t"), connector(report, "dead")
@@ -323,6 +326,8 @@ def test_prometheus_scrape_matches_stats_and_survives_a_silent_client(tmp_path):
                 "relaycore_config_info": "gauge",
                 "relaycore_config_last_reload_successful": "gauge",
                 "relaycore_config_last_reload_success_timestamp_seconds": "gauge",
+                "relaycore_accept_paused_emfile": "counter",
+                "relaycore_worker_resident_bytes": "gauge",
             }
             expected: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
             for c in report["connectors"]:
@@ -352,7 +357,22 @@ def test_prometheus_scrape_matches_stats_and_survives_a_silent_client(tmp_path):
             loaded = ("relaycore_config_last_reload_success_timestamp_seconds", frozenset())
             expected[loaded] = metric_samples(body)[loaded]
             assert 0 < time.time() - expected[loaded] < 300
-            assert metric_samples(body) == expected
+            expected[("relaycore_accept_paused_emfile_total", frozenset())] = sum(
+                w["counters"].get("accept_paused_emfile", 0) for w in report["workers"]
+            )
+            samples = metric_samples(body)
+            # Memory moves between two reports: each worker has its gauge, and some memory.
+            resident = {
+                labels: samples.pop((name, labels))
+                for name, labels in list(samples)
+                if name == "relaycore_worker_resident_bytes"
+            }
+            assert set(resident) == {
+                frozenset({("slot", str(w["slot"])), ("generation", str(w["generation"]))})
+                for w in report["workers"]
+            }
+            assert all(value > 0 for value in resident.values())
+            assert samples == expected
             t_in = frozenset({("connector", "t"), ("direction", "in")})
             refused = frozenset({("connector", "dead"), ("cause", "connect_refused")})
             assert expected[("relaycore_bytes_total", t_in)] == 100 + 101 + 102 + 103

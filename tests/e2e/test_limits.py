@@ -9,13 +9,12 @@ wait in the backlog, costing no CPU, and be served as fds free up.
 
 from __future__ import annotations
 
-import selectors
 import socket
 import threading
 
 import psutil
 import pytest
-from storm import AsyncEchoServer
+from storm import AsyncEchoServer, served_in_turn
 from support.relay import relay_config, relay_process
 
 from relaycore.lab.base import free_port
@@ -56,17 +55,7 @@ def test_out_of_fds_waits_without_spinning_and_refuses_nothing(tmp_path, extra):
             for s in devices[:served]:
                 s.close()
             waiting = {s.fileno(): (k, s) for k, s in enumerate(devices) if k >= served}
-            with selectors.DefaultSelector() as sel:
-                for s in devices[served:]:
-                    sel.register(s, selectors.EVENT_READ)
-                while waiting:
-                    events = sel.select(timeout=10)
-                    assert events, f"{len(waiting)} devices never served:\n{relay.output()}"
-                    for key, _ in events:
-                        k, s = waiting.pop(key.fd)
-                        assert s.recv(64) == b"device %02d\n" % k  # a reset would raise
-                        sel.unregister(s)
-                        s.close()
+            served_in_turn(waiting, lambda k: b"device %02d\n" % k, relay.output)
         finally:
             for s in devices:
                 s.close()

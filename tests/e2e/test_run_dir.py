@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
-from support.relay import relay_config
+from control import relaycore
+from support.relay import relay_config, relay_process
 
 from relaycore.lab.base import free_port
 
@@ -120,3 +123,23 @@ def test_a_missing_run_dir_under_a_sticky_directory_is_made_owner_only(shared):
         assert (run_dir / "relaycore.lock").read_text() == f"{os.getpid()}\n"
     finally:
         os.close(fd)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the relay's run_dir is root's")
+def test_status_from_a_user_who_cannot_enter_run_dir_says_permission_denied(tmp_path):
+    # Under a directory anyone may enter, so that run_dir (0700, root's) is what stops them.
+    base = Path(tempfile.mkdtemp(prefix="relaycore-test-", dir="/tmp"))
+    base.chmod(0o755)
+    run_dir = base / "run"
+    try:
+        config = relay_config(run_dir=run_dir, listen_port=free_port(), upstream_port=9)
+        with relay_process(config, tmp_path):
+            as_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+            out = relaycore("status", "--run-dir", str(run_dir), wrapper=as_nobody)
+    finally:
+        shutil.rmtree(base)
+    assert out.returncode == 6, out
+    assert out.stderr == (
+        f"relaycore: error: cannot reach relaycore in run_dir {run_dir}: permission denied"
+        " (it belongs to uid 0, mode 0700: run this as that user)\n"
+    )

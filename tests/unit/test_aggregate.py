@@ -261,3 +261,21 @@ def test_recent_errors_filter_by_connector_oldest_first_and_limit_to_the_newest(
     assert [r.upstream for r in agg.recent_errors("t", 2)] == ["a:1", "c:1"]
     assert [r.connector for r in agg.recent_errors("u", 0)] == ["u"]  # 0: no limit
     assert agg.recent_errors("nobody", 10) == []
+
+
+def test_workers_show_their_memory_and_counters_and_pauses_survive_their_exit() -> None:
+    agg = Aggregator()
+    agg.started(101, 0, 1, 0.0)
+    agg.started(102, 1, 1, 0.0)
+    for pid, paused in ((101, 3), (102, 4)):
+        r = report(pid, slot=pid - 101)
+        r.worker.update(accept_paused_emfile=paused, rss_bytes=pid * 1000, pipes_open=2)
+        agg.counters(r)
+    w = agg.live_workers()[0]
+    assert w.rss_bytes == 101_000
+    assert w.counters == {"reports_dropped": 0, "accept_paused_emfile": 3, "pipes_open": 2}
+    assert agg.worker_totals()["accept_paused_emfile"] == 7
+    agg.exited(101, 1.0)
+    agg.retire(1.0 + RETIRE_AFTER_S)
+    assert [w.pid for w in agg.live_workers()] == [102]
+    assert agg.worker_totals()["accept_paused_emfile"] == 7  # a counter never goes down

@@ -163,7 +163,7 @@ def test_default_workers_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
         pytest.param("relay = 3\n" + ONE, "relay: expected a table, got 3", id="relay-not-table"),
         pytest.param(
             "[timeouts]\nidle_s = -1\n" + ONE,
-            "timeouts.idle_s: expected a number > 0, got -1",
+            "timeouts.idle_s: expected a number >= 0.001, got -1",
             id="negative-timeout",
         ),
         pytest.param(
@@ -238,7 +238,7 @@ def test_default_workers_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
         ),
         pytest.param(
             "[timeouts]\nhandshake_s = 0\n" + ONE,
-            "timeouts.handshake_s: expected a number > 0, got 0",
+            "timeouts.handshake_s: expected a number >= 0.001, got 0",
             id="zero-handshake-timeout",
         ),
         pytest.param(

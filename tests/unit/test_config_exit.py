@@ -65,6 +65,7 @@ def test_an_exit_node_needs_no_connector(identity_files: tuple[Path, Path]) -> N
 
 def test_every_exit_key(identity_files: tuple[Path, Path], tmp_path: Path) -> None:
     cert, key = identity_files
+    (tmp_path / "0123abcd.0").write_text("a hashed name: not parsed here\n")
     cfg = parse_config(
         exit_table(
             cert,
@@ -214,7 +215,8 @@ def exit_errors() -> list[Any]:
         pytest.param(
             {"allow_destinations": "[]"},
             "exit[0].allow_destinations: empty; leave the key out for the default policy"
-            " (any destination but loopback, link-local and unspecified addresses)",
+            " (any destination but the exit host's own addresses, loopback included, and"
+            " link-local and unspecified ones)",
             id="destinations-empty",
         ),
         pytest.param(

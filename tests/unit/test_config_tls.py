@@ -75,6 +75,7 @@ def test_every_tls_key(tmp_path: Path) -> None:
 
 
 def test_ca_may_be_a_directory_of_hashed_certificates(tmp_path: Path) -> None:
+    (tmp_path / "0123abcd.0").write_text("a hashed name: not parsed here\n")
     c = parse_config(tls_connector(ca=f'"{tmp_path}"')).connectors[0]
     assert c.ca == str(tmp_path)
 

@@ -79,8 +79,6 @@ class Relay(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
                 f"resolve_interval_s: expected 0 (off) or at least {MIN_RESOLVE_INTERVAL_S},"
                 f" got {self.resolve_interval_s:g}"
             )
-
-    def __post_init__(self) -> None:
         check_run_dir("run_dir", self.run_dir)
 
 

@@ -44,6 +44,8 @@ class CertView:
     cert: UpstreamCert
     slot: int
     generation: int
+
+
 # A worker's own counters that only grow (docs/ERRORS.md), summed over every worker the
 # relay ran; the rest of what it reports about itself (active, pipes_open, rss_bytes)
 # is a gauge of one live worker.

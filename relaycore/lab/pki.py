@@ -43,6 +43,7 @@ CLOCK_SLACK = timedelta(hours=1)
 # The CA starts a year ago, so that it covers any expired certificate a test asks for.
 CA_START = timedelta(days=-365)
 CA_DAYS = 3650
+SERVER_PKI_DAYS = 30  # make_server_pki: beyond the default cert_warn_days
 IDENTITY_TIMEOUT = 30.0
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -244,15 +245,16 @@ def make_server_pki(
     directory: Path, server_name: str = "localhost", *, ca_name: str = "relaycore demo CA"
 ) -> ServerPki:
     """A new CA and a certificate for `server_name` (a DNS name or an IP address) in
-    `directory`, both valid for two days: long enough for a demo or a bench session."""
+    `directory`, both valid for 30 days: longer than a connector's default cert_warn_days
+    (14), so that a demo or a bench relay has no certificate to warn about."""
     dns: list[str] = []
     ips: list[str] = []
     try:
         ips.append(str(ipaddress.ip_address(server_name)))
     except ValueError:
         dns.append(server_name)
-    pki = make_pki(directory, ca_name, days=2)
-    server = pki.issue("server", dns=dns, ips=ips, days=2)
+    pki = make_pki(directory, ca_name, days=SERVER_PKI_DAYS)
+    server = pki.issue("server", dns=dns, ips=ips, days=SERVER_PKI_DAYS)
     return ServerPki(ca=pki.ca_cert, cert=server.cert, key=server.key, server_name=server_name)
 
 

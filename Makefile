@@ -6,9 +6,14 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
+# The extension links OpenSSL >= 3.5: on Debian 12, Debian 13's static libraries, which
+# setup.py fetches once (ext/openssl/fetch.sh: apt-get download, dpkg-deb) and links with
+# zlib and zstd statically (zlib1g-dev, libzstd-dev); pkg-config finds a system one.
 DEB_PACKAGES := python3 python3-venv python3-dev gcc make libssl-dev openssl iproute2 procps \
-	curl nginx-light mosquitto mosquitto-clients nftables iputils-ping util-linux mount
-EXT_SOURCES := $(wildcard ext/*.pyx ext/*.pxd ext/*/*.pxi ext/*/*.pxd ext/includes/*.h) setup.py
+	curl nginx-light mosquitto mosquitto-clients nftables iputils-ping util-linux mount \
+	pkg-config zlib1g-dev libzstd-dev debian-archive-keyring
+EXT_SOURCES := $(wildcard ext/*.pyx ext/*.pxd ext/*/*.pxi ext/*/*.pxd ext/includes/*.h \
+	ext/openssl/*) setup.py
 PYTEST_ARGS ?=
 
 .PHONY: help demo test lint build bench deps clean fmt test-ktls
@@ -40,8 +45,9 @@ bench: build  ## pytest-benchmark runs: relay vs direct, copy vs splice (loopbac
 
 deps: $(VENV)/.installed  ## Debian packages and the virtualenv only
 
+# --force: a change of setup.py or of the OpenSSL found must relink even if no C changed.
 relaycore/.built: $(VENV)/.installed $(EXT_SOURCES)
-	$(PY) setup.py -q build_ext --inplace -j 2
+	$(PY) setup.py -q build_ext --inplace --force -j 2
 	@touch $@
 
 $(VENV)/.installed: .stamp-deb pyproject.toml

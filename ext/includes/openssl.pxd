@@ -1,4 +1,5 @@
-# The libssl / libcrypto symbols relaycore calls (OpenSSL 3.0). Declarations only.
+# The libssl / libcrypto symbols relaycore calls (OpenSSL >= 3.5: openssl_version.h checks
+# the headers). Declarations only.
 # Several are macros in the headers (SSL_CTX_set_mode, SSL_set_tlsext_host_name,
 # BIO_get_ktls_send, ...); declared here as functions, Cython emits the same call text.
 
@@ -27,6 +28,8 @@ cdef extern from "<openssl/ssl.h>" nogil:
     ctypedef struct X509_NAME:
         pass
     ctypedef struct EVP_PKEY:
+        pass
+    ctypedef struct SSL_CIPHER:
         pass
 
     enum:
@@ -82,6 +85,7 @@ cdef extern from "<openssl/ssl.h>" nogil:
     long SSL_CTX_set_session_cache_mode(SSL_CTX *ctx, long mode)
     void SSL_CTX_sess_set_new_cb(SSL_CTX *ctx, int (*cb)(SSL *, SSL_SESSION *) noexcept nogil)
     void SSL_CTX_set_info_callback(SSL_CTX *ctx, void (*cb)(const SSL *, int, int) noexcept nogil)
+    void SSL_CTX_set_cert_cb(SSL_CTX *ctx, int (*cb)(SSL *, void *) noexcept nogil, void *arg)
     int SSL_CTX_set_app_data(SSL_CTX *ctx, void *arg)
     void *SSL_CTX_get_app_data(const SSL_CTX *ctx)
 
@@ -117,6 +121,11 @@ cdef extern from "<openssl/ssl.h>" nogil:
     BIO *SSL_get_wbio(const SSL *ssl)
     BIO *SSL_get_rbio(const SSL *ssl)
     const char *SSL_alert_desc_string_long(int value)
+    const char *SSL_get0_group_name(SSL *ssl)
+    int SSL_get1_groups(SSL *ssl, int *groups)
+    const char *SSL_group_to_name(SSL *ssl, int id)
+    const SSL_CIPHER *SSL_get_current_cipher(const SSL *ssl)
+    const char *SSL_CIPHER_get_name(const SSL_CIPHER *cipher)
 
     int SSL_SESSION_is_resumable(const SSL_SESSION *s)
     int SSL_SESSION_get_protocol_version(const SSL_SESSION *s)
@@ -222,5 +231,12 @@ cdef extern from "<openssl/evp.h>" nogil:
 
 
 cdef extern from "<openssl/crypto.h>" nogil:
+    enum:
+        OPENSSL_VERSION_TEXT "OPENSSL_VERSION"
+    const char *OpenSSL_version(int t)
     void OPENSSL_free(void *p)
     int EVP_EncodeBlock(unsigned char *t, const unsigned char *f, int n)
+
+
+cdef extern from "openssl_version.h" nogil:
+    const char *RELAYCORE_OPENSSL_ORIGIN     # which OpenSSL setup.py linked, for humans

@@ -61,6 +61,8 @@ cdef enum:
     PUMP_EOF                      # src said EOF (Dir.eof set): forward it once flushed
     PUMP_PROMOTED                 # the direction took a pipe: the next call splices
     PUMP_DEMOTED                  # its pipe went back to the pool: the next call copies
+    PUMP_RESUMED                  # kTLS: OpenSSL is done with a control record; the plain
+                                  # pumps have the TLS socket again (tls/ktls.pxi)
     # Fatal: the pool had no owned buffer for bytes dst refused (cause out_of_memory, not a
     # reset). Below every -errno (the kernel's are at most 4095).
     PUMP_NO_BUFFER = -4096
@@ -99,6 +101,12 @@ cdef struct Conn:
     Proxy *px                     # a proxy exit's request state, else NULL
     uint8_t tls_dead              # OpenSSL reported a fatal error: no close_notify
     uint8_t ktls                  # the kernel encrypts and decrypts both directions
+    # kTLS: OpenSSL is reading a control record (a KeyUpdate, a ticket, an alert) and may
+    # owe an answer: SSL_read serves the TLS side, nothing else writes to it (tls/ktls.pxi).
+    uint8_t ktls_control
+    # The kernel encrypts but OpenSSL still writes (receive not offloaded): SSL_write is
+    # given only owned buffers, whose address holds until it takes them (tls/ktls.pxi).
+    uint8_t ktls_tx_only
     Dir dir[2]
     uint64_t deadline_ms          # connect deadline, or when to look at idleness again
     uint64_t last_active_ms
@@ -119,6 +127,10 @@ cdef struct Route:
     ServerConf *srv               # server side (ROUTE_EXIT)
     Match *allow                  # proxy exits: allowed destinations (route field unused)
     uint32_t nallow               # 0: any but loopback, link-local, unspecified
+    # The last pq_classical event of this route, and whether a post-quantum handshake
+    # came since (tls/groups.pxi: one event per change, not per connection).
+    uint64_t pq_event_ms
+    uint8_t pq_classical
     socklen_t upstream_len
     sockaddr_storage upstream
 
@@ -178,3 +190,8 @@ cdef struct Worker:
     # inside SSL_do_handshake, on this worker's thread).
     uint8_t refused_pin_set
     unsigned char refused_pin[32]
+    # pq = "require": the certificate callback refused a classical group (tls/groups.pxi).
+    uint8_t refused_classical
+    # kTLS for TLS 1.3: the kernel can rekey (KeyUpdate), probed once (tls/ktls.pxi).
+    # -1: not probed yet; 0: no, TLS 1.3 stays in user space; 1: yes.
+    int8_t ktls_rekey

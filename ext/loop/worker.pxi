@@ -19,6 +19,7 @@ cdef Worker *worker_new(uint32_t max_conns, int splice_mode, uint32_t max_pipes,
         raise MemoryError()
     w.epfd = -1
     w.reserve_fd = -1
+    w.ktls_rekey = -1
     w.splice_mode = splice_mode
     w.max_conns = max_conns
     w.max_pipes = max_pipes

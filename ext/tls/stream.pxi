@@ -14,13 +14,12 @@
 # KeyUpdate answer; tls_want[0] is also the handshake's). A WANT_* answer means the socket
 # BIO saw EAGAIN, so the matching ready bit is cleared and the next edge brings it back.
 #
-# kTLS (Linux, OpenSSL 3.0, TLS 1.2 only: see on_info in tls/context.pxi): when the kernel
-# took both directions, the TLS fd carries plaintext and the plain pumps (copy, splice)
-# serve it. SSL_write is then bypassed on purpose: under kTLS TX, OpenSSL keeps the
-# *caller's* pointer as its pending buffer and a retry from another buffer would send the
-# wrong bytes (docs/HOTPATH.md §1.7). A non-data record (alert, close_notify) makes recv
-# fail with EIO and splice with EINVAL; one SSL_read then consumes it (tls_read_control).
-# Bytes OpenSSL read ahead before the switch are drained first (SSL_has_pending).
+# kTLS (tls/ktls.pxi): when the kernel took both directions, the TLS fd carries plaintext
+# and the plain pumps (copy, splice) serve it; SSL_read only for control records (alerts,
+# tickets, KeyUpdates) and for bytes OpenSSL read ahead before the switch. SSL_write is
+# then bypassed on purpose: under kTLS TX, OpenSSL keeps the *caller's* pointer as its
+# pending buffer and a retry from another buffer would send the wrong bytes (docs/
+# HOTPATH.md §1.7); where the kernel took only the send side, SSL_write gets owned buffers.
 #
 # SSL_write with partial writes returns after each record. When it says WANT_WRITE, the
 # bytes it was given must be offered again, same content and length (with
@@ -67,23 +66,17 @@ cdef void conn_handshake(Worker *w, int32_t i) noexcept nogil:
     cdef Conn *c = &w.conns[i]
     cdef Route *r = &w.routes[c.route]
     cdef int rc, e
-    cdef uint8_t ktls_mode
     ERR_clear_error()
     w.refused_pin_set = 0
+    w.refused_classical = 0
     rc = SSL_do_handshake(c.ssl)
     if rc == 1:
         # Pins were checked inside the handshake (on_verify_server, on_verify_client).
         conn_ctr(w, c).handshakes += 1
         if SSL_session_reused(c.ssl):
             conn_ctr(w, c).handshakes_resumed += 1
-        ktls_mode = r.srv.ktls_mode if r.kind == ROUTE_EXIT else r.tls.ktls_mode
-        if ktls_mode != KTLS_OFF:
-            c.ktls = (BIO_get_ktls_send(SSL_get_wbio(c.ssl)) == 1
-                      and BIO_get_ktls_recv(SSL_get_rbio(c.ssl)) == 1)
-            if c.ktls:
-                conn_ctr(w, c).ktls_conns += 1
-            else:
-                conn_ctr(w, c).ktls_declined += 1
+        if not tls_check_group(w, i) or not ktls_handshake_done(w, i):
+            return
         c.tls_want[1 - c.tls_side] = READY_WRITE
         c.tls_want[c.tls_side] = READY_READ
         if r.kind == ROUTE_EXIT:
@@ -166,6 +159,12 @@ cdef int pump_tls_write(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
                 continue
             return -errno
         total += n
+        if c.ktls_tx_only:
+            # A retry must come from the same address (the header): write from the owned
+            # buffer, at the top of the loop.
+            if not dir_stash(w, dr, w.scratch, n):
+                return PUMP_NO_BUFFER
+            continue
         s = 0
         while s < n:
             k = tls_write(w, c, w.scratch + s, n - s)
@@ -205,16 +204,19 @@ cdef int pump_tls_read(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
             e = SSL_get_error(c.ssl, <int>n)
             if e == SSL_ERROR_ZERO_RETURN:
                 dr.eof = 1
+                c.ktls_control = 0
                 return pump_result(moved, total, PUMP_EOF)
             if e == SSL_ERROR_SSL and ERR_GET_REASON(
                     ERR_peek_last_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING:
                 tls_truncated(w, c)
                 dr.eof = 1
+                c.ktls_control = 0
                 return pump_result(moved, total, PUMP_EOF)
             s = tls_blocked(w, c, src, e)
             if s < 0:
                 return <int>s
             if e == SSL_ERROR_WANT_READ:
+                c.ktls_control = 0          # OpenSSL owes nothing: kTLS pumps may resume
                 # RELEASE_BUFFERS frees the read buffer only after a record is consumed;
                 # the read that ends in WANT_READ allocates it again (17.7 KB per idle
                 # connection, measured with heaptrack). Hand it back while we wait. That is
@@ -238,17 +240,6 @@ cdef int pump_tls_read(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
             c.ready[dst] &= ~READY_WRITE
             break
     return pump_result(moved, total, PUMP_STOPPED)
-
-
-cdef int tls_read_control(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
-    # On a kTLS receive socket the next record is not data (recv said EIO, splice EINVAL):
-    # let OpenSSL read it with the record-type cmsg. The caller's buffer and pipe are
-    # empty (it reads the source only then), so data OpenSSL returns keeps its order.
-    cdef Dir *dr = &c.dir[c.tls_side]
-    conn_ctr(w, c).ktls_control_records += 1
-    if dr.buf_len or dr.pipe_bytes:
-        return -EPROTO
-    return pump_tls_read(w, c, moved)
 
 
 cdef int tls_close_notify(Worker *w, Conn *c) noexcept nogil:

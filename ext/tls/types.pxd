@@ -14,6 +14,12 @@ cdef enum:
     KTLS_AUTO
     KTLS_REQUIRE
 
+# TLSConf.pq_mode, ServerConf.pq_mode: post-quantum key exchange (tls/groups.pxi)
+cdef enum:
+    PQ_OFF = 0                    # classical groups only
+    PQ_PREFER                     # hybrid first, classical after; an event on a classical one
+    PQ_REQUIRE                    # as prefer, and a handshake without one fails
+
 
 cdef struct TLSConf:
     # A client context's settings, kept in its SSL_CTX app data.
@@ -22,6 +28,8 @@ cdef struct TLSConf:
     uint8_t check_host            # verify the certificate against server_name (DNS)
     uint8_t check_ip              # ... against server_name (an IP literal)
     uint8_t ktls_mode
+    uint8_t pq_mode
+    uint8_t offers_pq             # the group list has a post-quantum group
     uint8_t verify_chain          # with pins: the chain must verify too (verify = true)
     uint32_t npins
     unsigned char pins[MAX_PINS][32]
@@ -35,6 +43,8 @@ cdef struct ServerConf:
     uint32_t npins
     uint8_t has_ca                # a client certificate that chains to the CA is allowed too
     uint8_t ktls_mode
+    uint8_t pq_mode
+    uint8_t offers_pq
 
 
 cdef class TLSClientContext:

@@ -14,7 +14,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "ext", "openssl"))
-from locate import OpenSSLNotFound, locate  # noqa: E402  (ext/openssl is not a package)
+from locate import OpenSSLNotFound, locate  # ext/openssl is not a package: on sys.path
 
 debug = os.environ.get("RELAYCORE_DEBUG") == "1"
 extra_compile_args = ["-O0", "-g"] if debug else ["-O2"]

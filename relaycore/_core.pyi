@@ -5,6 +5,13 @@ from typing_extensions import disjoint_base
 
 CAUSES: tuple[str, ...]
 """Every failure cause, in the order of the loop's enum; counted as errors_<cause>."""
+GROUPS: tuple[str, ...]
+"""The key-exchange groups handshakes are counted by, as group_<group>."""
+OPENSSL_VERSION: str
+"""The OpenSSL this module runs, e.g. "OpenSSL 3.5.9 29 Sep 2026" (its own copy when
+linked statically; Python's ssl module may run another)."""
+OPENSSL_ORIGIN: str
+"""Where setup.py found it: "static, Debian 13 libssl-dev 3.5.9-1~deb13u1", "system 3.5.1"."""
 
 @disjoint_base
 class ErrorEvent:
@@ -87,6 +94,10 @@ class Loop:
     @property
     def active(self) -> int:
         """Connections open now."""
+    @property
+    def ktls_rekey(self) -> bool | None:
+        """Whether the kernel rekeys kTLS, so that TLS 1.3 is offloaded; None until the
+        first route that may use kTLS was added (the probe runs then, once)."""
     def route_counters(self) -> list[dict[str, int]]:
         """The counters of each route's connections, indexed by route id (docs/ERRORS.md)."""
     def worker_counters(self) -> dict[str, int]:
@@ -117,6 +128,7 @@ class TLSClientContext:
         groups: str | None = None,
         pins: list[bytes] | tuple[bytes, ...] = (),
         ktls: str = "auto",
+        pq: str = "prefer",
     ) -> None: ...
     @property
     def cached_sessions(self) -> int:
@@ -137,6 +149,7 @@ class TLSServerContext:
         ca: str | None = None,
         min_tls: str = "1.2",
         ktls: str = "auto",
+        pq: str = "prefer",
     ) -> None: ...
 
 def make_identity(
@@ -158,6 +171,10 @@ def parse_socks5(data: bytes) -> tuple[int, int, str, int]:
 def parse_http_connect(data: bytes) -> tuple[int, int, str, int]:
     """The exit's HTTP CONNECT parser: (status, consumed, host, port). status 0:
     incomplete; 1: complete; < 0: refused, -status is the HTTP status of the reply."""
+
+def ktls_probe() -> str:
+    """Kernel TLS here: "rekey" (TLS 1.2 and 1.3 offloaded; Linux 6.14 rekeys on a
+    KeyUpdate), "no-rekey" (TLS 1.2 only), or why it is unavailable."""
 
 def set_parent_death_signal(signum: int) -> None:
     """prctl(PR_SET_PDEATHSIG): the kernel sends signum when the parent exits."""

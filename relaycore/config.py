@@ -22,6 +22,7 @@ from relaycore.configcheck import (
     IFNAME,
     NAME,
     check_pins,
+    check_pq,
     check_readable,
     is_ip,
     pin_digest,
@@ -39,6 +40,7 @@ Seconds = Annotated[float, msgspec.Meta(gt=0, le=MAX_SECONDS)]
 Splice = Literal["auto", "off", "always"]
 MinTls = Literal["1.2", "1.3"]
 Ktls = Literal["auto", "off", "require"]
+Pq = Literal["prefer", "require", "off"]
 # Paths and OpenSSL lists: "" is never what the user meant, and to OpenSSL an empty list
 # can mean "nothing allowed" or "the defaults" depending on the call.
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
@@ -96,6 +98,7 @@ class Connector(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     groups: NonEmpty | None = None
     pin: tuple[str, ...] = ()
     ktls: Ktls = "auto"
+    pq: Pq = "prefer"
 
     def __post_init__(self) -> None:
         if not NAME.fullmatch(self.name):
@@ -135,6 +138,7 @@ class Connector(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
             check_readable("cert", self.cert, directory_ok=False)
             check_readable("key", self.key, directory_ok=False)
         check_pins("pin", self.pin)
+        check_pq(self.pq, self.groups)
 
     @property
     def listen_addr(self) -> HostPort | None:
@@ -208,6 +212,7 @@ class Exit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     allow_destinations: tuple[str, ...] | None = None
     min_tls: MinTls = "1.2"
     ktls: Ktls = "auto"
+    pq: Pq = "prefer"
 
     def __post_init__(self) -> None:
         if not NAME.fullmatch(self.name):

@@ -84,3 +84,19 @@ def pin_digest(pin: str) -> bytes | None:
     # Only the canonical spelling: in a non-canonical one the last character carries bits
     # that decoding drops, so two different-looking pins would be the same key.
     return digest if base64.b64encode(digest).decode() == m[1] else None
+
+
+def check_pq(pq: str, groups: str | None) -> None:
+    """With `groups` written, it is the offer and `pq` must agree with it: "require" needs
+    a post-quantum group in it (X25519MLKEM768, ...), "off" none. Without it `pq` picks
+    the list (docs/CONFIG.md)."""
+    if groups is None:
+        return
+    has_pq = "MLKEM" in groups.upper()
+    if pq == "require" and not has_pq:
+        raise ConfigError(
+            f'pq: "require", but groups = {groups!r} offers no post-quantum group'
+            " (e.g. X25519MLKEM768)"
+        )
+    if pq == "off" and has_pq:
+        raise ConfigError(f'pq: "off", but groups = {groups!r} offers a post-quantum group')

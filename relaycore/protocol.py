@@ -143,6 +143,8 @@ class ConnectorStats(msgspec.Struct, kw_only=True, frozen=True):
     handshakes: int  # full + resumed
     handshakes_resumed: int
     errors: dict[str, int]  # cause -> count since start (causes in docs/ERRORS.md)
+    # key-exchange group -> handshakes since start (relaycore._core.GROUPS; zeros left out)
+    groups: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class WorkerStatus(msgspec.Struct, kw_only=True, frozen=True):
@@ -197,6 +199,7 @@ class StatusReply(_Message, tag="status_reply"):
     splice: str  # the [relay] splice mode
     ktls: str  # "available" or why not
     workers: list[WorkerStatus]
+    openssl: str = ""  # the OpenSSL the workers' relaycore._core runs, and where it came from
 
 
 class LogsReply(_Message, tag="logs_reply"):

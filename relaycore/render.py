@@ -43,6 +43,7 @@ def status(reply: StatusReply) -> str:
         f"relaycore supervisor pid {reply.pid}, up {_age(reply.started, now)}",
         f"config: {reply.config_path} (generation {reply.generation})",
         f"capabilities: splice {reply.splice}, kTLS {reply.ktls}",
+        f"TLS: {reply.openssl}",
         f"workers: {len(reply.workers)}",
         *workers_table(reply.workers, now),
     ]
@@ -62,6 +63,9 @@ def stats(report: StatsReport) -> str:
             f" {_bytes(c.bytes_in):>12} {_bytes(c.bytes_out):>12}"
             f"  {c.handshakes} ({c.handshakes_resumed})"
         )
+        if c.groups:
+            groups = ", ".join(f"{group} {n}" for group, n in c.groups.items())
+            lines.append(f"  {'':<16} key exchange: {groups}")
         if c.errors:
             causes = ", ".join(f"{cause} {n}" for cause, n in c.errors.items())
             lines.append(f"  {'':<16} errors: {causes}")
@@ -108,6 +112,8 @@ def _describe_exit(x: Exit) -> str:
     if x.min_tls != "1.2":
         parts.append(f"TLS >= {x.min_tls}")
     parts.append(f"ktls {x.ktls}")
+    if x.pq != "prefer":
+        parts.append(f"pq {x.pq}")
     return ", ".join(parts)
 
 
@@ -126,4 +132,6 @@ def _describe_tls(c: Connector) -> str:
     if c.min_tls != "1.2":
         parts.append(f"TLS >= {c.min_tls}")
     parts.append(f"ktls {c.ktls}")
+    if c.pq != "prefer":
+        parts.append(f"pq {c.pq}")
     return ", ".join(parts)

@@ -31,6 +31,7 @@ def client_context(connector: Connector, index: int) -> _core.TLSClientContext:
             groups=connector.groups,
             pins=list(connector.pin_digests),
             ktls=connector.ktls,
+            pq=connector.pq,
         )
     except ValueError as e:
         raise ConfigError(f"connector[{index}].{e}") from e
@@ -45,6 +46,7 @@ def server_context(exit_node: Exit, index: int) -> _core.TLSServerContext:
             ca=exit_node.ca,
             min_tls=exit_node.min_tls,
             ktls=exit_node.ktls,
+            pq=exit_node.pq,
         )
     except ValueError as e:
         raise ConfigError(f"exit[{index}].{e}") from e

@@ -153,6 +153,11 @@ class Aggregator:
                         for k, n in sorted(c.items())
                         if k.startswith("errors_") and n
                     },
+                    groups={
+                        k.removeprefix("group_"): n
+                        for k, n in sorted(c.items())
+                        if k.startswith("group_") and n
+                    },
                 )
             )
         return StatsReport(

@@ -61,8 +61,7 @@ cdef enum:
     PUMP_EOF                      # src said EOF (Dir.eof set): forward it once flushed
     PUMP_PROMOTED                 # the direction took a pipe: the next call splices
     PUMP_DEMOTED                  # its pipe went back to the pool: the next call copies
-    PUMP_RESUMED                  # kTLS: OpenSSL is done with a control record; the plain
-                                  # pumps have the TLS socket again (tls/ktls.pxi)
+    PUMP_RESUMED                  # kTLS: OpenSSL's turn is over (tls/ktls.pxi): go round
     # Fatal: the pool had no owned buffer for bytes dst refused (cause out_of_memory, not a
     # reset). Below every -errno (the kernel's are at most 4095).
     PUMP_NO_BUFFER = -4096

@@ -20,10 +20,13 @@
 # do post-quantum would otherwise log every connection. A post-quantum handshake on the
 # route re-arms it, at most once a minute; the per-group counters count every handshake.
 
-PQ_GROUPS = b"?*X25519MLKEM768 / ?*X25519:?secp256r1 / ?X448:?secp384r1:?secp521r1 / ?ffdhe2048:?ffdhe3072"
-CLASSICAL_GROUPS = b"X25519:secp256r1:X448:secp384r1:secp521r1:ffdhe2048:ffdhe3072"
-HYBRID_GROUPS = b"X25519MLKEM768:SecP256r1MLKEM768:SecP384r1MLKEM1024"
-PQ_MODES = {"off": PQ_OFF, "prefer": PQ_PREFER, "require": PQ_REQUIRE}
+# OpenSSL 3.5's own default: two key shares ("*"), tuples ("/") of server preference.
+cdef const char *PQ_GROUPS = (
+    "?*X25519MLKEM768 / ?*X25519:?secp256r1 / ?X448:?secp384r1:?secp521r1"
+    " / ?ffdhe2048:?ffdhe3072")
+cdef const char *CLASSICAL_GROUPS = (
+    "X25519:secp256r1:X448:secp384r1:secp521r1:ffdhe2048:ffdhe3072")
+cdef const char *HYBRID_GROUPS = "X25519MLKEM768:SecP256r1MLKEM768:SecP384r1MLKEM1024"
 
 cdef enum:
     PQ_EVENT_REARM_MS = 60000     # a route's pq_classical events, at most one a minute
@@ -64,10 +67,10 @@ cdef int set_groups(SSL_CTX *ctx, groups, str pq, bint client, uint8_t *mode,
                     uint8_t *offers_pq) except -1:
     # The groups ctx offers: `groups` (OpenSSL syntax) when given, else pq's list. pq must
     # agree with `groups`: "require" needs a post-quantum group in it, "off" none.
-    try:
-        mode[0] = PQ_MODES[pq]
-    except KeyError:
+    cdef bytes raw
+    if pq not in ("off", "prefer", "require"):
         raise ValueError(f"pq: expected 'prefer', 'require' or 'off', got {pq!r}")
+    mode[0] = PQ_OFF if pq == "off" else PQ_PREFER if pq == "prefer" else PQ_REQUIRE
     if groups is None:
         raw = (CLASSICAL_GROUPS if mode[0] == PQ_OFF else
                HYBRID_GROUPS if mode[0] == PQ_REQUIRE and not client else PQ_GROUPS)

@@ -27,6 +27,7 @@ from relaycore._core import TLSClientContext
 pytestmark = pytest.mark.timeout(60)
 
 HYBRID = "X25519MLKEM768"
+SERVER_HELLO = ssl._TLSMessageType.SERVER_HELLO  # type: ignore[attr-defined]
 TIMEOUT = 10.0
 
 
@@ -59,7 +60,7 @@ class ServerHellos:
     def _seen(
         self, conn: Any, direction: str, version: Any, ctype: Any, mtype: Any, d: Any
     ) -> None:
-        if direction == "write" and mtype == ssl._TLSMessageType.SERVER_HELLO:  # type: ignore[attr-defined]
+        if direction == "write" and mtype == SERVER_HELLO:
             self.sent += 1
 
 
@@ -117,7 +118,8 @@ def test_openssl_35_server_gets_the_hybrid_group(tls_relay, hybrid_server):
     assert (peer.group, peer.version) == (HYBRID, "TLSv1.3")
     assert done["in"] == done["out"] == len(b"over a key exchange"), done
     assert groups(counters) == {HYBRID: 1}, counters
-    assert relay.pop_errors() == [] and relay.notices == []
+    assert relay.pop_errors() == []
+    assert relay.notices == []
 
 
 def test_pq_off_offers_classical_groups_only(tls_relay, hybrid_server):

@@ -51,7 +51,8 @@ with EchoServer(tls=tls_server_context(chain, key)) as up:
 
 # The loop (3.5) as a tunnel exit; Python ssl (3.0) as the entry node.
 with EchoServer() as echo:
-    ctx = _core.TLSServerContext(cert=exit_cert, key=exit_key, allow_pins=[bytes.fromhex(entry_pin)])
+    pins = [bytes.fromhex(entry_pin)]
+    ctx = _core.TLSServerContext(cert=exit_cert, key=exit_key, allow_pins=pins)
     def setup(loop, fd):
         loop.add_listener(fd, loop.add_exit(ctx, "fixed", "127.0.0.1", echo.port))
     relay = LoopThread(0, setup=setup).start()

@@ -50,8 +50,9 @@ class TLSPeer:
     ({"in": bytes, "out": bytes, "in_sha256": hex, "out_sha256": hex, "keyupdates": n})."""
 
     def __init__(self, *args: str) -> None:
-        self._out = tempfile.TemporaryFile("w+")
-        self._err = tempfile.TemporaryFile("w+")
+        # Closed by stop(): they live as long as the process.
+        self._out = tempfile.TemporaryFile("w+")  # noqa: SIM115
+        self._err = tempfile.TemporaryFile("w+")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [str(build()), *args], stdin=subprocess.DEVNULL, stdout=self._out, stderr=self._err
         )

@@ -62,6 +62,10 @@ cdef extern from "<openssl/ssl.h>" nogil:
         SSL_OP_NO_TICKET
         SSL_RECEIVED_SHUTDOWN
         SSL_SENT_SHUTDOWN
+        SSL3_RT_HANDSHAKE
+        SSL3_MT_KEY_UPDATE
+        SSL_KEY_UPDATE_REQUESTED
+        SSL_KEY_UPDATE_NOT_REQUESTED
 
     const SSL_METHOD *TLS_client_method()
     const SSL_METHOD *TLS_server_method()
@@ -86,6 +90,8 @@ cdef extern from "<openssl/ssl.h>" nogil:
     void SSL_CTX_sess_set_new_cb(SSL_CTX *ctx, int (*cb)(SSL *, SSL_SESSION *) noexcept nogil)
     void SSL_CTX_set_info_callback(SSL_CTX *ctx, void (*cb)(const SSL *, int, int) noexcept nogil)
     void SSL_CTX_set_cert_cb(SSL_CTX *ctx, int (*cb)(SSL *, void *) noexcept nogil, void *arg)
+    void SSL_set_msg_callback(SSL *ssl, void (*cb)(int, int, int, const void *, size_t, SSL *,
+                                                   void *) noexcept nogil)
     int SSL_CTX_set_app_data(SSL_CTX *ctx, void *arg)
     void *SSL_CTX_get_app_data(const SSL_CTX *ctx)
 

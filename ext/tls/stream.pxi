@@ -243,8 +243,8 @@ cdef int pump_tls_read(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
 
 
 cdef void on_message_after_close_notify(int write_p, int version, int content_type,
-                                       const void *buf, size_t n, SSL *ssl,
-                                       void *arg) noexcept nogil:
+                                        const void *buf, size_t n, SSL *ssl,
+                                        void *arg) noexcept nogil:
     # Installed with our close_notify. A TLS 1.3 peer may still send, and ask for a
     # KeyUpdate in return (update_requested). We may send nothing after close_notify, and
     # the FIN that follows it makes the answer fail with EPIPE, which would cost the rest of

@@ -66,6 +66,7 @@ cdef extern from "<openssl/ssl.h>" nogil:
         SSL3_MT_KEY_UPDATE
         SSL_KEY_UPDATE_REQUESTED
         SSL_KEY_UPDATE_NOT_REQUESTED
+        SSL_KEY_UPDATE_NONE
 
     const SSL_METHOD *TLS_client_method()
     const SSL_METHOD *TLS_server_method()
@@ -117,6 +118,8 @@ cdef extern from "<openssl/ssl.h>" nogil:
     int SSL_get_shutdown(const SSL *ssl)
     int SSL_get_error(const SSL *ssl, int ret)
     int SSL_has_pending(const SSL *ssl)
+    int SSL_key_update(SSL *ssl, int updatetype)
+    int SSL_get_key_update_type(const SSL *ssl)
     int SSL_free_buffers(SSL *ssl)
     int SSL_version(const SSL *ssl)
     int SSL_get_state(const SSL *ssl)

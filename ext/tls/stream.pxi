@@ -216,6 +216,11 @@ cdef int pump_tls_read(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
             if s < 0:
                 return <int>s
             if e == SSL_ERROR_WANT_READ:
+                s = tls_answer_key_update(w, c)
+                if s < 0:
+                    return <int>s
+                if s == 0:
+                    break                   # our KeyUpdate waits for room: kTLS stays blocked
                 c.ktls_control = 0          # OpenSSL owes nothing: kTLS pumps may resume
                 # RELEASE_BUFFERS frees the read buffer only after a record is consumed;
                 # the read that ends in WANT_READ allocates it again (17.7 KB per idle
@@ -256,6 +261,26 @@ cdef void on_message_after_close_notify(int write_p, int version, int content_ty
             and msg[0] == SSL3_MT_KEY_UPDATE and msg[4] == SSL_KEY_UPDATE_REQUESTED
             and SSL_get_shutdown(ssl) & SSL_SENT_SHUTDOWN):
         msg[4] = SSL_KEY_UPDATE_NOT_REQUESTED
+
+
+cdef int tls_answer_key_update(Worker *w, Conn *c) noexcept nogil:
+    # A TLS 1.3 peer asked for our KeyUpdate (update_requested): send it now. OpenSSL only
+    # queues it for our next write, which under kTLS never comes through OpenSSL, and the
+    # RFC wants it before our next data record (RFC 8446 §4.6.3). 1 none owed or sent, 0
+    # it waits for room (tls_want[tls_side] is WRITE: SSL_read finishes it), <0 fatal.
+    # SSL_key_update cannot while a data record of ours is half written: SSL_write then
+    # sends the KeyUpdate before its next record itself.
+    cdef int r
+    if SSL_get_key_update_type(c.ssl) == SSL_KEY_UPDATE_NONE:
+        return 1
+    ERR_clear_error()
+    if not SSL_key_update(c.ssl, SSL_KEY_UPDATE_NOT_REQUESTED):
+        ERR_clear_error()
+        return 1
+    r = SSL_do_handshake(c.ssl)
+    if r == 1:
+        return 1
+    return tls_blocked(w, c, c.tls_side, SSL_get_error(c.ssl, r))
 
 
 cdef int tls_close_notify(Worker *w, Conn *c) noexcept nogil:

@@ -26,13 +26,14 @@ from support.data import KiB, MiB, RandomStream, stream_digest
 from support.servers import EchoServer
 from support.tlspeer import TLSPeer
 from test_ktls import (
+    REKEY,
     S_SERVER_COMMANDS,
     SETTLE_TIMEOUT,
     TRANSFER_TIMEOUT,
+    assert_tls13_offload,
     check_clean,
     read_rest,
     show,
-    software_ktls_sockets,
     stat_delta,
 )
 from test_ktls_exit import make_exit
@@ -41,7 +42,6 @@ from relaycore import _core
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.ktls]
 
-REKEY = _core.ktls_probe() == "rekey"
 SIZE = 2 * MiB
 # A KeyUpdate after each, alternately plain and update_requested: 8 in SIZE, none at the
 # very end (where it could cross our close_notify, after which we may not answer it).
@@ -53,21 +53,6 @@ CBC = "ECDHE-ECDSA-AES256-SHA384"  # TLS 1.2 CBC: never offloaded on Linux
 def test_probe_agrees_with_the_kernel_counters(tls_stat):
     # The probe sets keys twice; the kernel's own sign of rekey support is its counter.
     assert ("TlsTxRekeyOk" in tls_stat()) == REKEY, (_core.ktls_probe(), tls_stat())
-
-
-def assert_offload(counters, delta, splice: str) -> None:
-    """TLS 1.3 offloaded both ways where the kernel rekeys, else kept in user space."""
-    if REKEY:
-        assert (counters["ktls_conns"], counters["ktls_declined"]) == (1, 0), show(counters, delta)
-        assert software_ktls_sockets(delta) == (1, 1), show(counters, delta)
-        if splice == "always":
-            assert counters["bytes_spliced"] > 0, show(counters, delta)
-    else:
-        assert (counters["ktls_conns"], counters["ktls_declined"]) == (0, 1), show(counters, delta)
-        # Not even the send side: a peer's update_requested would rekey it.
-        assert software_ktls_sockets(delta) == (0, 0), show(counters, delta)
-        assert counters["bytes_spliced"] == 0, show(counters, delta)
-    assert delta.get("TlsDecryptError", 0) == 0, delta
 
 
 def assert_rekeyed(counters, delta, updates: int) -> None:
@@ -118,7 +103,7 @@ def test_keyupdates_from_the_server_keep_both_directions_byte_exact(
     assert (done["in"], done["in_sha256"]) == (SIZE, expected), "device -> server bytes differ"
     assert (reader.received, reader.hexdigest()) == (SIZE, expected), "server -> device differs"
     assert done["keyupdates"] == SIZE // EVERY, done
-    assert_offload(counters, delta, splice)
+    assert_tls13_offload(counters, delta, splice)
     assert_rekeyed(counters, delta, done["keyupdates"])
     check_clean(relay, counters)
 
@@ -144,7 +129,7 @@ def test_keyupdates_from_the_entry_at_an_exit_byte_exact(splice, tmp_path, tls_s
     assert done["in_sha256"] == done["out_sha256"], "the echo through the exit differs"
     assert done["keyupdates"] == SIZE // EVERY, done
     assert counters["bytes_in"] == counters["bytes_out"] == SIZE, show(counters, delta)
-    assert_offload(counters, delta, splice)
+    assert_tls13_offload(counters, delta, splice)
     assert_rekeyed(counters, delta, done["keyupdates"])
 
 
@@ -187,7 +172,7 @@ def test_s_server_keyupdates_with_and_without_request(splice, s_server, tls_rela
     assert reader.received == len(sent), reader.received
     assert reader.hexdigest() == hashlib.sha256(sent).hexdigest()
     assert (extra, outcome) == (b"", "eof"), (extra[:64], outcome)
-    assert_offload(counters, delta, splice)
+    assert_tls13_offload(counters, delta, splice)
     assert_rekeyed(counters, delta, 4)
 
 

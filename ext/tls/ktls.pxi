@@ -5,9 +5,10 @@
 # layer and gives the key to the kernel with setsockopt(TLS_TX / TLS_RX). For TLS 1.2 that
 # happens once per direction. For TLS 1.3 it happens again on every KeyUpdate: the peer's
 # (our receive key), and ours in answer to one with update_requested (our send key). A
-# kernel before Linux 6.14 refuses a second TLS_TX/TLS_RX (EBUSY); OpenSSL then quietly
-# goes on in its software record layer while the socket still holds the old key, and the
-# stream is corrupt from there on (docs/HOTPATH.md §7.2, seen in the kTLS guest on 6.1).
+# kernel before Linux 6.14 refuses a second TLS_TX/TLS_RX (EBUSY), and OpenSSL 3.5, whose
+# only fallback is the kTLS method it already runs, ends the connection ("no suitable
+# record layer"): the rest of the stream is lost (docs/HOTPATH.md §1.9, measured in the
+# kTLS guest on 6.1).
 #
 # The policy, decided per worker by a probe of the kernel (ktls_probe_rekey):
 # - TLS 1.2 with AES-GCM or ChaCha20: offloaded both ways (no key ever changes).

@@ -157,14 +157,30 @@ class Relaycore(Relay):
     sockets_per_port = 2
 
     def __init__(
-        self, workdir: Path, ca: Path | None, *, splice: str | None = None, tls: bool = True
+        self,
+        workdir: Path,
+        ca: Path | None,
+        *,
+        splice: str | None = None,
+        tls: bool = True,
+        pq: str | None = None,
+        groups: str | None = None,
+        name: str | None = None,
     ) -> None:
+        """`pq`, `groups`: the connectors' keys (None: left out, relaycore's default, the
+        hybrid group first); `name` tells such a variant apart in the report."""
         super().__init__(workdir, ca)
         self.splice = splice
         self.tls = tls
+        self.pq = pq
+        self.groups = groups
         if splice is not None:
             self.name = f"relaycore-{'copy' if splice == 'off' else 'splice'}"
             self.label = f'relaycore, splice = "{splice}"'
+        if name is not None:
+            self.name = name
+            keys = [f'{k} = "{v}"' for k, v in (("pq", pq), ("groups", groups)) if v]
+            self.label = f"relaycore, {', '.join(keys)}"
         self.relay: RelayProcess | None = None
         self.problems: list[str] = []
 
@@ -187,6 +203,10 @@ class Relaycore(Relay):
             ]
             if self.tls:
                 lines += [f'server_name = "{SERVER_NAME}"', f"ca = {json.dumps(str(self.ca))}"]
+                if self.pq is not None:
+                    lines.append(f'pq = "{self.pq}"')
+                if self.groups is not None:
+                    lines.append(f'groups = "{self.groups}"')
             else:
                 lines.append("tls = false")
         return "\n".join(lines) + "\n"

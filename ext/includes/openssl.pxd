@@ -119,6 +119,7 @@ cdef extern from "<openssl/ssl.h>" nogil:
     int SSL_get_error(const SSL *ssl, int ret)
     int SSL_has_pending(const SSL *ssl)
     int SSL_key_update(SSL *ssl, int updatetype)
+    int SSL_in_init(const SSL *ssl)
     int SSL_get_key_update_type(const SSL *ssl)
     int SSL_free_buffers(SSL *ssl)
     int SSL_version(const SSL *ssl)

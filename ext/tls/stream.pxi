@@ -292,6 +292,13 @@ cdef int tls_close_notify(Worker *w, Conn *c) noexcept nogil:
         return 1
     if not c.ready[c.tls_side] & c.tls_want[d]:
         return 0
+    if SSL_in_init(c.ssl):
+        # A KeyUpdate of ours is half sent (the socket had no room): OpenSSL refuses to
+        # shut down in the middle of a handshake message ("shutdown while in init").
+        ERR_clear_error()
+        r = SSL_do_handshake(c.ssl)
+        if r != 1:
+            return tls_blocked(w, c, d, SSL_get_error(c.ssl, r))
     SSL_set_msg_callback(c.ssl, on_message_after_close_notify)
     ERR_clear_error()
     r = SSL_shutdown(c.ssl)

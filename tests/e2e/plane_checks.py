@@ -25,6 +25,7 @@ CONNECTOR_FIELDS = {
     "handshakes",
     "handshakes_resumed",
     "errors",
+    "groups",
 }
 WORKER_FIELDS = {"slot", "generation", "pid", "started", "active", "reports_dropped", "draining"}
 LOG_FIELDS = {

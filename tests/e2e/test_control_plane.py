@@ -161,7 +161,8 @@ def test_third_party_subscriber_reads_stats_and_log_with_pyzmq_and_msgspec(tmp_p
         assert set(c) == CONNECTOR_FIELDS, c
         assert isinstance(c["opened_per_s"], float)
         assert isinstance(c["errors"], dict)
-        counts = CONNECTOR_FIELDS - {"name", "errors", "opened_per_s"}
+        assert isinstance(c["groups"], dict)
+        counts = CONNECTOR_FIELDS - {"name", "errors", "groups", "opened_per_s"}
         assert all(isinstance(c[k], int) for k in counts), c
     assert len(stats["workers"]) == 1
     (worker,) = stats["workers"]

@@ -19,6 +19,7 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 from support.clients import Reader, connect, exchange
@@ -66,6 +67,17 @@ def check_clean(relay, counters: dict[str, int]) -> None:
     assert errors == [], errors
     assert tls_failures(counters) == 0, show(counters)
     assert counters["resets"] == 0, show(counters)
+
+
+def read_while(reader: Reader, nbytes: int, send: Callable[[], None]) -> None:
+    """Read nbytes more into `reader` while `send` runs in a thread (the two ends of a
+    transfer that would fill the buffers if done one after the other)."""
+    writer = threading.Thread(target=send, name="writer")
+    writer.start()
+    try:
+        reader.read(nbytes, TRANSFER_TIMEOUT)
+    finally:
+        writer.join(TRANSFER_TIMEOUT)
 
 
 def read_rest(sock: socket.socket, timeout: float) -> tuple[bytes, str]:
@@ -251,13 +263,8 @@ def test_hello_request_is_refused_without_corrupting_data(splice, s_server, tls_
     stat_before = tls_stat()
     with connect(relay.port) as sock:
         relay.wait_counters(lambda c: c["handshakes"] == 1, SETTLE_TIMEOUT, "the handshake")
-        writer = threading.Thread(target=server.send, args=(data,), name="s_server-stdin")
-        writer.start()
         reader = Reader(sock)
-        try:
-            reader.read(size, TRANSFER_TIMEOUT)
-        finally:
-            writer.join(TRANSFER_TIMEOUT)
+        read_while(reader, size, lambda: server.send(data))
         assert reader.received == size
         assert not reader.eof, "EOF before the HelloRequest"
         assert reader.hexdigest() == hashlib.sha256(data).hexdigest(), (

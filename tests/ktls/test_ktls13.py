@@ -33,6 +33,7 @@ from test_ktls import (
     assert_tls13_offload,
     check_clean,
     read_rest,
+    read_while,
     show,
     stat_delta,
 )
@@ -83,13 +84,8 @@ def test_keyupdates_from_the_server_keep_both_directions_byte_exact(
         before = tls_stat()
         with connect(relay.port) as sock:
             # Both ways at once; the device half-closes only once the echo is all back.
-            sender = threading.Thread(target=send_all, args=(sock, RandomStream(SIZE, seed)))
-            sender.start()
             reader = Reader(sock)
-            try:
-                reader.read(SIZE, TRANSFER_TIMEOUT)
-            finally:
-                sender.join(TRANSFER_TIMEOUT)
+            read_while(reader, SIZE, lambda: send_all(sock, RandomStream(SIZE, seed)))
             sock.shutdown(socket.SHUT_WR)
             extra, outcome = read_rest(sock, TRANSFER_TIMEOUT)
         done = peer.wait_done(SETTLE_TIMEOUT)
@@ -150,12 +146,7 @@ def test_s_server_keyupdates_with_and_without_request(splice, s_server, tls_rela
         for n, command in enumerate((b"k\n", b"K\n", b"k\n", b"K\n")):
             data = bytes(rng.peek(chunk)).translate(table)
             rng.advance(chunk)
-            writer = threading.Thread(target=server.send, args=(data,), name="s_server-stdin")
-            writer.start()
-            try:
-                reader.read(chunk, TRANSFER_TIMEOUT)
-            finally:
-                writer.join(TRANSFER_TIMEOUT)
+            read_while(reader, chunk, lambda data=data: server.send(data))
             sent += data
             # The command alone in s_server's stdin read: only once the chunk is through,
             # and nothing more until s_server has read it (a read that starts with "k\n" is

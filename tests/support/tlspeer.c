@@ -118,6 +118,18 @@ static void done(struct counts *c)
     fflush(stdout);
 }
 
+/* The handshake on fd, as the server or the client; reported on stdout. */
+static SSL *handshake(SSL_CTX *ctx, int fd, int server)
+{
+    timeouts(fd);
+    SSL *ssl = SSL_new(ctx);
+    if (ssl == NULL || SSL_set_fd(ssl, fd) != 1
+        || (server ? SSL_accept(ssl) : SSL_connect(ssl)) != 1)
+        die("handshake");
+    report(ssl);
+    return ssl;
+}
+
 static SSL_CTX *context(const SSL_METHOD *method, const char *cert, const char *key)
 {
     SSL_CTX *ctx = SSL_CTX_new(method);
@@ -144,12 +156,7 @@ static int serve(const char *cert, const char *key, unsigned long long every)
     if (fd < 0)
         die("accept");
     close(lfd);
-    timeouts(fd);
-    SSL *ssl = SSL_new(ctx);
-    SSL_set_fd(ssl, fd);
-    if (SSL_accept(ssl) != 1)
-        die("handshake");
-    report(ssl);
+    SSL *ssl = handshake(ctx, fd, 1);
     struct counts c;
     counts_init(&c, every);
     unsigned char buf[CHUNK];
@@ -181,12 +188,7 @@ static int client(int port, const char *cert, const char *key, unsigned long lon
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0)
         die("connect");
-    timeouts(fd);
-    SSL *ssl = SSL_new(ctx);
-    SSL_set_fd(ssl, fd);
-    if (SSL_connect(ssl) != 1)
-        die("handshake");
-    report(ssl);
+    SSL *ssl = handshake(ctx, fd, 0);
     struct counts c;
     counts_init(&c, every);
     unsigned char out[CHUNK], in[CHUNK];

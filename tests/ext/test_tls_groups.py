@@ -8,10 +8,12 @@ without a HelloRetryRequest), and tlspeer, a server on the same OpenSSL 3.5 as t
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -338,3 +340,21 @@ def test_module_names_the_openssl_it_runs():
     major, minor = map(int, _core.OPENSSL_VERSION.split()[1].split(".")[:2])
     assert (major, minor) >= (3, 5), _core.OPENSSL_VERSION
     assert _core.OPENSSL_ORIGIN, "setup.py says where it came from"
+
+
+def test_group_names_follow_the_enum():
+    # base/causes.pxi checks the count at import; this checks the order, which the C
+    # compiler cannot (GROUP_SECP256R1MLKEM768 is "SecP256r1MLKEM768", and so on).
+    text = (Path(__file__).resolve().parents[2] / "ext" / "base" / "causes.pxd").read_text()
+    names = re.findall(r"^\s+GROUP_(\w+)", text, re.M)
+    assert names[-1] == "COUNT", names
+    assert [g.upper() for g in _core.GROUPS] == names[:-1]
+    counters = _core.Loop(max_connections=1)
+    try:
+        counters.add_reject()
+        [route] = counters.route_counters()
+    finally:
+        counters.close()
+    assert sorted(k for k in route if k.startswith("group_")) == sorted(
+        f"group_{g}" for g in _core.GROUPS
+    )

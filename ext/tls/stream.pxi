@@ -216,7 +216,7 @@ cdef int pump_tls_read(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
             if s < 0:
                 return <int>s
             if e == SSL_ERROR_WANT_READ:
-                s = tls_answer_key_update(w, c)
+                s = tls_answer_key_update(w, c, src)
                 if s < 0:
                     return <int>s
                 if s == 0:
@@ -263,24 +263,27 @@ cdef void on_message_after_close_notify(int write_p, int version, int content_ty
         msg[4] = SSL_KEY_UPDATE_NOT_REQUESTED
 
 
-cdef int tls_answer_key_update(Worker *w, Conn *c) noexcept nogil:
-    # A TLS 1.3 peer asked for our KeyUpdate (update_requested): send it now. OpenSSL only
-    # queues it for our next write, which under kTLS never comes through OpenSSL, and the
-    # RFC wants it before our next data record (RFC 8446 §4.6.3). 1 none owed or sent, 0
-    # it waits for room (tls_want[tls_side] is WRITE: SSL_read finishes it), <0 fatal.
+cdef int tls_answer_key_update(Worker *w, Conn *c, int d) noexcept nogil:
+    # A TLS 1.3 peer asked for our KeyUpdate (update_requested): send it now, or finish
+    # sending it. OpenSSL only queues it for our next write, which under kTLS never comes
+    # through OpenSSL, and the RFC wants it before our next data record (RFC 8446 §4.6.3)
+    # and before our close_notify, after which OpenSSL 3.5 would still send it, into the
+    # FIN. 1 none owed or sent, 0 it waits for room (tls_want[d] is set), <0 fatal.
     # SSL_key_update cannot while a data record of ours is half written: SSL_write then
     # sends the KeyUpdate before its next record itself.
     cdef int r
-    if SSL_get_key_update_type(c.ssl) == SSL_KEY_UPDATE_NONE:
-        return 1
-    ERR_clear_error()
-    if not SSL_key_update(c.ssl, SSL_KEY_UPDATE_NOT_REQUESTED):
+    if not SSL_in_init(c.ssl):
+        if SSL_get_key_update_type(c.ssl) == SSL_KEY_UPDATE_NONE:
+            return 1
         ERR_clear_error()
-        return 1
+        if not SSL_key_update(c.ssl, SSL_KEY_UPDATE_NOT_REQUESTED):
+            ERR_clear_error()
+            return 1
+    ERR_clear_error()
     r = SSL_do_handshake(c.ssl)
     if r == 1:
         return 1
-    return tls_blocked(w, c, c.tls_side, SSL_get_error(c.ssl, r))
+    return tls_blocked(w, c, d, SSL_get_error(c.ssl, r))
 
 
 cdef int tls_close_notify(Worker *w, Conn *c) noexcept nogil:
@@ -292,13 +295,11 @@ cdef int tls_close_notify(Worker *w, Conn *c) noexcept nogil:
         return 1
     if not c.ready[c.tls_side] & c.tls_want[d]:
         return 0
-    if SSL_in_init(c.ssl):
-        # A KeyUpdate of ours is half sent (the socket had no room): OpenSSL refuses to
-        # shut down in the middle of a handshake message ("shutdown while in init").
-        ERR_clear_error()
-        r = SSL_do_handshake(c.ssl)
-        if r != 1:
-            return tls_blocked(w, c, d, SSL_get_error(c.ssl, r))
+    # Our KeyUpdate first, if one is owed or half sent: OpenSSL would send it after
+    # close_notify, and refuses to shut down in the middle of one ("shutdown while in init").
+    r = tls_answer_key_update(w, c, d)
+    if r <= 0:
+        return r
     SSL_set_msg_callback(c.ssl, on_message_after_close_notify)
     ERR_clear_error()
     r = SSL_shutdown(c.ssl)

@@ -43,14 +43,13 @@ def test_keyupdates_while_both_directions_stream(make_relay, tls_files, keyupdat
     relay = relay_to(make_relay, tls_files, keyupdating_server.port)
     with connect(relay.port) as sock:
         res = exchange(sock, RandomStream(size, seed), chunk_seed=14, timeout=TIMEOUT)
-    done = keyupdating_server.wait_done(TIMEOUT)
     counters = relay.wait_idle()
+    assert (res.error, res.eof, relay.pop_errors()) == (None, True, []), (res, counters)
+    done = keyupdating_server.wait_done(TIMEOUT)
     expected = stream_digest(size, seed)
-    assert (res.error, res.eof) == (None, True), res
     assert (done["in"], done["in_sha256"]) == (size, expected), "device -> server differs"
     assert (res.received, res.digest) == (size, expected), "server -> device differs"
     assert done["keyupdates"] == size // EVERY, done
-    assert relay.pop_errors() == []
     assert counters["resets"] == 0, counters
 
 
@@ -77,4 +76,32 @@ def test_update_requested_after_our_close_notify_loses_nothing(
     assert done["in"] == done["out"] == size, done
     assert done["keyupdates"] == size // EVERY, done
     assert relay.pop_errors() == []
+    assert counters["resets"] == 0, counters
+
+
+def test_update_requested_before_our_close_notify_is_answered_before_it(make_relay, tls_files):
+    # The device reads nothing until it has sent everything and half-closed, through a
+    # small buffer: the relay's reads from the server stop at a full device while
+    # KeyUpdates asking for ours are among them. Our answers must go out before our
+    # close_notify (after it, with the FIN behind it, they could not), and the server's
+    # stream must still arrive in full.
+    size, every = 256 * KiB, 16 * KiB
+    data = RandomStream(size, 1403).peek(size)
+    peer = TLSPeer.server(tls_files.server.chain, tls_files.server.key, every)
+    try:
+        ctx = TLSClientContext(server_name=SERVER_NAME, ca=str(tls_files.pki.ca_cert))
+        relay: LoopThread = make_relay(peer.port, splice="off", tls=ctx, device_bufsize=16 * KiB)
+        with connect(relay.port, timeout=TIMEOUT) as sock:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+            got = bytearray()
+            while chunk := sock.recv(1 << 16):
+                got += chunk
+        counters = relay.wait_idle()
+        assert relay.pop_errors() == [], counters
+        done = peer.wait_done(TIMEOUT)
+    finally:
+        peer.stop()
+    assert hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest(), len(got)
+    assert done["in"] == done["out"] == size, done
     assert counters["resets"] == 0, counters

@@ -32,10 +32,21 @@ def keyupdating_server(tls_files: TLSFiles) -> Any:
     peer.stop()
 
 
-def relay_to(make_relay: Any, tls_files: TLSFiles, port: int) -> LoopThread:
+def relay_to(make_relay: Any, tls_files: TLSFiles, port: int, **kwargs: Any) -> LoopThread:
     ctx = TLSClientContext(server_name=SERVER_NAME, ca=str(tls_files.pki.ca_cert))
-    relay: LoopThread = make_relay(port, splice="off", tls=ctx)
+    relay: LoopThread = make_relay(port, splice="off", tls=ctx, **kwargs)
     return relay
+
+
+def send_then_read(port: int, data: bytes) -> bytes:
+    """A device that sends everything and half-closes before it reads the answer."""
+    with connect(port, timeout=TIMEOUT) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        got = bytearray()
+        while chunk := sock.recv(1 << 16):
+            got += chunk
+    return bytes(got)
 
 
 def test_keyupdates_while_both_directions_stream(make_relay, tls_files, keyupdating_server):
@@ -63,12 +74,7 @@ def test_update_requested_after_our_close_notify_loses_nothing(
     size = MiB
     data = RandomStream(size, 1402).peek(size)
     relay = relay_to(make_relay, tls_files, keyupdating_server.port)
-    with connect(relay.port, timeout=TIMEOUT) as sock:
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        got = bytearray()
-        while chunk := sock.recv(1 << 20):
-            got += chunk
+    got = send_then_read(relay.port, data)
     done = keyupdating_server.wait_done(TIMEOUT)
     counters = relay.wait_idle()
     assert len(got) == size
@@ -89,14 +95,8 @@ def test_update_requested_before_our_close_notify_is_answered_before_it(make_rel
     data = RandomStream(size, 1403).peek(size)
     peer = TLSPeer.server(tls_files.server.chain, tls_files.server.key, every)
     try:
-        ctx = TLSClientContext(server_name=SERVER_NAME, ca=str(tls_files.pki.ca_cert))
-        relay: LoopThread = make_relay(peer.port, splice="off", tls=ctx, device_bufsize=16 * KiB)
-        with connect(relay.port, timeout=TIMEOUT) as sock:
-            sock.sendall(data)
-            sock.shutdown(socket.SHUT_WR)
-            got = bytearray()
-            while chunk := sock.recv(1 << 16):
-                got += chunk
+        relay = relay_to(make_relay, tls_files, peer.port, device_bufsize=16 * KiB)
+        got = send_then_read(relay.port, data)
         counters = relay.wait_idle()
         assert relay.pop_errors() == [], counters
         done = peer.wait_done(TIMEOUT)

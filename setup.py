@@ -1,23 +1,41 @@
 """Build script: one extension module, relaycore._core, from ext/_core.pyx.
 
+It links OpenSSL >= 3.5: the system's when it is new enough, else Debian 13's static
+libraries, fetched once (ext/openssl/locate.py says which and how). `make build`, `pip
+wheel` and `python -m build` all come through here, so each finds or fetches it itself.
+
 RELAYCORE_DEBUG=1 builds with -O0 -g and Cython line tracing off but asserts on.
 """
 
 import os
+import sys
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "ext", "openssl"))
+from locate import OpenSSLNotFound, locate  # ext/openssl is not a package: on sys.path
 
 debug = os.environ.get("RELAYCORE_DEBUG") == "1"
 extra_compile_args = ["-O0", "-g"] if debug else ["-O2"]
 extra_compile_args += ["-Wall", "-Wno-unused-function", "-Wno-unreachable-code"]
 
+try:
+    openssl = locate()
+except OpenSSLNotFound as e:
+    sys.exit(f"setup.py: {e}")
+print(f"setup.py: OpenSSL: {openssl.origin}", file=sys.stderr)
+
 extension = Extension(
     "relaycore._core",
-    ["ext/_core.pyx"],
-    include_dirs=["ext/includes"],
+    ["ext/_core.pyx", *(os.path.relpath(s) for s in openssl.sources)],
+    include_dirs=["ext/includes", *openssl.include_dirs],
     extra_compile_args=extra_compile_args,
-    libraries=["ssl", "crypto"],
+    define_macros=[("RELAYCORE_OPENSSL_ORIGIN", '"' + openssl.origin + '"')],
+    extra_objects=openssl.extra_objects,
+    libraries=openssl.libraries,
+    library_dirs=openssl.library_dirs,
+    extra_link_args=openssl.extra_link_args,
 )
 
 setup(

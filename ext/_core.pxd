@@ -27,7 +27,7 @@
 # - Ownership moves only where a contract says so (conn_open takes client_fd, listener_add
 #   takes fd, ...); otherwise the caller keeps what it passed.
 
-from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int8_t, int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from includes.linux cimport *
 from includes.openssl cimport *

@@ -31,9 +31,11 @@ include "loop/dial.pxi"
 include "loop/listener.pxi"
 include "loop/worker.pxi"
 
-# TLS: verification by pin, contexts, failures in words, a connection's TLS, identities,
-# the upstream certificates seen
+# TLS: verification by pin, key-exchange groups, kernel TLS, contexts, failures in words,
+# a connection's TLS, identities, the upstream certificates seen
 include "tls/verify.pxi"
+include "tls/groups.pxi"
+include "tls/ktls.pxi"
 include "tls/context.pxi"
 include "tls/classify.pxi"
 include "tls/stream.pxi"

@@ -7,6 +7,13 @@ from typing_extensions import disjoint_base
 
 CAUSES: tuple[str, ...]
 """Every failure cause, in the order of the loop's enum; counted as errors_<cause>."""
+GROUPS: tuple[str, ...]
+"""The key-exchange groups handshakes are counted by, as group_<group>."""
+OPENSSL_VERSION: str
+"""The OpenSSL this module runs, e.g. "OpenSSL 3.5.9 29 Sep 2026" (its own copy when
+linked statically; Python's ssl module may run another)."""
+OPENSSL_ORIGIN: str
+"""Where setup.py found it: "static, Debian 13 libssl-dev 3.5.9-1~deb13u1", "system 3.5.1"."""
 
 @disjoint_base
 class ErrorEvent:
@@ -115,6 +122,10 @@ class Loop:
     @property
     def active(self) -> int:
         """Connections open now."""
+    @property
+    def ktls_rekey(self) -> bool | None:
+        """Whether the kernel rekeys kTLS, so that TLS 1.3 is offloaded; None until the
+        first route that may use kTLS was added (the probe runs then, once)."""
     def route_counters(self) -> list[dict[str, int]]:
         """The counters of each route's connections, indexed by route id (docs/ERRORS.md)."""
     def worker_counters(self) -> dict[str, int]:
@@ -152,6 +163,7 @@ class TLSClientContext:
         groups: str | None = None,
         pins: list[bytes] | tuple[bytes, ...] = (),
         ktls: str = "auto",
+        pq: str = "prefer",
         alpn: list[str] | tuple[str, ...] = (),
     ) -> None: ...
     @property
@@ -173,6 +185,7 @@ class TLSServerContext:
         ca: str | None = None,
         min_tls: str = "1.2",
         ktls: str = "auto",
+        pq: str = "prefer",
         alpn: list[str] | tuple[str, ...] = (),
     ) -> None: ...
 
@@ -209,6 +222,9 @@ def build_proxy_header(
 def http_rewrite(data: bytes, host: str, piece: int = 65536) -> tuple[bytes, int, str]:
     """The Host rewrite over a device's byte stream, fed `piece` bytes at a time:
     (forwarded, consumed, reason); reason "" or why the stream was refused."""
+def ktls_probe() -> str:
+    """Kernel TLS here: "rekey" (TLS 1.2 and 1.3 offloaded; Linux 6.14 rekeys on a
+    KeyUpdate), "no-rekey" (TLS 1.2 only), or why it is unavailable."""
 
 def set_parent_death_signal(signum: int) -> None:
     """prctl(PR_SET_PDEATHSIG): the kernel sends signum when the parent exits."""

@@ -23,6 +23,7 @@ from relaycore import (
     render,
     tls,
 )
+from relaycore.capabilities import openssl_summary
 from relaycore.config import Relay, load_config
 from relaycore.errors import EXIT_UNEXPECTED, ConfigError, RelayError
 from relaycore.logs import set_role, setup_logging
@@ -204,13 +205,23 @@ The pin is what `openssl x509 -in node.crt -pubkey -noout | openssl pkey -pubin
 -outform der | openssl dgst -sha256 -binary | base64` prints, after sha256/."""
 
 
+class _Version(argparse.Action):
+    """--version: one line, unwrapped (argparse's own action wraps it to the terminal)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(f"relaycore {__version__} with {openssl_summary()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="relaycore",
         description="Edge relay: devices speak plain TCP to it, it forwards to their servers.",
         epilog=EPILOG,
     )
-    parser.add_argument("--version", action="version", version=f"relaycore {__version__}")
+    parser.add_argument(
+        "--version", action=_Version, nargs=0, help="show the version and the OpenSSL linked"
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument(
         "--log-level",

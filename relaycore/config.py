@@ -24,6 +24,7 @@ from relaycore.configcheck import (
     check_alpn,
     check_ca,
     check_pins,
+    check_pq,
     check_readable,
     check_run_dir,
     is_ip,
@@ -47,6 +48,7 @@ Seconds = Annotated[float, msgspec.Meta(ge=MIN_SECONDS, le=MAX_SECONDS)]
 Splice = Literal["auto", "off", "always"]
 MinTls = Literal["1.2", "1.3"]
 Ktls = Literal["auto", "off", "require"]
+Pq = Literal["prefer", "require", "off"]
 # Paths and OpenSSL lists: "" is never what the user meant, and to OpenSSL an empty list
 # can mean "nothing allowed" or "the defaults" depending on the call.
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
@@ -119,6 +121,7 @@ class Connector(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     cert_warn_days: Annotated[int, msgspec.Meta(ge=0, le=3650)] = 14
     alpn: tuple[str, ...] = ()  # ALPN protocols offered, in order
     http_host: Literal["rewrite"] | None = None  # HTTP/1.x requests get Host: server_name
+    pq: Pq = "prefer"
     # Plain connectors too (_PLAIN_KEYS):
     proxy_protocol: Literal["v1", "v2"] | None = None  # a PROXY header before anything else
     accept_proxy: bool = False  # connections start with a balancer's PROXY header
@@ -172,6 +175,7 @@ class Connector(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
                 'http_host: the rewrite runs in user space, so ktls = "require" cannot be met'
                 ' (leave ktls out, or set "off")'
             )
+        check_pq(self.pq, self.groups)
 
     @property
     def proxy_version(self) -> int:
@@ -266,6 +270,7 @@ class Exit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     ktls: Ktls = "auto"
     alpn: tuple[str, ...] = ()  # ALPN protocols taken, the exit's preference first
     accept_proxy: bool = False  # connections start with a balancer's PROXY header
+    pq: Pq = "prefer"
 
     def __post_init__(self) -> None:
         if not NAME.fullmatch(self.name):

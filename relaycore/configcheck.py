@@ -141,3 +141,19 @@ def check_alpn(key: str, protocols: tuple[str, ...]) -> None:
             )
         if (j := seen.setdefault(name, i)) != i:
             raise ConfigError(f"{key}[{i}]: {name!r} is also {key}[{j}]")
+
+
+def check_pq(pq: str, groups: str | None) -> None:
+    """With `groups` written, it is the offer and `pq` must agree with it: "require" needs
+    a post-quantum group in it (X25519MLKEM768, ...), "off" none. Without it `pq` picks
+    the list (docs/CONFIG.md)."""
+    if groups is None:
+        return
+    has_pq = "MLKEM" in groups.upper()
+    if pq == "require" and not has_pq:
+        raise ConfigError(
+            f'pq: "require", but groups = {groups!r} offers no post-quantum group'
+            " (e.g. X25519MLKEM768)"
+        )
+    if pq == "off" and has_pq:
+        raise ConfigError(f'pq: "off", but groups = {groups!r} offers a post-quantum group')

@@ -168,6 +168,8 @@ class ConnectorStats(msgspec.Struct, kw_only=True, frozen=True):
     cert: UpstreamCert | None = None  # TLS connectors, once a handshake completed
     # ALPN protocol -> handshakes that agreed on it (connectors and exits with `alpn`)
     alpn: dict[str, int] = msgspec.field(default_factory=dict)
+    # key-exchange group -> handshakes since start (relaycore._core.GROUPS; zeros left out)
+    groups: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class WorkerStatus(msgspec.Struct, kw_only=True, frozen=True):
@@ -227,6 +229,7 @@ class StatusReply(_Message, tag="status_reply"):
     ktls: str  # "available" or why not
     workers: list[WorkerStatus]
     certs: dict[str, UpstreamCert] = {}  # connector name -> its upstream's certificate
+    openssl: str = ""  # the OpenSSL the workers' relaycore._core runs, and where it came from
 
 
 class LogsReply(_Message, tag="logs_reply"):

@@ -45,6 +45,7 @@ def status(reply: StatusReply) -> str:
         f"relaycore supervisor pid {reply.pid}, up {_age(reply.started, now)}",
         f"config: {reply.config_path} (generation {reply.generation})",
         f"capabilities: splice {reply.splice}, kTLS {reply.ktls}",
+        f"TLS: {reply.openssl}",
         f"workers: {len(reply.workers)}",
         *workers_table(reply.workers, now),
     ]
@@ -76,6 +77,9 @@ def stats(report: StatsReport) -> str:
             f" {_bytes(c.bytes_in):>12} {_bytes(c.bytes_out):>12}"
             f"  {c.handshakes} ({c.handshakes_resumed})"
         )
+        if c.groups:
+            groups = ", ".join(f"{group} {n}" for group, n in c.groups.items())
+            lines.append(f"  {'':<16} key exchange: {groups}")
         if c.errors:
             causes = ", ".join(f"{cause} {n}" for cause, n in c.errors.items())
             lines.append(f"  {'':<16} errors: {causes}")
@@ -131,6 +135,8 @@ def _describe_exit(x: Exit) -> str:
     if x.accept_proxy:
         parts.append("PROXY header read")
     parts.append(f"ktls {x.ktls}")
+    if x.pq != "prefer":
+        parts.append(f"pq {x.pq}")
     return ", ".join(parts)
 
 
@@ -158,4 +164,6 @@ def _describe_tls(c: Connector) -> str:
     if c.http_host_value is not None:
         parts.append(f"Host := {c.http_host_value}")
     parts.append("ktls off (Host rewrite)" if c.http_host else f"ktls {c.ktls}")
+    if c.pq != "prefer":
+        parts.append(f"pq {c.pq}")
     return ", ".join([*parts, *proxy])

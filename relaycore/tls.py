@@ -33,6 +33,7 @@ def client_context(connector: Connector, index: int) -> _core.TLSClientContext:
             # The Host rewrite reads the device's bytes in user space: no kTLS there.
             ktls="off" if connector.http_host is not None else connector.ktls,
             alpn=list(connector.alpn),
+            pq=connector.pq,
         )
     except ValueError as e:
         raise ConfigError(f"connector[{index}].{e}") from e
@@ -48,6 +49,7 @@ def server_context(exit_node: Exit, index: int) -> _core.TLSServerContext:
             min_tls=exit_node.min_tls,
             ktls=exit_node.ktls,
             alpn=list(exit_node.alpn),
+            pq=exit_node.pq,
         )
     except ValueError as e:
         raise ConfigError(f"exit[{index}].{e}") from e

@@ -12,7 +12,7 @@ import time
 from types import FrameType
 
 from relaycore import _core
-from relaycore.capabilities import ktls_unavailable
+from relaycore.capabilities import ktls_summary
 from relaycore.identity import format_pin
 from relaycore.plan import (
     ExitRoute,
@@ -65,10 +65,9 @@ def _serve(plan: WorkerPlan, ready_fd: int) -> None:
     )
     apply_plan(loop, plan)
     if plan.uses_tls:
-        # Once per worker: whether TLS 1.2 connections will be offloaded (ktls = auto);
-        # the per-connection outcome is counted (ktls_conns, ktls_declined).
-        missing = ktls_unavailable()
-        log.info("kernel TLS %s", f"unavailable ({missing})" if missing else "available")
+        # Once per worker: which connections will be offloaded (ktls = auto); the
+        # per-connection outcome is counted (ktls_conns, ktls_declined).
+        log.info("kernel TLS %s", ktls_summary())
     reporter = None
     control = None
     if shared.stats_interval_s > 0:

@@ -272,6 +272,11 @@ class Aggregator:
                         for k, n in sorted(c.items())
                         if k.startswith("alpn:") and n
                     },
+                    groups={
+                        k.removeprefix("group_"): n
+                        for k, n in sorted(c.items())
+                        if k.startswith("group_") and n
+                    },
                 )
             )
         return StatsReport(

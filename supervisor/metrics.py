@@ -68,6 +68,17 @@ def render(
             f'{metric}{{connector="{_label(c.name)}"}} {getattr(c, attr)}'
             for c in report.connectors
         )
+    family(
+        "relaycore_tls_handshake_groups_total",
+        "counter",
+        "TLS handshakes by key-exchange group (X25519MLKEM768: post-quantum hybrid).",
+    )
+    for c in report.connectors:
+        for group, n in sorted(c.groups.items()):
+            out.append(
+                f'relaycore_tls_handshake_groups_total{{connector="{_label(c.name)}",'
+                f'group="{_label(group)}"}} {n}'
+            )
     family("relaycore_bytes_total", "counter", "Bytes relayed, in = device to server.")
     for c in report.connectors:
         name = _label(c.name)

@@ -25,7 +25,7 @@ import zmq
 
 from relaycore import gateway, hostcheck, logs, protocol, rundir, tls, worker
 from relaycore.addresses import parse_host_port
-from relaycore.capabilities import ktls_unavailable
+from relaycore.capabilities import ktls_summary, openssl_summary
 from relaycore.config import Config, load_config
 from relaycore.errors import ConfigError, StartupError, WorkerFailedError
 from relaycore.notify import Notifier
@@ -577,9 +577,10 @@ class Supervisor:
             config_path=os.path.abspath(self.config_path),
             generation=self.current.number,
             splice=self.current.config.relay.splice,
-            ktls=ktls_unavailable() or "available",
+            ktls=ktls_summary(),
             workers=self.aggregator.live_workers(),
             certs={name: view.cert for name, view in self.aggregator.certs.items()},
+            openssl=openssl_summary(),
         )
 
     def _stats(self) -> protocol.StatsReport:

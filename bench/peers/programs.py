@@ -1,5 +1,10 @@
 """The C programs of bench-peers: the upstream peers (upstream.c) and the load generator
-(loadgen.c), compiled at the start of a run and driven over their stdin and stdout."""
+(loadgen.c), compiled at the start of a run and driven over their stdin and stdout.
+
+Both link relaycore's own OpenSSL (3.5: ext/openssl/locate.py, as setup.py does), so that
+the upstream can negotiate the hybrid group X25519MLKEM768 with a relay that offers it,
+as a server on OpenSSL 3.5 would; the peers (stunnel, HAProxy, nginx) run the system's 3.0
+and get X25519 from it."""
 
 from __future__ import annotations
 
@@ -17,17 +22,31 @@ from typing import Any
 from relays import HOST
 
 HERE = Path(__file__).resolve().parent
+OPENSSL = HERE.parents[1] / "ext" / "openssl"
+
+
+def openssl() -> tuple[list[str], str]:
+    """cc arguments to link relaycore's OpenSSL after the sources, and where it came from."""
+    sys.path.insert(0, str(OPENSSL))
+    try:
+        from locate import locate  # ext/openssl is not a package
+    finally:
+        sys.path.remove(str(OPENSSL))
+    found = locate()
+    return found.gcc_args(), found.origin
 
 
 def build(tmp: Path) -> dict[str, Path]:
     cc = shutil.which("cc")
     if cc is None:
         sys.exit("bench-peers: a C compiler is needed (apt-get install gcc libssl-dev)")
+    link, origin = openssl()
+    print(f"bench-peers: upstream and loadgen link OpenSSL: {origin}", flush=True)
     out = {}
     for name in ("upstream", "loadgen"):
         binary = tmp / name
         res = subprocess.run(
-            [cc, "-O2", "-Wall", "-o", str(binary), str(HERE / f"{name}.c"), "-lssl", "-lcrypto"],
+            [cc, "-O2", "-Wall", "-o", str(binary), str(HERE / f"{name}.c"), *link],
             capture_output=True,
             text=True,
         )
@@ -38,13 +57,23 @@ def build(tmp: Path) -> dict[str, Path]:
 
 
 class Upstream:
-    """bench/peers/upstream.c: `upstream sink|echo [--tls CERT KEY]`, 2 processes."""
+    """bench/peers/upstream.c: `upstream sink|echo [--tls CERT KEY] [--no-resume]`, 2
+    processes."""
 
-    def __init__(self, binary: Path, mode: str, tls: tuple[Path, Path] | None) -> None:
+    def __init__(
+        self,
+        binary: Path,
+        mode: str,
+        tls: tuple[Path, Path] | None,
+        *,
+        no_resume: bool = False,
+    ) -> None:
         args = [str(binary), mode, "--procs", "2"]
         if tls is not None:
             args += ["--tls", str(tls[0]), str(tls[1])]
-        self.name = ("tls-" if tls else "") + mode
+        if no_resume:
+            args.append("--no-resume")
+        self.name = ("tls-" if tls else "") + mode + ("-full" if no_resume else "")
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()

@@ -167,16 +167,27 @@ class Relaycore(Relay):
         workers: int = 2,
         max_connections: int | None = None,
         idle_s: float | None = None,
+        pq: str | None = None,
+        groups: str | None = None,
+        name: str | None = None,
     ) -> None:
+        """`pq`, `groups`: the connectors' keys (None: left out, relaycore's default, the
+        hybrid group first); `name` tells such a variant apart in the report."""
         super().__init__(workdir, ca)
         self.splice = splice
         self.tls = tls
         self.workers = workers
         self.max_connections = max_connections
         self.idle_s = idle_s
+        self.pq = pq
+        self.groups = groups
         if splice is not None:
             self.name = f"relaycore-{'copy' if splice == 'off' else 'splice'}"
             self.label = f'relaycore, splice = "{splice}"'
+        if name is not None:
+            self.name = name
+            keys = [f'{k} = "{v}"' for k, v in (("pq", pq), ("groups", groups)) if v]
+            self.label = f"relaycore, {', '.join(keys)}"
         self.relay: RelayProcess | None = None
         self.problems: list[str] = []
 
@@ -203,6 +214,10 @@ class Relaycore(Relay):
             ]
             if self.tls:
                 lines += [f'server_name = "{SERVER_NAME}"', f"ca = {json.dumps(str(self.ca))}"]
+                if self.pq is not None:
+                    lines.append(f'pq = "{self.pq}"')
+                if self.groups is not None:
+                    lines.append(f'groups = "{self.groups}"')
             else:
                 lines.append("tls = false")
         return "\n".join(lines) + "\n"

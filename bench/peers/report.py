@@ -69,9 +69,12 @@ TLS_ROWS = [
     ("churn", "cpu_us_per_conn", "(d) … relay CPU µs per connection", 0, False),
     ("churn", "resumed_share", "(d) … handshakes resumed (at the peer), %", 1, True),
     ("churn", "resumed_share_whole_run", "(d) … resumed, whole run with warm-up, %", 1, True),
+    ("churn", "pq_share", "(d) … post-quantum key exchanges (at the peer), %", 1, True),
 ]
 TLS_COLS = ["relaycore", "stunnel", "haproxy", "nginx"]
-TLS_REFS = ["direct", "direct-tls"]
+# Not peers: the same relay with classical groups only (before the switch to the hybrid
+# group), and no relay at all.
+TLS_REFS = ["relaycore-classical", "direct", "direct-tls"]
 PLAIN_COLS = [
     "relaycore-copy",
     "relaycore-splice",
@@ -93,6 +96,9 @@ HEAD = {
     "relaycore-splice": 'relaycore splice (`splice = "always"`)',
     "socat": "socat",
     "haproxy-splice": "HAProxy splice-auto",
+    "relaycore-classical": 'relaycore, `pq = "off"`',
+    "relaycore-x25519": "relaycore, X25519",
+    "relaycore-mlkem": "relaycore, X25519MLKEM768",
 }
 
 
@@ -108,7 +114,7 @@ def tls_table(bench: Bench) -> list[str]:
     head += [f"relaycore / {HEAD[p]}" for p in peers] + [HEAD[r] for r in refs]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for workload, key, label, digits, _ in TLS_ROWS:
-        factor = 100.0 if key.startswith("resumed_share") else 1.0
+        factor = 100.0 if key.endswith("_share") or "_share_" in key else 1.0
         sts = {c: scaled(metric(bench, "tls", c, workload, key), factor) for c in cols + refs}
         row = [label] + [cell(sts[c], digits) for c in cols]
         row += [ratio(sts.get("relaycore"), sts[p]) for p in peers]
@@ -204,7 +210,7 @@ def summary_table(bench: Bench) -> list[str]:
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {r} |")
 
     for workload, key, label, digits, high in TLS_ROWS:
-        if key == "resumed_share_whole_run":
+        if key in ("resumed_share_whole_run", "pq_share"):
             continue
         factor = 100.0 if key.startswith("resumed_share") else 1.0
         vals = {}
@@ -228,6 +234,34 @@ def summary_table(bench: Bench) -> list[str]:
     idle = {r: med("idle", r, "idle", "pss_kib_per_conn") for r in ["relaycore", *peers]}
     if any(v is not None for v in idle.values()):
         row("(e) idle TLS connection: relay PSS, KiB", idle, False, 1)
+    return lines
+
+
+def handshake_table(bench: Bench) -> list[str]:
+    """(g) Full handshakes only, relaycore with each group forced: what the post-quantum
+    key exchange costs per connection."""
+    have = bench.results.get("handshake", {})
+    cols = [c for c in ("relaycore-x25519", "relaycore-mlkem") if c in have]
+    head = ["churn, no resumption", *[HEAD[c] for c in cols]]
+    both = len(cols) == 2
+    if both:
+        head += ["X25519MLKEM768 minus X25519", "ratio"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = [
+        ("conn_s", "connections/s", 0, 1.0),
+        ("p50_us", "p50 connection latency µs", 0, 1.0),
+        ("cpu_us_per_conn", "relay CPU µs per connection (a full handshake)", 0, 1.0),
+        ("resumed_share", "handshakes resumed (at the peer), %", 1, 100.0),
+        ("pq_share", "post-quantum key exchanges (at the peer), %", 1, 100.0),
+    ]
+    for key, label, digits, factor in rows:
+        sts = {c: scaled(metric(bench, "handshake", c, "churn-full", key), factor) for c in cols}
+        row = [label, *[cell(sts[c], digits) for c in cols]]
+        if both:
+            a, b = sts["relaycore-x25519"], sts["relaycore-mlkem"]
+            diff = "-" if a is None or b is None else fmt(b["median"] - a["median"], digits)
+            row += [diff, ratio(b, a)]
+        lines.append("| " + " | ".join(row) + " |")
     return lines
 
 
@@ -362,11 +396,21 @@ def negotiated(bench: Bench) -> list[str]:
         other = sum(r.get("peer_other_suite", 0) for rs in runs.values() for r in rs)
         hs = sum(r.get("peer_handshakes", 0) for rs in runs.values() for r in rs)
         if seen:
+            pq = sum(r.get("peer_pq", 0) for rs in runs.values() for r in rs)
             lines.append(
                 f"* {HEAD.get(relay, relay)}: {', '.join(sorted(seen))}"
-                f" ({hs:,} handshakes counted at the peer, {other} with anything else)"
+                f" ({hs:,} handshakes counted at the peer, {other} with another protocol or"
+                f" cipher, {pq:,} post-quantum)"
             )
     return lines
+
+
+def relaycore_openssl() -> str:
+    """The OpenSSL relaycore's extension links (also the upstream's and the load
+    generator's: programs.build)."""
+    from relaycore import _core
+
+    return f"{_core.OPENSSL_VERSION} ({_core.OPENSSL_ORIGIN})"
 
 
 def environment() -> dict[str, str]:
@@ -394,6 +438,7 @@ def environment() -> dict[str, str]:
         "memory_gib": f"{meminfo_kib('MemTotal') / MiB:.0f}",
         "python": platform.python_version(),
         "openssl": version(["openssl", "version"]),
+        "relaycore_openssl": relaycore_openssl(),
         "haproxy": version(["haproxy", "-v"]),
         "nginx": version(["nginx", "-v"]),
         "stunnel": next(
@@ -424,7 +469,8 @@ def report(bench: Bench, env: dict[str, str], started: float, argv: list[str]) -
         ' (see bench/README.md, "Side by side").',
         "",
         f"Machine: {env['cpus']} vCPUs ({env['cpu']}), {env['memory_gib']} GiB, Linux"
-        f" {env['kernel']}, {env['openssl']}, Python {env['python']}; {env['haproxy']};"
+        f" {env['kernel']}, {env['openssl']} (the peers'), relaycore and the upstream on"
+        f" {env.get('relaycore_openssl', '?')}, Python {env['python']}; {env['haproxy']};"
         f" {env['nginx']}; {env['stunnel']}; {env['socat']}. Tree {env['git']}"
         f"{' with uncommitted changes' if env['git_dirty'] == 'yes' else ''}. Load average"
         f" at start {env['load_average_start']}, at end {env['load_average']}. Run time"
@@ -460,6 +506,19 @@ def report(bench: Bench, env: dict[str, str], started: float, argv: list[str]) -
             " direct columns are no relay at all: the load generator against the plain"
             " peers, or speaking TLS itself to the TLS peers (proof that neither end is"
             " the limit).",
+            "",
+        ]
+    if "handshake" in bench.results:
+        lines += ["## The cost of a post-quantum full handshake (g)", "", *handshake_table(bench)]
+        lines += [
+            "",
+            f"Churn as in (d), {s.churn_conc} at a time, against an echo peer with no session"
+            " tickets and no session cache, so that every connection is a full handshake;"
+            ' relaycore with `groups = "X25519"` (`pq = "off"`) and with `groups ='
+            ' "X25519MLKEM768"` (`pq = "require"`). The peer runs OpenSSL 3.5 as relaycore'
+            " does. The difference is what the hybrid key exchange (ML-KEM-768 encapsulation"
+            " next to X25519, and a ClientHello about 1.2 KB larger) costs the relay per"
+            " connection.",
             "",
         ]
     if "plain" in bench.results:

@@ -18,6 +18,13 @@ rotates from one repetition to the next), one relay at a time:
   idle   (e) 10,000 idle TLS connections (each did one echo): the relay's memory per
          connection (PSS over its processes, /proc/PID/smaps_rollup) and the kernel's
          (/proc/meminfo Slab), against the direct TLS reference.
+  handshake  (g) churn against an upstream that resumes nothing: every connection a full
+         handshake, relaycore with its groups forced to X25519 and to X25519MLKEM768, for
+         the cost of the post-quantum key exchange.
+
+The upstream peers and the load generator link relaycore's own OpenSSL (3.5): relaycore
+negotiates the hybrid group X25519MLKEM768 with them by default (the "relaycore" column);
+"relaycore, pq = off" in the tls suite is the same relay with classical groups only.
 
 For every window the relay's CPU time (utime+stime over its process tree, from
 /proc/PID/stat, reaped children included) gives the CPU per unit of work. Results: a
@@ -58,11 +65,25 @@ def relays_for(suite: str, workdir: Path, ca: Path, only: set[str] | None) -> li
     if suite == "tls":
         relays: list[Relay] = [
             Relaycore(d("relaycore"), ca),
+            Relaycore(d("relaycore-classical"), ca, pq="off", name="relaycore-classical"),
             Stunnel(d("stunnel"), ca),
             HAProxy(d("haproxy"), ca),
             Nginx(d("nginx"), ca),
             Direct(d("direct"), ca),
             Direct(d("direct-tls"), ca, tls=True),
+        ]
+    elif suite == "handshake":
+        relays = [
+            Relaycore(
+                d("relaycore-x25519"), ca, pq="off", groups="X25519", name="relaycore-x25519"
+            ),
+            Relaycore(
+                d("relaycore-mlkem"),
+                ca,
+                pq="require",
+                groups="X25519MLKEM768",
+                name="relaycore-mlkem",
+            ),
         ]
     elif suite == "plain":
         relays = [
@@ -118,6 +139,7 @@ def upstreams(binary: Path, pki: Any) -> Iterator[dict[str, Upstream]]:
         for mode in ("sink", "echo"):
             started[mode] = Upstream(binary, mode, None)
             started[f"tls-{mode}"] = Upstream(binary, mode, (pki.cert, pki.key))
+        started["tls-echo-full"] = Upstream(binary, "echo", (pki.cert, pki.key), no_resume=True)
         yield started
     finally:
         for u in started.values():
@@ -127,7 +149,7 @@ def upstreams(binary: Path, pki: Any) -> Iterator[dict[str, Upstream]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3)")
-    ap.add_argument("--suites", default="tls,plain,idle", help="tls,plain,idle")
+    ap.add_argument("--suites", default="tls,plain,idle,handshake", help="tls,plain,idle,handshake")
     ap.add_argument("--only", default="", help="relays to run, e.g. relaycore,haproxy")
     ap.add_argument("--quick", action="store_true", help="short smoke run (1 repetition)")
     ap.add_argument("--idle-conns", type=int, default=None)
@@ -202,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                             "tls": bench.run_tls,
                             "plain": bench.run_plain,
                             "idle": bench.run_idle,
+                            "handshake": bench.run_handshake,
                         }[suite]
                         try:
                             runner(relay)

@@ -1,6 +1,6 @@
 /* bench/peers/upstream.c: the upstream end of `make bench-peers`, an epoll sink/echo server.
  *
- *   upstream sink|echo [--tls CERT KEY] [--procs N] [--ciphersuites S]
+ *   upstream sink|echo [--tls CERT KEY] [--procs N] [--ciphersuites S] [--no-resume]
  *
  *   sink   per connection: read until EOF (TLS: close_notify or a bare FIN), then write the
  *          byte count (8 bytes, little-endian) and close (TLS: after our close_notify).
@@ -15,13 +15,17 @@
  * TLS: TLS 1.2 or 1.3 as a server, TLS 1.3 suites S (default TLS_AES_128_GCM_SHA256), session
  * tickets on (OpenSSL's default: two after each full or resumed handshake). The SSL_CTX, and
  * so the ticket keys, is made before the fork: any process resumes a session another issued.
+ * --no-resume: no tickets and no session cache, so that every handshake is a full one (the
+ * cost of a key exchange). Key-exchange groups: the library's defaults; run.py builds this
+ * against relaycore's own OpenSSL (3.5), so a client that offers X25519MLKEM768 gets it.
  *
  * stdin, one command per line:
- *   stats   prints "handshakes H resumed R other O open C accepted A protocol P cipher X":
- *           TLS handshakes completed by all processes since start, how many resumed a
- *           session (SSL_session_reused), how many negotiated something else than the
- *           first handshake's protocol and cipher (P and X), connections open now and
- *           accepted since start.
+ *   stats   prints "handshakes H resumed R other O open C accepted A pq Q protocol P cipher X
+ *           group G": TLS handshakes completed by all processes since start, how many
+ *           resumed a session (SSL_session_reused), how many negotiated something else
+ *           than the first handshake's protocol and cipher (P and X), connections open now
+ *           and accepted since start, handshakes whose key exchange was post-quantum (an
+ *           ML-KEM group), and the latest handshake's group G (the relays take turns).
  * EOF on stdin ends every process. RLIMIT_NOFILE is raised to its hard limit.
  */
 #define _GNU_SOURCE
@@ -50,10 +54,11 @@
 #define MAX_EVENTS 256
 
 struct stats {
-    uint64_t handshakes, resumed, other, open, accepted;
+    uint64_t handshakes, resumed, other, open, accepted, pq;
     int have_first;
     char protocol[32];
     char cipher[64];
+    char group[64];
 };
 
 enum { ST_HANDSHAKE, ST_RUN, ST_CLOSING };
@@ -74,12 +79,29 @@ static int echo_mode;
 static char buf[BUF_SIZE];
 static struct conn *ready_head;
 
+static const char *group_name(SSL *ssl)
+{
+#if OPENSSL_VERSION_NUMBER >= 0x30200000L
+    const char *g = SSL_get0_group_name(ssl);
+    return g != NULL ? g : "none";
+#else
+    (void)ssl;
+    return "?";
+#endif
+}
+
 static void count_handshake(SSL *ssl)
 {
     const char *proto = SSL_get_version(ssl), *cipher = SSL_get_cipher_name(ssl);
+    const char *group = group_name(ssl);
     __atomic_fetch_add(&stats->handshakes, 1, __ATOMIC_RELAXED);
     if (SSL_session_reused(ssl))
         __atomic_fetch_add(&stats->resumed, 1, __ATOMIC_RELAXED);
+    if (strstr(group, "MLKEM") != NULL)
+        __atomic_fetch_add(&stats->pq, 1, __ATOMIC_RELAXED);
+    /* The latest group, as text (a torn write between two processes shows a mix of two
+     * names for a moment; only one relay runs at a time). */
+    snprintf(stats->group, sizeof stats->group, "%s", group);
     /* The first handshake's protocol and cipher are the reference (a benign race between
      * processes on the very first handshakes only decides which one is shown). */
     if (!__atomic_load_n(&stats->have_first, __ATOMIC_ACQUIRE)) {
@@ -328,7 +350,8 @@ static void worker(int ls, SSL_CTX *ctx)
     }
 }
 
-static SSL_CTX *tls_context(const char *cert, const char *key, const char *suites)
+static SSL_CTX *tls_context(const char *cert, const char *key, const char *suites,
+                            int no_resume)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
     if (ctx == NULL || SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1
@@ -342,12 +365,18 @@ static SSL_CTX *tls_context(const char *cert, const char *key, const char *suite
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
                               | SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_read_ahead(ctx, 1); /* fewer read() calls; conn_run reads until WANT_READ */
+    if (no_resume) {
+        SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+        SSL_CTX_set_num_tickets(ctx, 0);
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    }
     return ctx;
 }
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: upstream sink|echo [--tls CERT KEY] [--procs N] [--ciphersuites S]\n");
+    fprintf(stderr, "usage: upstream sink|echo [--tls CERT KEY] [--procs N] [--ciphersuites S]"
+                    " [--no-resume]\n");
     return 2;
 }
 
@@ -357,13 +386,15 @@ int main(int argc, char **argv)
         return usage();
     echo_mode = strcmp(argv[1], "echo") == 0;
     const char *cert = NULL, *key = NULL, *suites = "TLS_AES_128_GCM_SHA256";
-    int procs = 2;
+    int procs = 2, no_resume = 0;
     for (int i = 2; i < argc; i++) {
         if (strcmp(argv[i], "--tls") == 0 && i + 2 < argc) {
             cert = argv[++i];
             key = argv[++i];
         } else if (strcmp(argv[i], "--ciphersuites") == 0 && i + 1 < argc) {
             suites = argv[++i];
+        } else if (strcmp(argv[i], "--no-resume") == 0) {
+            no_resume = 1;
         } else if (strcmp(argv[i], "--procs") == 0 && i + 1 < argc) {
             procs = atoi(argv[++i]);
             if (procs < 1 || procs > MAX_PROCS)
@@ -378,7 +409,7 @@ int main(int argc, char **argv)
         setrlimit(RLIMIT_NOFILE, &rl);
     }
     SSL_CTX *ctx = NULL;
-    if (cert != NULL && (ctx = tls_context(cert, key, suites)) == NULL)
+    if (cert != NULL && (ctx = tls_context(cert, key, suites, no_resume)) == NULL)
         return 1;
     stats = mmap(NULL, sizeof *stats, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (stats == MAP_FAILED) {
@@ -387,6 +418,7 @@ int main(int argc, char **argv)
     }
     snprintf(stats->protocol, sizeof stats->protocol, "-");
     snprintf(stats->cipher, sizeof stats->cipher, "-");
+    snprintf(stats->group, sizeof stats->group, "-");
     signal(SIGPIPE, SIG_IGN);
 
     int ls[MAX_PROCS];
@@ -436,13 +468,14 @@ int main(int argc, char **argv)
             *nl = '\0';
             if (strcmp(line, "stats") == 0) {
                 printf("handshakes %llu resumed %llu other %llu open %llu accepted %llu"
-                       " protocol %s cipher %s\n",
+                       " pq %llu protocol %s cipher %s group %s\n",
                        (unsigned long long)__atomic_load_n(&stats->handshakes, __ATOMIC_RELAXED),
                        (unsigned long long)__atomic_load_n(&stats->resumed, __ATOMIC_RELAXED),
                        (unsigned long long)__atomic_load_n(&stats->other, __ATOMIC_RELAXED),
                        (unsigned long long)__atomic_load_n(&stats->open, __ATOMIC_RELAXED),
                        (unsigned long long)__atomic_load_n(&stats->accepted, __ATOMIC_RELAXED),
-                       stats->protocol, stats->cipher);
+                       (unsigned long long)__atomic_load_n(&stats->pq, __ATOMIC_RELAXED),
+                       stats->protocol, stats->cipher, stats->group);
             } else {
                 printf("error unknown command\n");
             }

@@ -131,11 +131,15 @@ class Bench:
             result["peer_handshakes"] = after["handshakes"] - before["handshakes"]
             result["peer_resumed"] = after["resumed"] - before["resumed"]
             result["peer_other_suite"] = after["other"] - before["other"]
-            result["tls_negotiated"] = f"{after['protocol']} {after['cipher']}"
+            result["peer_pq"] = after.get("pq", 0) - before.get("pq", 0)
+            result["tls_negotiated"] = (
+                f"{after['protocol']} {after['cipher']} {after.get('group', '?')}"
+            )
             if "measure" in window and "done" in window:
                 w0, w1 = window["measure"], window["done"]
                 result["window_peer_handshakes"] = w1["handshakes"] - w0["handshakes"]
                 result["window_peer_resumed"] = w1["resumed"] - w0["resumed"]
+                result["window_peer_pq"] = w1.get("pq", 0) - w0.get("pq", 0)
         if isinstance(relay, Relaycore) and relay.problems:
             result["relay_problems"] = relay.problems[:5]
             relay.problems.clear()
@@ -181,6 +185,22 @@ class Bench:
             args += ["--warmup", str(s.warmup_s), "--duration", str(s.churn_s), *tls]
             res = self.measure(relay, args, echo if tls_peers else None, "churn")
             self.add("tls", relay, "churn", res)
+        finally:
+            relay.stop()
+
+    def run_handshake(self, relay: Relay) -> None:
+        """Churn against the echo peer that resumes nothing: each connection a full
+        handshake with the relay's forced group (the peers' figures are in the tls suite)."""
+        s = self.settings
+        echo = self.peers["tls-echo-full"]
+        routes: Routes = {"echo": (free_port(), echo.address)}
+        relay.start(routes)
+        try:
+            addr = relay.addresses(routes)["echo"][0]
+            args = ["churn", f"{addr[0]}:{addr[1]}", "--conc", str(s.churn_conc), "--size", "64"]
+            args += ["--warmup", str(s.warmup_s), "--duration", str(s.churn_s)]
+            res = self.measure(relay, args, echo, "churn-full")
+            self.add("handshake", relay, "churn-full", res)
         finally:
             relay.stop()
 
@@ -293,6 +313,7 @@ SHOW_KEYS = (
     "cpu_us_per_rt",
     "cpu_us_per_conn",
     "resumed_share",
+    "pq_share",
     "pss_kib_per_conn",
     "slab_kib_per_conn",
     "open_s",
@@ -332,6 +353,8 @@ def derive(r: dict[str, Any]) -> None:
         )
         if hs:
             r["resumed_share"] = res / hs
+        if r.get("window_peer_handshakes"):
+            r["pq_share"] = r.get("window_peer_pq", 0) / r["window_peer_handshakes"]
         if r.get("peer_handshakes"):
             r["resumed_share_whole_run"] = r["peer_resumed"] / r["peer_handshakes"]
     if r.get("window_s"):

@@ -3,6 +3,18 @@
 # tls/identity.pxi.
 
 
+def ktls_probe():
+    """Kernel TLS on this machine: "rekey" (TLS 1.2 and 1.3 can be offloaded: the kernel
+    takes a new key on a KeyUpdate, Linux 6.14), "no-rekey" (TLS 1.2 only), or why it is
+    unavailable (strerror of TCP_ULP "tls" or of TLS_TX)."""
+    cdef int rc
+    with nogil:
+        rc = ktls_probe_rekey()
+    if rc < 0:
+        return strerror(-rc).decode()
+    return "rekey" if rc else "no-rekey"
+
+
 def set_parent_death_signal(int signum):
     """prctl(PR_SET_PDEATHSIG): the kernel sends signum when the parent exits."""
     if prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) < 0:

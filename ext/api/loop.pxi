@@ -97,6 +97,8 @@ cdef class Loop:
             r.tls_ctx = tls.ctx
             r.tls = tls.conf
             self.tls_contexts.append(tls)
+            if tls.conf.ktls_mode != KTLS_OFF:
+                worker_ktls_probe(self.w)
         return self.w.nroutes - 1
 
     def set_upstream_addresses(self, int route, addresses):
@@ -151,6 +153,8 @@ cdef class Loop:
         r.tls_ctx = tls.ctx
         r.srv = tls.conf
         r.accept_proxy = accept_proxy
+        if tls.conf.ktls_mode != KTLS_OFF:
+            worker_ktls_probe(self.w)
         if mode == EXIT_FIXED:
             route_addresses(r, [(host, port)])
         self.tls_contexts.append(tls)
@@ -219,6 +223,14 @@ cdef class Loop:
     def active(self):
         """Connections open now."""
         return self.live().active
+
+    @property
+    def ktls_rekey(self):
+        """Whether this kernel can rekey kernel TLS, so that TLS 1.3 is offloaded (Linux
+        6.14): probed once, when the first route that may use kTLS was added; None until
+        then."""
+        cdef int8_t rekey = self.live().ktls_rekey
+        return None if rekey < 0 else bool(rekey)
 
     def route_counters(self):
         """The counters of each route's connections in this worker, indexed by route id

@@ -28,7 +28,29 @@ cdef enum:
     CAUSE_OUT_OF_MEMORY
     CAUSE_PROXY_HEADER
     CAUSE_HTTP_REQUEST
+    CAUSE_TLS_PQ_REQUIRED
+    CAUSE_PQ_CLASSICAL
+    CAUSE_KTLS_REQUIRED
     CAUSE_COUNT
+
+
+# The key-exchange groups a route counts its handshakes by (Counters.by_group, which Python
+# sees as group_<name>), in the order of GROUPS (base/causes.pxi). tls/groups.pxi maps
+# OpenSSL's names onto them; the ones before GROUP_X25519 are post-quantum.
+cdef enum:
+    GROUP_X25519MLKEM768 = 0
+    GROUP_SECP256R1MLKEM768
+    GROUP_SECP384R1MLKEM1024
+    GROUP_MLKEM                   # ML-KEM alone (MLKEM512/768/1024): post-quantum, not hybrid
+    GROUP_X25519
+    GROUP_SECP256R1
+    GROUP_SECP384R1
+    GROUP_SECP521R1
+    GROUP_X448
+    GROUP_FFDHE                   # any ffdhe2048 .. ffdhe8192
+    GROUP_OTHER
+    GROUP_NONE                    # no key exchange: a resumed TLS 1.2 session
+    GROUP_COUNT
 
 
 cdef enum:
@@ -56,6 +78,7 @@ cdef struct Counters:
     uint64_t http_rewritten       # request heads whose Host was rewritten
     uint64_t alpn[ALPN_MAX]       # handshakes that agreed on the route's k-th ALPN protocol
     uint64_t by_cause[CAUSE_COUNT]  # every error event, counted even when the ring is full
+    uint64_t by_group[GROUP_COUNT]  # completed handshakes by key-exchange group
 
 
 cdef struct WorkerCounters:

@@ -1,4 +1,5 @@
-# Failure causes: their names, the error-event ring that records them, their counters.
+# Failure causes: their names, the error-event ring that records them, their counters; and
+# the names of the key-exchange groups that handshakes are counted by.
 #
 # A per-connection failure never raises: it becomes an event in a ring that Python drains
 # between turns (Loop.pop_errors), and is counted by cause in the route's
@@ -16,10 +17,19 @@ CAUSES = (
     "tls_verify_failed", "tls_pin_mismatch", "tls_alert", "tls_alpn_refused",
     "tls_handshake_failed",
     "tls_truncated", "tls_error", "no_route", "proxy_request", "proxy_denied",
-    "resolve_failed", "out_of_memory", "proxy_header", "http_request",
+    "resolve_failed", "out_of_memory", "proxy_header", "http_request", "tls_pq_required",
+    "pq_classical", "ktls_required",
 )
 if len(CAUSES) != CAUSE_COUNT:
     raise ImportError(f"relaycore._core: {len(CAUSES)} cause names for {CAUSE_COUNT} causes")
+
+# The GROUP_* enum's names (base/causes.pxd), as OpenSSL spells the groups.
+GROUPS = (
+    "X25519MLKEM768", "SecP256r1MLKEM768", "SecP384r1MLKEM1024", "MLKEM", "X25519",
+    "secp256r1", "secp384r1", "secp521r1", "X448", "ffdhe", "other", "none",
+)
+if len(GROUPS) != GROUP_COUNT:
+    raise ImportError(f"relaycore._core: {len(GROUPS)} group names for {GROUP_COUNT} groups")
 
 
 cdef ErrorEntry *error_event(Worker *w, Conn *c, uint8_t cause, int err) noexcept nogil:
@@ -49,10 +59,13 @@ cdef ErrorEntry *error_event(Worker *w, Conn *c, uint8_t cause, int err) noexcep
 
 
 cdef dict counters_dict(const Counters *ctr):
-    # Flat names for Python: by_cause becomes errors_<cause>, plus "active".
+    # Flat names for Python: by_cause becomes errors_<cause>, by_group group_<group>, plus
+    # "active".
     cdef dict snap = ctr[0]
     by_cause = snap.pop("by_cause")
     for name, n in zip(CAUSES, by_cause):
         snap["errors_" + name] = n
+    for name, n in zip(GROUPS, snap.pop("by_group")):
+        snap["group_" + name] = n
     snap["active"] = ctr.accepted - ctr.closed
     return snap

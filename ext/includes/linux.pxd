@@ -54,6 +54,8 @@ cdef extern from "<sys/socket.h>" nogil:
     int socket(int domain, int type, int protocol)
     int connect(int fd, const sockaddr *addr, socklen_t len)
     int accept4(int fd, sockaddr *addr, socklen_t *len, int flags)
+    int bind(int fd, const sockaddr *addr, socklen_t len)
+    int listen(int fd, int backlog)
     int getsockopt(int fd, int level, int name, void *val, socklen_t *len)
     int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
     int getpeername(int fd, sockaddr *addr, socklen_t *len)
@@ -93,6 +95,30 @@ cdef extern from "compat.h" nogil:
 cdef extern from "<netinet/tcp.h>" nogil:
     enum:
         TCP_NODELAY
+        TCP_ULP
+
+
+cdef extern from "<linux/tls.h>" nogil:
+    # Kernel TLS (tls/ktls.pxi probes it; OpenSSL sets the keys itself). SOL_TLS is glibc's.
+    enum:
+        SOL_TLS
+        TLS_TX
+        TLS_1_3_VERSION
+        TLS_CIPHER_AES_GCM_128
+    struct tls_crypto_info:
+        uint16_t version
+        uint16_t cipher_type
+    struct tls12_crypto_info_aes_gcm_128:
+        tls_crypto_info info
+        unsigned char iv[8]
+        unsigned char key[16]
+        unsigned char salt[4]
+        unsigned char rec_seq[8]
+
+
+cdef extern from "<strings.h>" nogil:
+    int strcasecmp(const char *a, const char *b)
+    int strncasecmp(const char *a, const char *b, size_t n)
 
 
 cdef extern from "<arpa/inet.h>" nogil:

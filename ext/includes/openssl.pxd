@@ -1,4 +1,5 @@
-# The libssl / libcrypto symbols relaycore calls (OpenSSL 3.0). Declarations only.
+# The libssl / libcrypto symbols relaycore calls (OpenSSL >= 3.5: openssl_version.h checks
+# the headers). Declarations only.
 # Several are macros in the headers (SSL_CTX_set_mode, SSL_set_tlsext_host_name,
 # BIO_get_ktls_send, ...); declared here as functions, Cython emits the same call text.
 
@@ -27,6 +28,8 @@ cdef extern from "<openssl/ssl.h>" nogil:
     ctypedef struct X509_NAME:
         pass
     ctypedef struct EVP_PKEY:
+        pass
+    ctypedef struct SSL_CIPHER:
         pass
 
     enum:
@@ -59,6 +62,11 @@ cdef extern from "<openssl/ssl.h>" nogil:
         SSL_OP_NO_TICKET
         SSL_RECEIVED_SHUTDOWN
         SSL_SENT_SHUTDOWN
+        SSL3_RT_HANDSHAKE
+        SSL3_MT_KEY_UPDATE
+        SSL_KEY_UPDATE_REQUESTED
+        SSL_KEY_UPDATE_NOT_REQUESTED
+        SSL_KEY_UPDATE_NONE
 
     const SSL_METHOD *TLS_client_method()
     const SSL_METHOD *TLS_server_method()
@@ -99,6 +107,9 @@ cdef extern from "<openssl/ssl.h>" nogil:
                               const unsigned char *server, unsigned int server_len,
                               const unsigned char *client, unsigned int client_len)
     void SSL_get0_alpn_selected(const SSL *ssl, const unsigned char **data, unsigned int *len)
+    void SSL_CTX_set_cert_cb(SSL_CTX *ctx, int (*cb)(SSL *, void *) noexcept nogil, void *arg)
+    void SSL_set_msg_callback(SSL *ssl, void (*cb)(int, int, int, const void *, size_t, SSL *,
+                                                   void *) noexcept nogil)
     int SSL_CTX_set_app_data(SSL_CTX *ctx, void *arg)
     void *SSL_CTX_get_app_data(const SSL_CTX *ctx)
 
@@ -124,6 +135,9 @@ cdef extern from "<openssl/ssl.h>" nogil:
     int SSL_get_shutdown(const SSL *ssl)
     int SSL_get_error(const SSL *ssl, int ret)
     int SSL_has_pending(const SSL *ssl)
+    int SSL_key_update(SSL *ssl, int updatetype)
+    int SSL_in_init(const SSL *ssl)
+    int SSL_get_key_update_type(const SSL *ssl)
     int SSL_free_buffers(SSL *ssl)
     int SSL_version(const SSL *ssl)
     int SSL_get_state(const SSL *ssl)
@@ -134,6 +148,11 @@ cdef extern from "<openssl/ssl.h>" nogil:
     BIO *SSL_get_wbio(const SSL *ssl)
     BIO *SSL_get_rbio(const SSL *ssl)
     const char *SSL_alert_desc_string_long(int value)
+    const char *SSL_get0_group_name(SSL *ssl)
+    int SSL_get1_groups(SSL *ssl, int *groups)
+    const char *SSL_group_to_name(SSL *ssl, int id)
+    const SSL_CIPHER *SSL_get_current_cipher(const SSL *ssl)
+    const char *SSL_CIPHER_get_name(const SSL_CIPHER *cipher)
 
     int SSL_SESSION_is_resumable(const SSL_SESSION *s)
     int SSL_SESSION_get_protocol_version(const SSL_SESSION *s)
@@ -257,5 +276,12 @@ cdef extern from "<openssl/evp.h>" nogil:
 
 
 cdef extern from "<openssl/crypto.h>" nogil:
+    enum:
+        OPENSSL_VERSION_TEXT "OPENSSL_VERSION"
+    const char *OpenSSL_version(int t)
     void OPENSSL_free(void *p)
     int EVP_EncodeBlock(unsigned char *t, const unsigned char *f, int n)
+
+
+cdef extern from "openssl_version.h" nogil:
+    const char *RELAYCORE_OPENSSL_ORIGIN     # which OpenSSL setup.py linked, for humans

@@ -81,7 +81,8 @@ cdef void conn_fail(Worker *w, int32_t i, uint8_t cause, int err,
     cdef ErrorEntry *ev = error_event(w, c, cause, err)
     if ev != NULL and reason != NULL:
         snprintf(ev.reason, REASON_LEN, "%s", reason)
-    if c.tls_side == SIDE_CLIENT and CAUSE_TLS_UNKNOWN_CA <= cause <= CAUSE_TLS_ERROR:
+    if c.tls_side == SIDE_CLIENT and (CAUSE_TLS_UNKNOWN_CA <= cause <= CAUSE_TLS_ERROR
+                                      or cause == CAUSE_TLS_PQ_REQUIRED):
         # A tunnel exit refused the entry in a TLS alert: a FIN after it, not a reset
         # that could discard it unread, so that the entry logs why. No close_notify
         # after a fatal alert (SSL_shutdown(3)).
@@ -221,13 +222,14 @@ cdef void conn_start(Worker *w, int32_t i) noexcept nogil:
 
 cdef inline int pump(Worker *w, Conn *c, int d, Py_ssize_t *moved) noexcept nogil:
     # The pump for direction d as the connection stands: TLS (unless the kernel took it),
-    # bytes OpenSSL read ahead of a kTLS switch, splice, or copy.
+    # OpenSSL's turn on a kTLS socket (a control record, bytes read ahead of the switch:
+    # tls/ktls.pxi), splice, or copy.
     if c.ssl != NULL and not c.ktls:
         if d == c.tls_side:
             return pump_tls_read(w, c, moved)
         return pump_http_write(w, c, moved) if c.http != NULL else pump_tls_write(w, c, moved)
-    if c.ktls and d == c.tls_side and SSL_has_pending(c.ssl):
-        return pump_tls_read(w, c, moved)
+    if c.ktls and (c.ktls_control or SSL_has_pending(c.ssl)):
+        return ktls_pump(w, c, d, moved)
     if c.dir[d].pipe_r >= 0:
         return pump_splice(w, c, d, moved)
     return pump_copy(w, c, d, moved)

@@ -63,6 +63,7 @@ cdef enum:
     PUMP_EOF                      # src said EOF (Dir.eof set): forward it once flushed
     PUMP_PROMOTED                 # the direction took a pipe: the next call splices
     PUMP_DEMOTED                  # its pipe went back to the pool: the next call copies
+    PUMP_RESUMED                  # kTLS: OpenSSL's turn is over (tls/ktls.pxi): go round
     # Fatal: the pool had no owned buffer for bytes dst refused (cause out_of_memory, not a
     # reset). Below every -errno (the kernel's are at most 4095).
     PUMP_NO_BUFFER = -4096
@@ -107,6 +108,12 @@ cdef struct Conn:
     uint8_t dial_left             # more of its addresses this connection may try
     uint8_t redialled             # the upstream socket is not the first one dialled
     Http *http                    # http_host = "rewrite": the request tracker, else NULL
+    # kTLS: OpenSSL is reading a control record (a KeyUpdate, a ticket, an alert) and may
+    # owe an answer: SSL_read serves the TLS side, nothing else writes to it (tls/ktls.pxi).
+    uint8_t ktls_control
+    # The kernel encrypts but OpenSSL still writes (receive not offloaded): SSL_write is
+    # given only owned buffers, whose address holds until it takes them (tls/ktls.pxi).
+    uint8_t ktls_tx_only
     Dir dir[2]
     uint64_t deadline_ms          # connect deadline, or when to look at idleness again
     uint64_t last_active_ms
@@ -139,6 +146,10 @@ cdef struct Route:
     char *http_host               # http_host = "rewrite": "Host: <value>\r\n", else NULL
     uint32_t http_host_len
     CertSeen cert                 # ROUTE_UPSTREAM over TLS: the server's certificate
+    # The last pq_classical event of this route, and whether a post-quantum handshake
+    # came since (tls/groups.pxi: one event per change, not per connection).
+    uint64_t pq_event_ms
+    uint8_t pq_classical
 
 
 cdef struct Listener:
@@ -200,3 +211,8 @@ cdef struct Worker:
     # an rtnetlink socket, made on the first question, and the last question's number.
     int rtnl_fd
     uint32_t rtnl_seq
+    # pq = "require": the certificate callback refused a classical group (tls/groups.pxi).
+    uint8_t refused_classical
+    # kTLS for TLS 1.3: the kernel can rekey (KeyUpdate), probed once (tls/ktls.pxi).
+    # -1: not probed yet; 0: no, TLS 1.3 stays in user space; 1: yes.
+    int8_t ktls_rekey

@@ -20,6 +20,7 @@ cdef Worker *worker_new(uint32_t max_conns, int splice_mode, uint32_t max_pipes,
     w.epfd = -1
     w.reserve_fd = -1
     w.rtnl_fd = -1
+    w.ktls_rekey = -1
     w.splice_mode = splice_mode
     w.max_conns = max_conns
     w.max_pipes = max_pipes
@@ -115,10 +116,14 @@ cdef int worker_turn(Worker *w, int timeout_ms) noexcept nogil:
             continue
         ev = events[k].events
         if (tag == SIDE_CLIENT and ev & (EPOLLERR | EPOLLHUP)
-                and c.state != CONN_RELAYING and c.state != CONN_LINGERING):
+                and c.state != CONN_RELAYING and c.state != CONN_LINGERING
+                and not (c.state == CONN_HANDSHAKING and c.tls_side == SIDE_CLIENT
+                         and ev & EPOLLIN)):
             # The device reset before its upstream was ready: do not hold the slot (and
             # blame the upstream) until the connect or handshake times out. A device that
-            # only half-closed (FIN, EPOLLRDHUP) still gets its request relayed.
+            # only half-closed (FIN, EPOLLRDHUP) still gets its request relayed. A tunnel
+            # exit's entry node that sent something first (an alert saying why it gave up,
+            # as a pin it refused) is read instead: the handshake fails with its reason.
             conn_ctr(w, c).resets += 1
             conn_close(w, <int32_t>(data >> 2), True)
             continue

@@ -84,7 +84,15 @@ cdef void tls_handshake_failed(Worker *w, int32_t i, int ssl_err) noexcept nogil
     cdef unsigned char b64[48]
     cdef uint8_t cause = tls_classify(c.ssl, peer_name(c), ssl_err, err, reason,
                                       sizeof(reason))
-    if w.refused_pin_set:
+    cdef Route *r = &w.routes[c.route]
+    if w.refused_classical:
+        # pq = "require": a classical group, refused before our certificate went out.
+        pq_reason(c, reason, REASON_LEN)
+        cause = CAUSE_TLS_PQ_REQUIRED
+    elif (r.kind == ROUTE_EXIT and r.srv.pq_mode == PQ_REQUIRE
+          and pq_refused_client(c, reason, REASON_LEN)):
+        cause = CAUSE_TLS_PQ_REQUIRED
+    elif w.refused_pin_set:
         # The peer's key is not one we know: say which it is, so that an operator can
         # tell a node not yet allowed (or a rotated key) from a stranger.
         EVP_EncodeBlock(b64, w.refused_pin, 32)

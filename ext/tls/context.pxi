@@ -2,11 +2,18 @@
 # built by Python before the workers fork; one SSL per connection (tls/stream.pxi).
 #
 # Every context: partial writes and a moving write buffer (tls/stream.pxi explains why),
-# buffers released while a connection is idle, TLS >= min_tls, kTLS per `ktls` (on_info).
+# buffers released while a connection is idle, TLS >= min_tls, kTLS per `ktls` (on_info,
+# tls/ktls.pxi), key-exchange groups per `pq` and `groups` (tls/groups.pxi).
 #
 # Session resumption: the client cache is ours, per context (so per upstream and settings),
 # a few sessions deep. TLS 1.3 tickets arrive after the handshake, through new_session_cb
 # during a later SSL_read, and are used once (RFC 8446 C.4); TLS 1.2 sessions are reused.
+
+# The OpenSSL this module runs (its own copy when linked statically: Python's ssl module
+# may use another in the same process) and where setup.py found it.
+OPENSSL_VERSION = OpenSSL_version(OPENSSL_VERSION_TEXT).decode()
+OPENSSL_ORIGIN = RELAYCORE_OPENSSL_ORIGIN.decode()
+
 
 cdef int on_new_session(SSL *ssl, SSL_SESSION *session) noexcept nogil:
     # Returning 1 keeps OpenSSL's reference: it is ours now.
@@ -33,21 +40,6 @@ cdef void session_offer(TLSConf *conf, SSL *ssl) noexcept nogil:
     if SSL_SESSION_get_protocol_version(s) >= TLS1_3_VERSION:
         conf.nsessions -= 1
         SSL_SESSION_free(s)
-
-
-cdef void on_info(const SSL *ssl, int where, int ret) noexcept nogil:
-    # kTLS policy for OpenSSL 3.0: TLS 1.3 offloads only TX and a KeyUpdate then corrupts
-    # the stream (docs/HOTPATH.md §1.7), so once the version is known to be 1.3, and before
-    # the application keys exist, kTLS is switched off for this connection. The version is
-    # known only once the ServerHello is read: before that, SSL_version() already says
-    # 1.3 (the highest offered), and acting on it would turn kTLS off for TLS 1.2 too
-    # (seen in the kTLS guest: no connection was offloaded).
-    # A server (tunnel exit) knows the version when it writes its ServerHello.
-    if SSL_version(ssl) != TLS1_3_VERSION:
-        return
-    if ((where & SSL_CB_CONNECT_LOOP and SSL_get_state(ssl) == TLS_ST_CR_SRVR_HELLO)
-            or (where & SSL_CB_ACCEPT_LOOP and SSL_get_state(ssl) == TLS_ST_SW_SRVR_HELLO)):
-        SSL_clear_options(<SSL *>ssl, SSL_OP_ENABLE_KTLS)
 
 
 cdef int ctx_setup(SSL_CTX *ctx, void *conf, str min_tls) except -1:
@@ -114,7 +106,7 @@ cdef class TLSClientContext:
 
     def __cinit__(self, *, server_name=None, ca=None, cert=None, key=None,
                   bint verify=True, str min_tls="1.2", ciphers=None, ciphersuites=None,
-                  groups=None, pins=(), str ktls="auto", alpn=()):
+                  groups=None, pins=(), str ktls="auto", str pq="prefer", alpn=()):
         cdef bytes raw
         self.conf = <TLSConf *>calloc(1, sizeof(TLSConf))
         if self.conf == NULL:
@@ -132,8 +124,7 @@ cdef class TLSClientContext:
         if ciphersuites is not None and not SSL_CTX_set_ciphersuites(
                 self.ctx, ciphersuites.encode()):
             raise ValueError(f"ciphersuites: {ssl_error_text()}")
-        if groups is not None and not SSL_CTX_set1_groups_list(self.ctx, groups.encode()):
-            raise ValueError(f"groups: {ssl_error_text()}")
+        set_groups(self.ctx, groups, pq, True, &self.conf.pq_mode, &self.conf.offers_pq)
         if ca is not None:
             load_ca(self.ctx, ca)
         elif not SSL_CTX_set_default_verify_paths(self.ctx):
@@ -186,7 +177,7 @@ cdef class TLSServerContext:
     Raises ValueError("<key>: <reason>") where <key> is the config key at fault."""
 
     def __cinit__(self, *, str cert, str key, allow_pins=(), ca=None, str min_tls="1.2",
-                  str ktls="auto", alpn=()):
+                  str ktls="auto", str pq="prefer", alpn=()):
         self.conf = <ServerConf *>calloc(1, sizeof(ServerConf))
         if self.conf == NULL:
             raise MemoryError()
@@ -214,6 +205,7 @@ cdef class TLSServerContext:
         SSL_CTX_set_session_id_context(self.ctx, <const unsigned char *>"relaycore-exit", 14)
         self.conf.ktls_mode = set_ktls(self.ctx, ktls)
         set_alpn(self.ctx, &self.conf.alpn, alpn, True)
+        set_groups(self.ctx, None, pq, False, &self.conf.pq_mode, &self.conf.offers_pq)
 
     def __dealloc__(self):
         if self.ctx != NULL:

@@ -14,13 +14,12 @@
 # KeyUpdate answer; tls_want[0] is also the handshake's). A WANT_* answer means the socket
 # BIO saw EAGAIN, so the matching ready bit is cleared and the next edge brings it back.
 #
-# kTLS (Linux, OpenSSL 3.0, TLS 1.2 only: see on_info in tls/context.pxi): when the kernel
-# took both directions, the TLS fd carries plaintext and the plain pumps (copy, splice)
-# serve it. SSL_write is then bypassed on purpose: under kTLS TX, OpenSSL keeps the
-# *caller's* pointer as its pending buffer and a retry from another buffer would send the
-# wrong bytes (docs/HOTPATH.md §1.7). A non-data record (alert, close_notify) makes recv
-# fail with EIO and splice with EINVAL; one SSL_read then consumes it (tls_read_control).
-# Bytes OpenSSL read ahead before the switch are drained first (SSL_has_pending).
+# kTLS (tls/ktls.pxi): when the kernel took both directions, the TLS fd carries plaintext
+# and the plain pumps (copy, splice) serve it; SSL_read only for control records (alerts,
+# tickets, KeyUpdates) and for bytes OpenSSL read ahead before the switch. SSL_write is
+# then bypassed on purpose: under kTLS TX, OpenSSL keeps the *caller's* pointer as its
+# pending buffer and a retry from another buffer would send the wrong bytes (docs/
+# HOTPATH.md §1.7); where the kernel took only the send side, SSL_write gets owned buffers.
 #
 # SSL_write with partial writes returns after each record. When it says WANT_WRITE, the
 # bytes it was given must be offered again, same content and length (with
@@ -67,9 +66,9 @@ cdef void conn_handshake(Worker *w, int32_t i) noexcept nogil:
     cdef Conn *c = &w.conns[i]
     cdef Route *r = &w.routes[c.route]
     cdef int rc, e
-    cdef uint8_t ktls_mode
     ERR_clear_error()
     w.refused_pin_set = 0
+    w.refused_classical = 0
     rc = SSL_do_handshake(c.ssl)
     if rc == 1:
         # Pins were checked inside the handshake (on_verify_server, on_verify_client).
@@ -81,14 +80,8 @@ cdef void conn_handshake(Worker *w, int32_t i) noexcept nogil:
         rc = alpn_index(&r.srv.alpn if r.kind == ROUTE_EXIT else &r.tls.alpn, c.ssl)
         if rc >= 0:
             conn_ctr(w, c).alpn[rc] += 1
-        ktls_mode = r.srv.ktls_mode if r.kind == ROUTE_EXIT else r.tls.ktls_mode
-        if ktls_mode != KTLS_OFF:
-            c.ktls = (BIO_get_ktls_send(SSL_get_wbio(c.ssl)) == 1
-                      and BIO_get_ktls_recv(SSL_get_rbio(c.ssl)) == 1)
-            if c.ktls:
-                conn_ctr(w, c).ktls_conns += 1
-            else:
-                conn_ctr(w, c).ktls_declined += 1
+        if not tls_check_group(w, i) or not ktls_handshake_done(w, i):
+            return
         c.tls_want[1 - c.tls_side] = READY_WRITE
         c.tls_want[c.tls_side] = READY_READ
         if r.kind == ROUTE_EXIT:
@@ -181,6 +174,12 @@ cdef int pump_tls_write(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
                 continue
             return -errno
         total += n
+        if c.ktls_tx_only:
+            # A retry must come from the same address (the header): write from the owned
+            # buffer, at the top of the loop.
+            if not dir_stash(w, dr, w.scratch, n):
+                return PUMP_NO_BUFFER
+            continue
         s = 0
         while s < n:
             k = tls_write(w, c, w.scratch + s, n - s)
@@ -220,16 +219,24 @@ cdef int pump_tls_read(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
             e = SSL_get_error(c.ssl, <int>n)
             if e == SSL_ERROR_ZERO_RETURN:
                 dr.eof = 1
+                c.ktls_control = 0
                 return pump_result(moved, total, PUMP_EOF)
             if e == SSL_ERROR_SSL and ERR_GET_REASON(
                     ERR_peek_last_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING:
                 tls_truncated(w, c)
                 dr.eof = 1
+                c.ktls_control = 0
                 return pump_result(moved, total, PUMP_EOF)
             s = tls_blocked(w, c, src, e)
             if s < 0:
                 return <int>s
             if e == SSL_ERROR_WANT_READ:
+                s = tls_answer_key_update(w, c, src)
+                if s < 0:
+                    return <int>s
+                if s == 0:
+                    break                   # our KeyUpdate waits for room: kTLS stays blocked
+                c.ktls_control = 0          # OpenSSL owes nothing: kTLS pumps may resume
                 # RELEASE_BUFFERS frees the read buffer only after a record is consumed;
                 # the read that ends in WANT_READ allocates it again (17.7 KB per idle
                 # connection, measured with heaptrack). Hand it back while we wait. That is
@@ -255,15 +262,43 @@ cdef int pump_tls_read(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
     return pump_result(moved, total, PUMP_STOPPED)
 
 
-cdef int tls_read_control(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
-    # On a kTLS receive socket the next record is not data (recv said EIO, splice EINVAL):
-    # let OpenSSL read it with the record-type cmsg. The caller's buffer and pipe are
-    # empty (it reads the source only then), so data OpenSSL returns keeps its order.
-    cdef Dir *dr = &c.dir[c.tls_side]
-    conn_ctr(w, c).ktls_control_records += 1
-    if dr.buf_len or dr.pipe_bytes:
-        return -EPROTO
-    return pump_tls_read(w, c, moved)
+cdef void on_message_after_close_notify(int write_p, int version, int content_type,
+                                        const void *buf, size_t n, SSL *ssl,
+                                        void *arg) noexcept nogil:
+    # Installed with our close_notify. A TLS 1.3 peer may still send, and ask for a
+    # KeyUpdate in return (update_requested). We may send nothing after close_notify, and
+    # the FIN that follows it makes the answer fail with EPIPE, which would cost the rest of
+    # the peer's stream. OpenSSL 3.5 answers all the same (1.1.1 and 3.0 did not), so the
+    # request is read as not made: this runs on the received message before OpenSSL acts on
+    # it, and buf is its own copy (a KeyUpdate: type 24, a 3-byte length, request_update).
+    cdef unsigned char *msg = <unsigned char *>buf
+    if (not write_p and content_type == SSL3_RT_HANDSHAKE and n == 5
+            and msg[0] == SSL3_MT_KEY_UPDATE and msg[4] == SSL_KEY_UPDATE_REQUESTED
+            and SSL_get_shutdown(ssl) & SSL_SENT_SHUTDOWN):
+        msg[4] = SSL_KEY_UPDATE_NOT_REQUESTED
+
+
+cdef int tls_answer_key_update(Worker *w, Conn *c, int d) noexcept nogil:
+    # A TLS 1.3 peer asked for our KeyUpdate (update_requested): send it now, or finish
+    # sending it. OpenSSL only queues it for our next write, which under kTLS never comes
+    # through OpenSSL, and the RFC wants it before our next data record (RFC 8446 §4.6.3)
+    # and before our close_notify, after which OpenSSL 3.5 would still send it, into the
+    # FIN. 1 none owed or sent, 0 it waits for room (tls_want[d] is set), <0 fatal.
+    # SSL_key_update cannot while a data record of ours is half written: SSL_write then
+    # sends the KeyUpdate before its next record itself.
+    cdef int r
+    if not SSL_in_init(c.ssl):
+        if SSL_get_key_update_type(c.ssl) == SSL_KEY_UPDATE_NONE:
+            return 1
+        ERR_clear_error()
+        if not SSL_key_update(c.ssl, SSL_KEY_UPDATE_NOT_REQUESTED):
+            ERR_clear_error()
+            return 1
+    ERR_clear_error()
+    r = SSL_do_handshake(c.ssl)
+    if r == 1:
+        return 1
+    return tls_blocked(w, c, d, SSL_get_error(c.ssl, r))
 
 
 cdef int tls_close_notify(Worker *w, Conn *c) noexcept nogil:
@@ -275,6 +310,12 @@ cdef int tls_close_notify(Worker *w, Conn *c) noexcept nogil:
         return 1
     if not c.ready[c.tls_side] & c.tls_want[d]:
         return 0
+    # Our KeyUpdate first, if one is owed or half sent: OpenSSL would send it after
+    # close_notify, and refuses to shut down in the middle of one ("shutdown while in init").
+    r = tls_answer_key_update(w, c, d)
+    if r <= 0:
+        return r
+    SSL_set_msg_callback(c.ssl, on_message_after_close_notify)
     ERR_clear_error()
     r = SSL_shutdown(c.ssl)
     if r >= 0:

@@ -23,6 +23,30 @@ cdef void cert_seen_note(CertSeen *seen, SSL *ssl, uint64_t now_ms) noexcept nog
 cdef void cert_seen_clear(CertSeen *seen) noexcept nogil
 # seen for Python: None before any handshake, else a dict (Loop.route_certs says which).
 cdef object cert_seen_dict(const CertSeen *seen)
+# -- tls/groups.pxi ------------------------------------------------------------------------
+# ctx's groups from `groups` or pq (client: True for a connector); *mode, *offers_pq. Raises.
+cdef int set_groups(SSL_CTX *ctx, groups, str pq, bint client, uint8_t *mode,
+                    uint8_t *offers_pq) except -1
+# Handshake done: its group counted, pq applied; False: it failed (pq = "require"). [may close]
+cdef bint tls_check_group(Worker *w, int32_t i) noexcept nogil
+# The reason a pq = "require" refusal gives, naming the group c negotiated.
+cdef void pq_reason(Conn *c, char *reason, size_t reason_len) noexcept nogil
+# An exit requiring pq whose handshake failed: True (and why) if the client had no pq group.
+cdef bint pq_refused_client(Conn *c, char *reason, size_t reason_len) noexcept nogil
+
+# -- tls/ktls.pxi ---------------------------------------------------------------------------
+# 1: the kernel rekeys kTLS (TLS 1.3 KeyUpdate); 0: it cannot; -errno: no kernel TLS.
+cdef int ktls_probe_rekey() noexcept nogil
+# Sets w.ktls_rekey by ktls_probe_rekey, the first time only.
+cdef void worker_ktls_probe(Worker *w) noexcept nogil
+# SSL_CTX info callback: TLS 1.3 is not offloaded where the kernel cannot rekey.
+cdef void on_info(const SSL *ssl, int where, int ret) noexcept nogil
+# Handshake done: offloaded both ways? Counted; ktls = "require" fails it if not. [may close]
+cdef bint ktls_handshake_done(Worker *w, int32_t i) noexcept nogil
+# A non-data record is next on a kTLS socket: SSL_read consumes it. As pump_tls_read.
+cdef int tls_read_control(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil
+# Direction d of a kTLS connection while OpenSSL has its turn; PUMP_RESUMED when it ends.
+cdef int ktls_pump(Worker *w, Conn *c, int d, Py_ssize_t *moved) noexcept nogil
 
 # -- tls/classify.pxi -----------------------------------------------------------------------
 # The handshake failed (ssl_err from SSL_get_error): its cause and reason to conn_fail. [may close]
@@ -47,8 +71,6 @@ cdef Py_ssize_t tls_flush_owned(Worker *w, Conn *c) noexcept nogil
 cdef int pump_tls_write(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil
 # TLS side -> plain side by SSL_read, until WANT_*: as pump_tls_write.
 cdef int pump_tls_read(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil
-# kTLS: a non-data record is next on the TLS side; SSL_read consumes it. As pump_tls_read.
-cdef int tls_read_control(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil
 # close_notify towards the TLS side: 1 sent (or none owed), 0 wait, <0 -errno.
 cdef int tls_close_notify(Worker *w, Conn *c) noexcept nogil
 

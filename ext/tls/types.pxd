@@ -22,6 +22,11 @@ cdef struct Alpn:
     # An alpn list in wire form: each protocol as one length byte and its bytes, in order.
     unsigned char wire[ALPN_WIRE_MAX]
     uint32_t len
+# TLSConf.pq_mode, ServerConf.pq_mode: post-quantum key exchange (tls/groups.pxi)
+cdef enum:
+    PQ_OFF = 0                    # classical groups only
+    PQ_PREFER                     # hybrid first, classical after; an event on a classical one
+    PQ_REQUIRE                    # as prefer, and a handshake without one fails
 
 
 cdef struct TLSConf:
@@ -31,6 +36,8 @@ cdef struct TLSConf:
     uint8_t check_host            # verify the certificate against server_name (DNS)
     uint8_t check_ip              # ... against server_name (an IP literal)
     uint8_t ktls_mode
+    uint8_t pq_mode
+    uint8_t offers_pq             # the group list has a post-quantum group
     uint8_t verify_chain          # with pins: the chain must verify too (verify = true)
     uint32_t npins
     unsigned char pins[MAX_PINS][32]
@@ -56,6 +63,8 @@ cdef struct ServerConf:
     uint8_t has_ca                # a client certificate that chains to the CA is allowed too
     uint8_t ktls_mode
     Alpn alpn                     # the protocols the exit takes, its preference first
+    uint8_t pq_mode
+    uint8_t offers_pq
 
 
 cdef class TLSClientContext:

@@ -27,6 +27,7 @@ CONNECTOR_FIELDS = {
     "errors",
     "cert",
     "alpn",
+    "groups",
 }
 WORKER_FIELDS = {
     "slot",

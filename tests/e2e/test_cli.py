@@ -9,7 +9,7 @@ import sys
 import pytest
 from support.relay import relay_config
 
-from relaycore import __version__
+from relaycore import __version__, _core
 from relaycore.lab.base import free_port
 
 
@@ -26,7 +26,12 @@ def relaycore(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[st
 def test_version():
     out = relaycore("--version")
     assert out.returncode == 0
-    assert out.stdout.strip() == f"relaycore {__version__}"
+    # The version, and the OpenSSL the data path runs (not Python's ssl module's).
+    assert out.stdout.strip() == (
+        f"relaycore {__version__} with {_core.OPENSSL_VERSION} ({_core.OPENSSL_ORIGIN})"
+    )
+    major, minor = map(int, _core.OPENSSL_VERSION.split()[1].split(".")[:2])
+    assert (major, minor) >= (3, 5), _core.OPENSSL_VERSION
 
 
 @pytest.mark.parametrize("command", [[], ["run"], ["check"], ["demo"]])

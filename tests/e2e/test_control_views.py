@@ -32,6 +32,7 @@ from support.relay import relay_config, relay_process
 from support.servers import EchoServer
 from support.unreachable import refused_port
 
+from relaycore import _core
 from relaycore.lab.base import free_port, wait_for
 
 pytestmark = pytest.mark.slow
@@ -69,6 +70,7 @@ def test_status_and_stats_show_workers_capabilities_and_connectors(tmp_path):
             assert status["generation"] == 1
             assert status["splice"] == "off"
             assert status["ktls"]
+            assert status["openssl"] == f"{_core.OPENSSL_VERSION} ({_core.OPENSSL_ORIGIN})"
             assert sorted(w["pid"] for w in status["workers"]) == pids
             for w in status["workers"]:
                 assert set(w) == WORKER_FIELDS
@@ -83,8 +85,9 @@ def test_status_and_stats_show_workers_capabilities_and_connectors(tmp_path):
             assert re.fullmatch(rf"relaycore supervisor pid {relay.proc.pid}, up \d+s", lines[0])
             assert lines[1] == f"config: {relay.config_path} (generation 1)"
             assert lines[2] == f"capabilities: splice off, kTLS {status['ktls']}"
-            assert lines[3] == "workers: 2"
-            assert lines[4].split() == [
+            assert lines[3] == f"TLS: {status['openssl']}"
+            assert lines[4] == "workers: 2"
+            assert lines[5].split() == [
                 "slot",
                 "gen",
                 "pid",
@@ -93,7 +96,7 @@ def test_status_and_stats_show_workers_capabilities_and_connectors(tmp_path):
                 "memory",
                 "state",
             ]
-            rows = [line.split() for line in lines[5:]]
+            rows = [line.split() for line in lines[6:]]
             assert sorted(int(r[2]) for r in rows) == pids
             for r in rows:
                 assert r[1] == "1", r
@@ -119,6 +122,7 @@ def test_status_and_stats_show_workers_capabilities_and_connectors(tmp_path):
                 "errors": {},
                 "cert": None,
                 "alpn": {},
+                "groups": {},
             }
             assert t["opened_per_s"] >= 0
             assert (dead["opened"], dead["closed"], dead["errors"]) == (
@@ -316,6 +320,7 @@ def test_prometheus_scrape_matches_stats_and_survives_a_silent_client(tmp_path):
                 "relaycore_connections_closed": "counter",
                 "relaycore_tls_handshakes": "counter",
                 "relaycore_tls_handshakes_resumed": "counter",
+                "relaycore_tls_handshake_groups": "counter",
                 "relaycore_bytes": "counter",
                 "relaycore_errors": "counter",
                 "relaycore_tls_alpn": "counter",

@@ -97,8 +97,8 @@ def ids(tmp_path_factory: pytest.TempPathFactory) -> Identities:
 
 @pytest.fixture
 def start_exit(make_relay: Callable[..., LoopThread], ids: Identities) -> ExitSetup:
-    """start(target, host=, port=, allow=, allow_pins=, ca=, identity=, **loop_kwargs): an
-    exit node (route 0) admitting ids.entry by default, allowed loopback destinations."""
+    """start(target, host=, port=, allow=, allow_pins=, ca=, identity=, pq=, **loop_kwargs):
+    an exit node (route 0) admitting ids.entry by default, allowed loopback destinations."""
 
     def start(
         target: str,
@@ -109,6 +109,7 @@ def start_exit(make_relay: Callable[..., LoopThread], ids: Identities) -> ExitSe
         allow_pins: Sequence[bytes] | None = None,
         ca: str | None = None,
         identity: Identity | None = None,
+        pq: str = "prefer",
         **loop_kwargs: Any,
     ) -> LoopThread:
         me = identity or ids.exit
@@ -117,6 +118,7 @@ def start_exit(make_relay: Callable[..., LoopThread], ids: Identities) -> ExitSe
             key=str(me.key),
             allow_pins=[ids.entry.pin] if allow_pins is None else list(allow_pins),
             ca=ca,
+            pq=pq,
         )
 
         def setup(loop: Any, fd: int) -> None:
@@ -132,14 +134,18 @@ def start_exit(make_relay: Callable[..., LoopThread], ids: Identities) -> ExitSe
 
 @pytest.fixture
 def start_entry(make_relay: Callable[..., LoopThread], ids: Identities) -> ExitSetup:
-    """start(exit_port, identity=, pin=): an entry connector to the exit, pinning it."""
+    """start(exit_port, identity=, pin=, pq=): an entry connector to the exit, pinning it."""
 
     def start(
-        exit_port: int, *, identity: Identity | None = None, pin: bytes | None = None
+        exit_port: int,
+        *,
+        identity: Identity | None = None,
+        pin: bytes | None = None,
+        pq: str = "prefer",
     ) -> LoopThread:
         me = identity or ids.entry
         tls = _core.TLSClientContext(
-            cert=str(me.cert), key=str(me.key), verify=False, pins=[pin or ids.exit.pin]
+            cert=str(me.cert), key=str(me.key), verify=False, pins=[pin or ids.exit.pin], pq=pq
         )
         return make_relay(exit_port, tls=tls)
 

@@ -172,10 +172,16 @@ NGINX_LOG_FORMAT = "$ssl_server_name $ssl_protocol $ssl_session_reused $request"
 
 
 @contextlib.contextmanager
-def nginx_https(directory: Path, port: int, servers: Sequence[NginxServer]) -> Iterator[Nginx]:
+def nginx_https(
+    directory: Path,
+    port: int,
+    servers: Sequence[NginxServer],
+    log_format: str = NGINX_LOG_FORMAT,
+) -> Iterator[Nginx]:
     """nginx, one process (`master_process off`), HTTPS on 127.0.0.1:port for every block
     in `servers` (chosen by SNI), each answering any path with 200 "hello <SNI>". The access
-    log has one line per request: `<SNI> <protocol> <r if resumed, else .> <request line>`.
+    log has one line per request: `<SNI> <protocol> <r if resumed, else .> <request line>`
+    (or `log_format`, in nginx's variables).
 
     Each block presents its certificate alone, as a server does whose chain has no
     intermediates: the root is the client's to have (a root sent along would turn "unable
@@ -201,7 +207,7 @@ def nginx_https(directory: Path, port: int, servers: Sequence[NginxServer]) -> I
             "    }\n"
         )
     http = (
-        f"    log_format peers '{NGINX_LOG_FORMAT}';\n"
+        f"    log_format peers '{log_format}';\n"
         f"    access_log {access_log} peers;\n"
         # nginx 1.22 offers TLS 1.0-1.2 unless told otherwise.
         "    ssl_protocols TLSv1.2 TLSv1.3;\n"

@@ -48,7 +48,6 @@ SUITE=${KTLS_VM_SUITE:-}
 TIMEOUT=${KTLS_VM_TIMEOUT:-}
 MEM=${KTLS_VM_MEM:-2048}
 VERBOSE=${KTLS_VM_VERBOSE:-0}
-KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 
 die() { echo "$prog: $*" >&2; exit 125; }
 say() { if [ "$VERBOSE" = 1 ]; then echo "$prog: $*" >&2; fi; }
@@ -62,33 +61,16 @@ WORKDIR=$(pwd -P)
 
 # Two sets of apt options. SYS_APT: the machine's own sources (qemu, kmod, busybox).
 # KERNEL_APT: the same, or with KTLS_VM_SUITE a sources list of our own, its state kept in
-# the cache, so that the machine's apt configuration is never changed. Its mirror is the
-# machine's own Debian mirror: the first URI of its sources that ends in /debian.
+# the cache, so that the machine's apt configuration is never changed; its mirror is the
+# machine's own Debian mirror (ext/openssl/debian-suite.sh, which the OpenSSL fetch uses too).
+# shellcheck source=ext/openssl/debian-suite.sh
+. "$(cd "$(dirname "$0")" && pwd -P)/../../ext/openssl/debian-suite.sh"
 # shellcheck disable=SC2034  # SYS_APT is read through namerefs (apt_update, fetch_debs)
 SYS_APT=()
 KERNEL_APT=()
-if [ -n "$SUITE" ]; then
-    KERNEL_APT=(-o "Dir::Etc::SourceList=$CACHE/apt/$SUITE/sources.list"
-                -o Dir::Etc::SourceParts=/dev/null
-                -o "Dir::State::Lists=$CACHE/apt/$SUITE/lists"
-                -o "Dir::Cache=$CACHE/apt/$SUITE/cache")
-fi
-mirror_uri() {
-    local f
-    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*; do
-        [ -f "$f" ] || continue
-        case "$f" in
-            *.sources) sed -n 's/^URIs:[[:space:]]*//p' "$f" | tr ' ' '\n' ;;
-            *.list) sed -nE 's/^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?([^[:space:]]+).*/\2/p' "$f" ;;
-        esac
-    done | grep -E '/debian/?$' | head -n1 || true
-}
 private_sources() {
-    local uri
-    uri=$(mirror_uri)
-    [ -n "$uri" ] || die "no Debian mirror (a URI ending in /debian) in the /etc/apt sources"
-    mkdir -p "$CACHE/apt/$SUITE/lists/partial" "$CACHE/apt/$SUITE/cache"
-    echo "deb [signed-by=$KEYRING] $uri $SUITE main" > "$CACHE/apt/$SUITE/sources.list"
+    suite_apt "$CACHE/apt/$SUITE" "$SUITE" KERNEL_APT ||
+        die "no Debian mirror (a URI ending in /debian) in the /etc/apt sources"
 }
 
 apt_quiet() {  # apt-get ARGS..., its output shown only when it fails
@@ -117,15 +99,11 @@ ensure_host_packages() {
 
 fetch_debs() {  # DEST SYS_APT|KERNEL_APT PKG...: download (not install), unpack into DEST
     local dest=$1 which=$2 dl deb
-    local -n opts=$2
     shift 2
     dl=$(mktemp -d)
-    chmod 755 "$dl"
-    # apt downloads as _apt: a directory it cannot write makes it warn and fall back.
-    if id _apt >/dev/null 2>&1; then chown _apt "$dl"; fi
-    if ! (cd "$dl" && apt-get -q "${opts[@]}" download "$@" >/dev/null 2>&1); then
+    if ! download_debs "$dl" "$which" "$@" >/dev/null 2>&1; then
         apt_update "$which"
-        (cd "$dl" && apt-get -q "${opts[@]}" download "$@" >/dev/null) ||
+        download_debs "$dl" "$which" "$@" >/dev/null ||
             { rm -rf "$dl"; die "apt-get download $* failed"; }
     fi
     rm -rf "$dest"

@@ -222,6 +222,7 @@ def build_proxy_header(
 def http_rewrite(data: bytes, host: str, piece: int = 65536) -> tuple[bytes, int, str]:
     """The Host rewrite over a device's byte stream, fed `piece` bytes at a time:
     (forwarded, consumed, reason); reason "" or why the stream was refused."""
+
 def ktls_probe() -> str:
     """Kernel TLS here: "rekey" (TLS 1.2 and 1.3 offloaded; Linux 6.14 rekeys on a
     KeyUpdate), "no-rekey" (TLS 1.2 only), or why it is unavailable."""

@@ -154,6 +154,18 @@ def _nft_match(interface: str, rule: PassthroughRule) -> str:
     return " ".join(parts)
 
 
+def switch_rules(old: "Config | None", new: "Config") -> bool:
+    """Load the new config's rules if it manages them, or remove the old config's if it
+    no longer does. True when new rules were applied. Raises RuntimeError with nft's
+    words."""
+    if new.gateway is not None and new.gateway.manage_rules:
+        apply_rules(config_rules(new))
+        return True
+    if old is not None and old.gateway is not None and old.gateway.manage_rules:
+        remove_rules()
+    return False
+
+
 def apply_rules(ruleset: str) -> None:
     """Load the ruleset atomically. Raises RuntimeError with nft's own words."""
     _nft(["-f", "-"], ruleset)

@@ -167,3 +167,12 @@ def _describe_tls(c: Connector) -> str:
     if c.pq != "prefer":
         parts.append(f"pq {c.pq}")
     return ", ".join([*parts, *proxy])
+
+
+def listening(config: Config) -> str:
+    """What the relay serves, on one line: each connector's and exit's listener and where
+    it goes (the supervisor's "ready" line)."""
+    return ", ".join(
+        [f"{c.name} {c.listen_addr or 'gateway'} -> {c.upstream_addr}" for c in config.connectors]
+        + [f"{x.name} exit {x.listen_addr} -> {x.target}" for x in config.exits]
+    )

@@ -166,11 +166,16 @@ class ConfigWatch:
                 log.warning("--watch: cannot watch %s: %s", d, os.strerror(ctypes.get_errno()))
 
     def _read(self) -> bytes | None:
-        try:
-            with open(self.path, "rb") as f:
-                return hashlib.sha256(f.read()).digest()
-        except OSError:
-            return None
+        return file_sha256(self.path)
+
+
+def file_sha256(path: str) -> bytes | None:
+    """The SHA-256 of the file's bytes now, or None when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).digest()
+    except OSError:
+        return None
 
 
 def drain(fd: int) -> None:

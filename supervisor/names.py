@@ -22,6 +22,7 @@ import socket
 import threading
 from dataclasses import dataclass, field
 
+from relaycore import protocol
 from relaycore.addresses import HostPort
 from relaycore.plan import Address, Plan, lookup
 
@@ -169,3 +170,36 @@ class NameWatcher:
                 )
                 c.route.failing = c.error
         return changes
+
+    def messages(
+        self, now: float
+    ) -> tuple[list[protocol.UpstreamAddresses], list[protocol.ErrorRecord]]:
+        """results() as the supervisor passes them on: the addresses for the workers
+        (every name's, so that a worker that missed a message catches up), and an error
+        record for each name that failed to resolve."""
+        tell: list[protocol.UpstreamAddresses] = []
+        failed: list[protocol.ErrorRecord] = []
+        for change in self.results():
+            route = change.route
+            tell.append(
+                protocol.UpstreamAddresses(
+                    generation=self.generation, route=route.route, addresses=list(change.addresses)
+                )
+            )
+            if change.error:
+                failed.append(
+                    protocol.ErrorRecord(
+                        connector=route.route_name,
+                        cause="resolve_failed",
+                        upstream=str(route.name),
+                        reason=f"cannot resolve {route.name.host}: {change.error};"
+                        f" keeping {describe(route.addresses)}",
+                        count=1,
+                        first=now,
+                        last=now,
+                        client="-",
+                        worker=-1,
+                        generation=self.generation,
+                    )
+                )
+        return tell, failed

@@ -13,7 +13,6 @@ no connection is refused across a reload or a crash.
 
 import errno
 import functools
-import hashlib
 import logging
 import os
 import select
@@ -23,21 +22,22 @@ from dataclasses import dataclass, replace
 
 import zmq
 
-from relaycore import gateway, hostcheck, logs, protocol, rundir, tls, worker
+from relaycore import gateway, hostcheck, protocol, rundir, tls
 from relaycore.addresses import parse_host_port
 from relaycore.capabilities import ktls_summary, openssl_summary
 from relaycore.config import Config, load_config
 from relaycore.errors import ConfigError, StartupError, WorkerFailedError
 from relaycore.notify import Notifier
 from relaycore.plan import Plan, WorkerPlan, compile_plan
-from relaycore.render import error_line
-from relaycore.watch import ConfigWatch, drain
+from relaycore.render import error_line, listening
+from relaycore.watch import ConfigWatch, drain, file_sha256
 
 from .aggregate import Aggregator
+from .children import Child, describe_exit, exited, fork_worker, kill, read_ready
 from .control import ControlPlane
 from .listeners import ListenerKey, ListenerSet
 from .metrics import MetricsServer, render, render_config
-from .names import NameWatcher, describe
+from .names import NameWatcher
 from .restart import MAX_FAST_CRASHES, RestartPolicy
 
 log = logging.getLogger("relaycore.supervisor")
@@ -48,17 +48,6 @@ DRAIN_CONFIRM_S = 2.0  # how long a reload waits for the old workers to stop acc
 KILL_GRACE_S = 5.0
 ADMIN_BATCH = 64  # admin requests answered per wake of the loop
 _HANDLED = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
-
-
-@dataclass
-class Child:
-    pid: int
-    slot: int
-    generation: int
-    started: float
-    ready_fd: int
-    ready: bool = False
-    draining: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,7 +82,7 @@ class Supervisor:
         self.notify = Notifier()
         # The config in force, for /metrics: its bytes' SHA-256, when it was loaded, and
         # whether the latest reload took.
-        self.config_sha256 = _file_sha256(config_path)
+        self.config_sha256 = _config_sha256(config_path)
         self.config_loaded = time.time()
         self.last_reload_ok = True
         self.reloading = False  # a reload is bringing up its generation (/readyz says 503)
@@ -183,7 +172,7 @@ class Supervisor:
             self._on_names()
         for fd, child in starting.items():
             if fd in ready:
-                self._on_ready(child)
+                read_ready(child)
         if self.plane.events in ready:
             self._on_worker_messages()
         if self.plane.admin in ready:
@@ -255,7 +244,7 @@ class Supervisor:
         self.notify.reloading()
         if self.watch is not None:
             self.watch.seen()  # a SIGHUP after an edit: the watch need not reload again
-        sha256 = _file_sha256(self.config_path)
+        sha256 = _config_sha256(self.config_path)
         try:
             error = self._reload()
             self.last_reload_ok = error is None
@@ -280,7 +269,7 @@ class Supervisor:
         if not self._wait_ready(children):
             for c in children:
                 c.draining = True
-                _kill(c.pid, signal.SIGKILL)
+                kill(c.pid, signal.SIGKILL)
             self.listeners.close(added)
             log.error("reload failed: new workers did not start; generation %d stays", old.number)
             return "the new workers did not start (see the supervisor's log)"
@@ -291,7 +280,7 @@ class Supervisor:
         except StartupError as e:
             for c in children:
                 c.draining = True
-                _kill(c.pid, signal.SIGKILL)
+                kill(c.pid, signal.SIGKILL)
             self.listeners.close(added)
             log.error("reload rejected, generation %d stays: %s", old.number, e)
             return str(e)
@@ -303,7 +292,7 @@ class Supervisor:
             if c.generation == old.number:
                 c.draining = True
                 self.aggregator.draining(c.pid)
-                _kill(c.pid, signal.SIGTERM)
+                kill(c.pid, signal.SIGTERM)
                 old_pids.append(c.pid)
         if config.stats.interval_s > 0:
             # Say "reloaded" only once every new connection goes to the new generation.
@@ -315,19 +304,12 @@ class Supervisor:
         return None
 
     def _announce(self, gen: Generation) -> None:
-        listening = ", ".join(
-            [
-                f"{c.name} {c.listen_addr or 'gateway'} -> {c.upstream_addr}"
-                for c in gen.config.connectors
-            ]
-            + [f"{x.name} exit {x.listen_addr} -> {x.target}" for x in gen.config.exits]
-        )
         log.info(
             "ready generation=%d workers=%d config=%s: %s",
             gen.number,
             len(gen.workers),
             self.config_path,
-            listening,
+            listening(gen.config),
         )
 
     # -- workers --------------------------------------------------------------------
@@ -336,46 +318,10 @@ class Supervisor:
         if self.names is not None and spec.plan.generation == self.names.generation:
             # A respawned worker dials what its name resolves to now, not at reload.
             spec = replace(spec, plan=spec.plan.with_addresses(self.names.current()))
-        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-        # Blocked across fork so that no signal reaches the child while it still runs
-        # the supervisor's handlers; the worker unblocks once its own are in place.
-        signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
-        try:
-            pid = os.fork()
-            if pid == 0:
-                self._become_worker(spec, ready_w)
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)
-        os.close(ready_w)
-        generation = spec.plan.generation
-        child = Child(pid, spec.slot, generation, time.monotonic(), ready_r)
-        self.children[pid] = child
-        self.aggregator.started(pid, spec.slot, generation, time.time())
-        log.debug("worker %d g%d forked, pid %d", spec.slot, generation, pid)
+        child = fork_worker(spec, _HANDLED)
+        self.children[child.pid] = child
+        self.aggregator.started(child.pid, child.slot, child.generation, time.time())
         return child
-
-    def _become_worker(self, spec: WorkerPlan, ready_w: int) -> None:
-        try:
-            signal.set_wakeup_fd(-1)
-            for signum in _HANDLED:
-                signal.signal(signum, signal.SIG_DFL)
-            # Everything but stdio, this worker's listeners and its ready pipe: the
-            # supervisor's ZeroMQ sockets, the run_dir lock, other workers' pipes.
-            keep = sorted({0, 1, 2, ready_w, *spec.listen_fds})
-            for low, high in zip(keep, [*keep[1:], os.sysconf("SC_OPEN_MAX")], strict=True):
-                os.closerange(low + 1, high)
-            logs.set_role(f"worker {spec.slot} g{spec.plan.generation}")
-            worker.serve(spec, ready_w)
-        finally:
-            os._exit(1)
-
-    def _on_ready(self, child: Child) -> None:
-        data = os.read(child.ready_fd, 1)
-        os.close(child.ready_fd)
-        child.ready_fd = -1
-        child.ready = data == b"r"
-        if child.ready:
-            log.debug("worker %d g%d (pid %d) ready", child.slot, child.generation, child.pid)
 
     def _wait_ready(self, children: list[Child]) -> bool:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -391,25 +337,19 @@ class Supervisor:
                 continue
             for fd in readable:
                 if fd in fds:
-                    self._on_ready(fds[fd])
+                    read_ready(fds[fd])
             self._on_metrics(metrics_fds, set(readable))
         return all(c.ready for c in children)
 
     def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, status in exited():
             child = self.children.pop(pid, None)
             if child is None:
                 continue
             if child.ready_fd >= 0:
                 os.close(child.ready_fd)
             self.aggregator.exited(pid, time.time())
-            how = _describe_exit(status)
+            how = describe_exit(status)
             if child.draining or self.stopping:
                 log.info("worker %d g%d (pid %d) %s", child.slot, child.generation, pid, how)
                 continue
@@ -465,7 +405,7 @@ class Supervisor:
 
     def _kill_all(self, signum: int) -> None:
         for pid in self.children:
-            _kill(pid, signum)
+            kill(pid, signum)
 
     # -- control plane --------------------------------------------------------------------
 
@@ -510,36 +450,16 @@ class Supervisor:
         return {c.name: c.upstream for c in self.current.config.connectors}
 
     def _on_names(self) -> None:
-        """Hand the workers the addresses a round of lookups found (every name's, so that
-        a worker that missed a message catches up), and log a name that failed."""
+        """Hand the workers the addresses a round of lookups found; log a name that
+        failed to resolve."""
         if self.names is None or self.plane is None:
             return
-        now = time.time()
-        for change in self.names.results():
-            route = change.route
-            self.plane.tell_workers(
-                protocol.UpstreamAddresses(
-                    generation=self.names.generation,
-                    route=route.route,
-                    addresses=list(change.addresses),
-                )
-            )
-            if change.error:
-                record = protocol.ErrorRecord(
-                    connector=route.route_name,
-                    cause="resolve_failed",
-                    upstream=str(route.name),
-                    reason=f"cannot resolve {route.name.host}: {change.error};"
-                    f" keeping {describe(route.addresses)}",
-                    count=1,
-                    first=now,
-                    last=now,
-                    client="-",
-                    worker=-1,
-                    generation=self.names.generation,
-                )
-                self.aggregator.errors([record])
-                self.plane.publish(protocol.TOPIC_LOG, record)
+        tell, failed = self.names.messages(time.time())
+        for message in tell:
+            self.plane.tell_workers(message)
+        self.aggregator.errors(failed)
+        for record in failed:
+            self.plane.publish(protocol.TOPIC_LOG, record)
 
     def _on_admin(self) -> None:
         assert self.plane is not None
@@ -648,14 +568,11 @@ class Supervisor:
     # -- gateway rules -----------------------------------------------------------------
 
     def _manage_rules(self, old: Config | None, new: Config) -> None:
-        """Load the new config's nftables rules if it manages them (and drop the old
-        ones if it no longer does). Raises StartupError with nft's words."""
+        """The nftables rules of the new config, if it manages them (relaycore.gateway).
+        Raises StartupError with nft's words."""
         try:
-            if new.gateway is not None and new.gateway.manage_rules:
-                gateway.apply_rules(gateway.config_rules(new))
+            if gateway.switch_rules(old, new):
                 log.info("nftables rules applied (table inet %s)", gateway.TABLE)
-            elif old is not None and old.gateway is not None and old.gateway.manage_rules:
-                gateway.remove_rules()
         except RuntimeError as e:
             raise StartupError(f"gateway rules: {e}") from e
 
@@ -676,22 +593,6 @@ class Supervisor:
         self.pending.append(signum)
 
 
-def _file_sha256(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
-    except OSError:
-        return ""
-
-
-def _kill(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
-
-
-def _describe_exit(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exited with code {os.waitstatus_to_exitcode(status)}"
+def _config_sha256(path: str) -> str:
+    digest = file_sha256(path)
+    return digest.hex() if digest is not None else ""

@@ -65,6 +65,13 @@ class CounterReport(_Message, tag="counters"):
     certs: dict[str, UpstreamCert] = {}  # connector name -> its upstream's certificate
 
 
+# Causes that are news, not failures: the connection went on (docs/ERRORS.md). Logged at
+# INFO, and once per connector and upstream within NOTICE_QUIET_S however many workers
+# saw it; counted and kept in the error log like any other record.
+NOTICE_CAUSES = frozenset({"pq_classical"})
+NOTICE_QUIET_S = 60.0
+
+
 class ErrorRecord(msgspec.Struct, kw_only=True, frozen=True):
     """Failures of one cause on one connector and upstream, merged: `count` of them
     between `first` and `last` (Unix time), with the last one's reason and device.

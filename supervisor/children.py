@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from relaycore import logs, worker
@@ -72,6 +72,11 @@ def read_ready(child: Child) -> None:
     child.ready = data == b"r"
     if child.ready:
         log.debug("worker %d g%d (pid %d) ready", child.slot, child.generation, child.pid)
+
+
+def serving_slots(children: Iterable[Child], generation: int) -> set[int]:
+    """The slots of `generation` whose worker is ready and not draining."""
+    return {c.slot for c in children if c.generation == generation and c.ready and not c.draining}
 
 
 def exited() -> Iterator[tuple[int, int]]:

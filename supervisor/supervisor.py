@@ -1,8 +1,7 @@
 """The supervisor: binds, forks workers, respawns them, reloads, drains.
 
-It never touches a client byte. Its main loop sleeps in select() on a self-pipe that
-signal handlers write to (signal.set_wakeup_fd), plus the ready pipes of workers that
-are starting, so every event is handled in the loop and never inside a handler.
+It never touches a client byte. Its loop sleeps in one poll: a self-pipe that signal
+handlers write to (signal.set_wakeup_fd), ready pipes, ZeroMQ and metrics sockets.
 
 Generations: a config generation is one set of workers (one per slot) forked from one
 config. SIGHUP loads the file again; if it is valid, a new generation is forked on the
@@ -33,7 +32,7 @@ from relaycore.render import error_line, listening
 from relaycore.watch import ConfigWatch, drain, file_sha256
 
 from .aggregate import Aggregator
-from .children import Child, describe_exit, exited, fork_worker, kill, read_ready
+from .children import Child, describe_exit, exited, fork_worker, kill, read_ready, serving_slots
 from .control import ControlPlane
 from .listeners import ListenerKey, ListenerSet
 from .metrics import MetricsServer, render, render_config
@@ -79,6 +78,7 @@ class Supervisor:
         self.names: NameWatcher | None = None
         self._next_stats = 0.0
         self._drained: set[int] = set()
+        self._notice_quiet: dict[tuple[str, str, str], float] = {}  # notice key -> until
         self.notify = Notifier()
         # The config in force, for /metrics: its bytes' SHA-256, when it was loaded, and
         # whether the latest reload took.
@@ -439,12 +439,19 @@ class Supervisor:
                 self._log_events(message.records)
 
     def _log_events(self, records: list[protocol.ErrorRecord]) -> None:
-        """Into the error log, onto the stats socket (topic log), and one line each."""
+        """Into the error log, onto the stats socket (topic log), and one line each: a
+        WARNING per failure, an INFO per notice (once a while per connector and upstream,
+        not once per worker that saw it)."""
         assert self.plane is not None
         self.aggregator.errors(records)
+        now = time.monotonic()
         for r in records:
             self.plane.publish(protocol.TOPIC_LOG, r)
-            log.warning("%s", error_line(r))
+            if r.cause not in protocol.NOTICE_CAUSES:
+                log.warning("%s", error_line(r))
+            elif self._notice_quiet.get(r.key, 0.0) <= now:
+                self._notice_quiet[r.key] = now + protocol.NOTICE_QUIET_S
+                log.info("%s", error_line(r))
 
     def _upstreams(self) -> dict[str, str]:
         return {c.name: c.upstream for c in self.current.config.connectors}
@@ -533,12 +540,7 @@ class Supervisor:
         if self.reloading:
             return "reloading: the new generation is not serving yet"
         gen = self.current
-        ready = {
-            c.slot
-            for c in self.children.values()
-            if c.generation == gen.number and c.ready and not c.draining
-        }
-        missing = sorted(set(gen.workers) - ready)
+        missing = sorted(set(gen.workers) - serving_slots(self.children.values(), gen.number))
         if missing:
             return f"worker {missing[0]} of generation {gen.number} is not accepting"
         return None

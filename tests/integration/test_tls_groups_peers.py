@@ -9,6 +9,7 @@ tests/e2e/test_tunnel_groups.py.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from peers import NginxServer, nginx_https, openssl_server
 from support.relay import relay_process
-from support.servers import HOST
+from support.servers import HOST, EchoServer, tls_server_context
 from test_tls_peers import (  # noqa: F401 (the certs fixture)
     LOG_TIMEOUT,
     certs,
@@ -113,3 +114,39 @@ def test_nginx_gets_x25519_and_says_so(tmp_path, certs):  # noqa: F811
     assert (fetched.returncode, fetched.stdout) == (0, "hello localhost\n"), fetched
     assert up.access_lines() == ["TLSv1.3 X25519 GET /hello HTTP/1.1"]
     assert groups == {"X25519": 1}, groups
+
+
+def test_a_classical_server_is_one_info_line_however_many_workers_saw_it(
+    tmp_path,
+    certs,  # noqa: F811
+):
+    # Two workers each meet the OpenSSL 3.0 server and each report pq_classical once: the
+    # error log counts both, the supervisor logs the notice once, at INFO (not a failure).
+    listen, run_dir = free_port(), tmp_path / "run"
+    context = tls_server_context(certs.localhost.cert, certs.localhost.key)
+    toml = relay_toml(
+        run_dir, [connector("old", listen, 0, server_name="localhost", ca=certs.ca)]
+    ).replace("workers = 1", "workers = 2")
+    with (
+        EchoServer(tls=context) as up,
+        relay_process(toml.replace(f"{HOST}:0", f"{HOST}:{up.port}"), tmp_path) as relay,
+    ):
+
+        def both_workers_reported() -> bool:
+            with socket.create_connection((HOST, listen), timeout=5) as s:
+                s.sendall(b"ping")
+                assert s.recv(4) == b"ping"
+            out = subprocess.run(
+                [sys.executable, "-m", "relaycore", "logs", "--json", "--run-dir", str(run_dir)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            )
+            records = [json.loads(line) for line in out.stdout.splitlines()]
+            return [(r["cause"], r["count"]) for r in records] == [("pq_classical", 2)]
+
+        wait_for(both_workers_reported, 30, "a pq_classical record from each worker")
+        lines = [line for line in relay.lines if ": pq_classical: " in line]
+    assert len(lines) == 1, lines
+    assert " INFO connector old: pq_classical: " in lines[0], lines

@@ -172,6 +172,8 @@ class ConnectorStats(msgspec.Struct, kw_only=True, frozen=True):
     handshakes: int  # full + resumed
     handshakes_resumed: int
     errors: dict[str, int]  # cause -> count since start (causes in docs/ERRORS.md)
+    # NOTICE_CAUSES -> count since start: news, not failures (the connection went on)
+    notices: dict[str, int] = msgspec.field(default_factory=dict)
     cert: UpstreamCert | None = None  # TLS connectors, once a handshake completed
     # ALPN protocol -> handshakes that agreed on it (connectors and exits with `alpn`)
     alpn: dict[str, int] = msgspec.field(default_factory=dict)

@@ -83,6 +83,9 @@ def stats(report: StatsReport) -> str:
         if c.errors:
             causes = ", ".join(f"{cause} {n}" for cause, n in c.errors.items())
             lines.append(f"  {'':<16} errors: {causes}")
+        if c.notices:
+            news = ", ".join(f"{cause} {n}" for cause, n in c.notices.items())
+            lines.append(f"  {'':<16} notices: {news}")
         if c.cert is not None:
             lines.append(f"  {'':<16} certificate: {upstream_cert(c.cert, report.time)}")
         if c.alpn:

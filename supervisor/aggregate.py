@@ -23,6 +23,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 from relaycore.protocol import (
+    NOTICE_CAUSES,
     ConnectorStats,
     CounterReport,
     ErrorRecord,
@@ -261,11 +262,8 @@ class Aggregator:
                     bytes_out=c["bytes_out"],
                     handshakes=c["handshakes"],
                     handshakes_resumed=c["handshakes_resumed"],
-                    errors={
-                        k.removeprefix("errors_"): n
-                        for k, n in sorted(c.items())
-                        if k.startswith("errors_") and n
-                    },
+                    errors={cause: n for cause, n in causes(c) if cause not in NOTICE_CAUSES},
+                    notices={cause: n for cause, n in causes(c) if cause in NOTICE_CAUSES},
                     cert=self.certs[name].cert if name in self.certs else None,
                     alpn={
                         k.removeprefix("alpn:"): n
@@ -324,3 +322,12 @@ def _event(
         worker=slot,
         generation=generation,
     )
+
+
+def causes(counters: dict[str, int]) -> list[tuple[str, int]]:
+    """The errors_<cause> counters that counted something, as (cause, count), sorted."""
+    return [
+        (k.removeprefix("errors_"), n)
+        for k, n in sorted(counters.items())
+        if k.startswith("errors_") and n
+    ]

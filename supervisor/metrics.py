@@ -91,6 +91,14 @@ def render(
                 f'relaycore_errors_total{{connector="{_label(c.name)}",cause="{cause}"}} {n}'
             )
     family(
+        "relaycore_notices_total", "counter", "News that is no failure (pq_classical), by cause."
+    )
+    for c in report.connectors:
+        for cause, n in sorted(c.notices.items()):
+            out.append(
+                f'relaycore_notices_total{{connector="{_label(c.name)}",cause="{cause}"}} {n}'
+            )
+    family(
         "relaycore_upstream_cert_expiry_timestamp_seconds",
         "gauge",
         "notAfter of the certificate each connector's upstream presented (Unix time).",

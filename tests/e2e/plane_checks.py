@@ -25,6 +25,7 @@ CONNECTOR_FIELDS = {
     "handshakes",
     "handshakes_resumed",
     "errors",
+    "notices",
     "cert",
     "alpn",
     "groups",

@@ -164,7 +164,16 @@ def test_third_party_subscriber_reads_stats_and_log_with_pyzmq_and_msgspec(tmp_p
         assert c["cert"] is None  # plain connectors: no certificate
         assert isinstance(c["alpn"], dict)
         assert isinstance(c["groups"], dict)
-        counts = CONNECTOR_FIELDS - {"name", "errors", "opened_per_s", "cert", "alpn", "groups"}
+        assert c["notices"] == {}
+        counts = CONNECTOR_FIELDS - {
+            "name",
+            "errors",
+            "notices",
+            "opened_per_s",
+            "cert",
+            "alpn",
+            "groups",
+        }
         assert all(isinstance(c[k], int) for k in counts), c
     assert len(stats["workers"]) == 1
     (worker,) = stats["workers"]

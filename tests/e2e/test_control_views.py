@@ -123,6 +123,7 @@ def test_status_and_stats_show_workers_capabilities_and_connectors(tmp_path):
                 "cert": None,
                 "alpn": {},
                 "groups": {},
+                "notices": {},
             }
             assert t["opened_per_s"] >= 0
             assert (dead["opened"], dead["closed"], dead["errors"]) == (
@@ -323,6 +324,7 @@ def test_prometheus_scrape_matches_stats_and_survives_a_silent_client(tmp_path):
                 "relaycore_tls_handshake_groups": "counter",
                 "relaycore_bytes": "counter",
                 "relaycore_errors": "counter",
+                "relaycore_notices": "counter",
                 "relaycore_tls_alpn": "counter",
                 "relaycore_workers": "gauge",
                 "relaycore_config_generation": "gauge",

@@ -260,7 +260,11 @@ def test_intercepted_http_reaches_the_server_over_verified_mutual_tls(
     # server (Python's ssl, OpenSSL 3.0) has no post-quantum group.
     api = wait_for(lambda: closed_stats(relay, "api"), 10.0, "the api connection in stats")
     assert (api["opened"], api["handshakes"]) == (1, 1), api
-    assert (api["errors"], api["groups"]) == ({"pq_classical": 1}, {"X25519": 1}), api
+    assert (api["errors"], api["notices"], api["groups"]) == (
+        {},
+        {"pq_classical": 1},
+        {"X25519": 1},
+    ), api
 
 
 def test_passthrough_reaches_the_real_destination_untouched(

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from peers import NginxServer, nginx_https, openssl_server
 from support.relay import relay_process
@@ -35,8 +36,8 @@ from relaycore.lab.base import free_port, wait_for
 METRIC = "relaycore_tls_handshake_groups_total"
 
 
-def stats_groups(run_dir: Path, name: str) -> dict[str, int]:
-    """The connector's handshakes by group, as `relaycore stats --json` prints them."""
+def cli_stats(run_dir: Path) -> dict[str, Any]:
+    """`relaycore stats --json`."""
     out = subprocess.run(
         [sys.executable, "-m", "relaycore", "stats", "--json", "--run-dir", str(run_dir)],
         capture_output=True,
@@ -44,7 +45,13 @@ def stats_groups(run_dir: Path, name: str) -> dict[str, int]:
         timeout=30,
         check=True,
     )
-    [stats] = [c for c in json.loads(out.stdout)["connectors"] if c["name"] == name]
+    report: dict[str, Any] = json.loads(out.stdout)
+    return report
+
+
+def stats_groups(run_dir: Path, name: str) -> dict[str, int]:
+    """The connector's handshakes by group, as `relaycore stats --json` prints them."""
+    [stats] = [c for c in cli_stats(run_dir)["connectors"] if c["name"] == name]
     groups: dict[str, int] = stats["groups"]
     return groups
 
@@ -148,5 +155,7 @@ def test_a_classical_server_is_one_info_line_however_many_workers_saw_it(
 
         wait_for(both_workers_reported, 30, "a pq_classical record from each worker")
         lines = [line for line in relay.lines if ": pq_classical: " in line]
+        [stats] = [c for c in cli_stats(run_dir)["connectors"] if c["name"] == "old"]
+    assert (stats["errors"], stats["notices"]) == ({}, {"pq_classical": 2}), stats
     assert len(lines) == 1, lines
     assert " INFO connector old: pq_classical: " in lines[0], lines

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 from relaycore.errors import StartupError
 from relaycore.lab.pki import Issued, Pki
 from relaycore.lab.relay import RelayProcess
+from relaycore.protocol import NOTICE_CAUSES
 
 from .servers import HOST, set_bufsize, tls_server_context
 
@@ -374,7 +375,7 @@ class DataPath:
 
 # Events that report, not fail: a classical key exchange where the hybrid one was offered
 # (pq = "prefer"), which every upstream on OpenSSL 3.0 (Python's ssl, s_server) brings.
-NOTICES = frozenset({"pq_classical"})
+NOTICES = NOTICE_CAUSES
 
 
 def tls_failures(counters: Mapping[str, int]) -> int:

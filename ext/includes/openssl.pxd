@@ -78,6 +78,7 @@ cdef extern from "<openssl/ssl.h>" nogil:
     int SSL_CTX_set_cipher_list(SSL_CTX *ctx, const char *s)
     int SSL_CTX_set_ciphersuites(SSL_CTX *ctx, const char *s)
     int SSL_CTX_set1_groups_list(SSL_CTX *ctx, const char *s)
+    int SSL_set1_groups_list(SSL *ssl, const char *s)
     int SSL_CTX_load_verify_locations(SSL_CTX *ctx, const char *cafile, const char *capath)
     int SSL_CTX_set_default_verify_paths(SSL_CTX *ctx)
     int SSL_CTX_use_certificate_chain_file(SSL_CTX *ctx, const char *file)

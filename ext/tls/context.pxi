@@ -125,6 +125,8 @@ cdef class TLSClientContext:
                 self.ctx, ciphersuites.encode()):
             raise ValueError(f"ciphersuites: {ssl_error_text()}")
         set_groups(self.ctx, groups, pq, True, &self.conf.pq_mode, &self.conf.offers_pq)
+        self.conf.learns_share = groups is None and self.conf.pq_mode != PQ_OFF
+        self.conf.share_group = GROUP_NONE
         if ca is not None:
             load_ca(self.ctx, ca)
         elif not SSL_CTX_set_default_verify_paths(self.ctx):

@@ -15,6 +15,19 @@
 # On a server (tunnel exit) it accepts hybrid groups only: the entry gets a
 # handshake_failure alert it can log, and the exit's event names the groups it offered.
 #
+# One key share once the server is known (learns_share: pq's own list, not `groups`).
+# Each key share is a key generation per handshake, and its private key stays in the SSL
+# until the connection ends (OpenSSL frees it only then): 7.5 KiB for ML-KEM-768. Two
+# shares are needed for the first handshake only, when the server is unknown; after it
+# the connector offers a key share for the group its server chose and no other:
+# X25519MLKEM768 alone to a post-quantum server (one X25519 key generation less), X25519
+# alone to a classical one (one ML-KEM key generation and 7.5 KiB less per connection).
+# Every group stays in supported_groups, the hybrid first: a server that now prefers
+# another group (a classical server upgraded to OpenSSL 3.5) asks for its share with a
+# HelloRetryRequest, one round trip more, once, and the connector learns the new group.
+# Under "require" only a hybrid choice is learnt: a classical server keeps getting both
+# shares, so that the refusal names the group it chose.
+#
 # A classical group where a hybrid one was offered under "prefer" is an error event
 # (pq_classical) once per route and change, not per connection: a server that cannot
 # do post-quantum would otherwise log every connection. A post-quantum handshake on the
@@ -27,6 +40,11 @@ cdef const char *PQ_GROUPS = (
 cdef const char *CLASSICAL_GROUPS = (
     "X25519:secp256r1:X448:secp384r1:secp521r1:ffdhe2048:ffdhe3072")
 cdef const char *HYBRID_GROUPS = "X25519MLKEM768:SecP256r1MLKEM768:SecP384r1MLKEM1024"
+# PQ_GROUPS' groups in a client's order, one key share ("*") each (share_offer).
+cdef const char *SHARE_HYBRID = (
+    "*X25519MLKEM768:X25519:secp256r1:X448:secp384r1:secp521r1:ffdhe2048:ffdhe3072")
+cdef const char *SHARE_X25519 = (
+    "X25519MLKEM768:*X25519:secp256r1:X448:secp384r1:secp521r1:ffdhe2048:ffdhe3072")
 
 cdef enum:
     PQ_EVENT_REARM_MS = 60000     # a route's pq_classical events, at most one a minute
@@ -90,6 +108,27 @@ cdef int set_groups(SSL_CTX *ctx, groups, str pq, bint client, uint8_t *mode,
     return 0
 
 
+cdef void share_offer(TLSConf *conf, SSL *ssl) noexcept nogil:
+    # A connector's new ssl, before its ClientHello: the one key share conf has learnt.
+    # Should the list not apply (it cannot, short of memory), ssl keeps both shares.
+    if not conf.learns_share:
+        return
+    if conf.share_group == GROUP_X25519MLKEM768:
+        SSL_set1_groups_list(ssl, SHARE_HYBRID)
+    elif conf.share_group == GROUP_X25519:
+        SSL_set1_groups_list(ssl, SHARE_X25519)
+
+
+cdef void share_learn(TLSConf *conf, uint8_t group) noexcept nogil:
+    # A connector's handshake got `group`: the share its next connections offer.
+    if not conf.learns_share:
+        return
+    if group == GROUP_X25519MLKEM768 or (group == GROUP_X25519 and conf.pq_mode == PQ_PREFER):
+        conf.share_group = group
+    elif group != GROUP_NONE:       # another group: both shares again (a resumed TLS 1.2
+        conf.share_group = GROUP_NONE   # session, GROUP_NONE, says nothing)
+
+
 cdef int on_certificate_request(SSL *ssl, void *arg) noexcept nogil:
     # pq = "require" on a client: the server asks for our certificate. Refuse a classical
     # key exchange before the certificate goes out under it (in TLS 1.2, in the clear);
@@ -149,6 +188,8 @@ cdef bint tls_check_group(Worker *w, int32_t i) noexcept nogil:
     cdef char reason[REASON_LEN]
     cdef ErrorEntry *ev
     r.ctr.by_group[group] += 1
+    if r.kind != ROUTE_EXIT:
+        share_learn(r.tls, group)
     if group_is_pq(group):
         r.pq_classical = 0
         return True

@@ -51,6 +51,7 @@ cdef void conn_tls_start(Worker *w, int32_t i, int side) noexcept nogil:
         elif r.tls.check_ip:
             X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(c.ssl), r.tls.server_name)
         session_offer(r.tls, c.ssl)
+        share_offer(r.tls, c.ssl)
         c.tls_want[0] = READY_WRITE     # our ClientHello goes first
         c.tls_want[1] = READY_READ
     else:

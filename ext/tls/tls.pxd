@@ -27,6 +27,8 @@ cdef object cert_seen_dict(const CertSeen *seen)
 # ctx's groups from `groups` or pq (client: True for a connector); *mode, *offers_pq. Raises.
 cdef int set_groups(SSL_CTX *ctx, groups, str pq, bint client, uint8_t *mode,
                     uint8_t *offers_pq) except -1
+# A connector's new ssl: one key share, for the group its server chose last, once known.
+cdef void share_offer(TLSConf *conf, SSL *ssl) noexcept nogil
 # Handshake done: its group counted, pq applied; False: it failed (pq = "require"). [may close]
 cdef bint tls_check_group(Worker *w, int32_t i) noexcept nogil
 # The reason a pq = "require" refusal gives, naming the group c negotiated.

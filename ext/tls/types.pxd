@@ -38,6 +38,8 @@ cdef struct TLSConf:
     uint8_t ktls_mode
     uint8_t pq_mode
     uint8_t offers_pq             # the group list has a post-quantum group
+    uint8_t learns_share          # pq's own group list: one key share, once the server chose
+    uint8_t share_group           # ... for this GROUP_* (GROUP_NONE: not yet, two shares)
     uint8_t verify_chain          # with pins: the chain must verify too (verify = true)
     uint32_t npins
     unsigned char pins[MAX_PINS][32]

@@ -30,6 +30,9 @@ pytestmark = pytest.mark.timeout(60)
 
 HYBRID = "X25519MLKEM768"
 SERVER_HELLO = ssl._TLSMessageType.SERVER_HELLO  # type: ignore[attr-defined]
+CLIENT_HELLO = ssl._TLSMessageType.CLIENT_HELLO  # type: ignore[attr-defined]
+KEY_SHARE, SUPPORTED_GROUPS = 51, 10  # extension types
+MLKEM_SHARE, X25519_SHARE = 0x11EC, 0x001D  # X25519MLKEM768, x25519 codepoints
 TIMEOUT = 10.0
 
 
@@ -51,12 +54,15 @@ def groups(counters: dict[str, int]) -> dict[str, int]:
     return {k.removeprefix("group_"): n for k, n in counters.items() if k[:6] == "group_" and n}
 
 
-class ServerHellos:
-    """Counts the ServerHello messages a Python ssl server sends (msg_callback): a
-    HelloRetryRequest is a second one."""
+class Hellos:
+    """What a Python ssl server sees of its handshakes (msg_callback): the ServerHello
+    messages it sends (a HelloRetryRequest is a second one), and each ClientHello's key
+    share groups and supported groups, by codepoint."""
 
     def __init__(self, ctx: ssl.SSLContext) -> None:
         self.sent = 0
+        self.key_shares: list[list[int]] = []
+        self.supported: list[list[int]] = []
         ctx._msg_callback = self._seen  # type: ignore[attr-defined]
 
     def _seen(
@@ -64,6 +70,38 @@ class ServerHellos:
     ) -> None:
         if direction == "write" and mtype == SERVER_HELLO:
             self.sent += 1
+        elif direction == "read" and mtype == CLIENT_HELLO:
+            ext = client_hello_extensions(bytes(d))
+            self.key_shares.append(entries(ext[KEY_SHARE][2:], with_data=True))
+            self.supported.append(entries(ext[SUPPORTED_GROUPS][2:], with_data=False))
+
+
+def client_hello_extensions(msg: bytes) -> dict[int, bytes]:
+    """A ClientHello handshake message's extensions, by type (RFC 8446 4.1.2)."""
+    at = 4 + 2 + 32  # message header, legacy_version, random
+    at += 1 + msg[at]  # legacy_session_id
+    at += 2 + int.from_bytes(msg[at : at + 2], "big")  # cipher_suites
+    at += 1 + msg[at]  # legacy_compression_methods
+    end = at + 2 + int.from_bytes(msg[at : at + 2], "big")
+    at += 2
+    out = {}
+    while at < end:
+        kind, size = (
+            int.from_bytes(msg[at : at + 2], "big"),
+            int.from_bytes(msg[at + 2 : at + 4], "big"),
+        )
+        out[kind] = msg[at + 4 : at + 4 + size]
+        at += 4 + size
+    return out
+
+
+def entries(body: bytes, *, with_data: bool) -> list[int]:
+    """The group codepoints of a key_share (with_data) or supported_groups list."""
+    groups, at = [], 0
+    while at < len(body):
+        groups.append(int.from_bytes(body[at : at + 2], "big"))
+        at += 4 + int.from_bytes(body[at + 2 : at + 4], "big") if with_data else 2
+    return groups
 
 
 @pytest.fixture
@@ -97,7 +135,7 @@ def test_openssl_30_server_gets_x25519_without_a_retry(tls_relay, tls_files):
     # The default offer carries a key share for X25519 next to the hybrid one: a server
     # that has no ML-KEM picks X25519 at once (one ServerHello: no HelloRetryRequest).
     ctx = tls_server_context(tls_files.server.chain, tls_files.server.key)
-    hellos = ServerHellos(ctx)
+    hellos = Hellos(ctx)
     with EchoServer(tls=ctx) as up:
         relay = tls_relay(up.port)
         counters = one_echo(relay)
@@ -141,6 +179,87 @@ def test_groups_set_is_the_offer(tls_relay, hybrid_server):
     peer.wait_done(TIMEOUT)
     assert groups(counters) == {"secp384r1": 1}, counters
     assert relay.notices == []
+
+
+# -- one key share, once the server is known ----------------------------------------------
+
+
+def echo_to_a_new_peer(relay: LoopThread, start: Any) -> tuple[TLSPeer, dict[str, int]]:
+    """A new tlspeer (hybrid_server's start) becomes the relay's upstream (route 0), as
+    when its name moves; one echo through it. The peer, once done, and the counters."""
+    peer = start()
+    relay.call(lambda loop: loop.set_upstream_addresses(0, [("127.0.0.1", peer.port)]))
+    counters = one_echo(relay)
+    peer.wait_done(TIMEOUT)
+    return peer, counters
+
+
+def test_a_classical_server_gets_one_x25519_share_after_the_first_handshake(tls_relay, tls_files):
+    # The first ClientHello carries both shares; the server chose X25519, so the next ones
+    # carry its share alone (no ML-KEM key made), the hybrid still first in the groups.
+    ctx = tls_server_context(tls_files.server.chain, tls_files.server.key)
+    hellos = Hellos(ctx)
+    with EchoServer(tls=ctx) as up:
+        relay = tls_relay(up.port)
+        for _ in range(3):
+            counters = one_echo(relay)
+    assert hellos.key_shares == [
+        [MLKEM_SHARE, X25519_SHARE],
+        [X25519_SHARE],
+        [X25519_SHARE],
+    ], hellos.key_shares
+    assert all(g[:2] == [MLKEM_SHARE, X25519_SHARE] for g in hellos.supported), hellos.supported
+    assert hellos.sent == 3, "a HelloRetryRequest was needed"
+    assert groups(counters) == {"X25519": 3}, counters
+
+
+def test_a_hybrid_server_gets_one_hybrid_share_after_the_first_handshake(tls_relay, hybrid_server):
+    first = hybrid_server()
+    relay = tls_relay(first.port)
+    one_echo(relay)
+    first.wait_done(TIMEOUT)
+    second, counters = echo_to_a_new_peer(relay, hybrid_server)
+    assert first.keyshares == [[MLKEM_SHARE, X25519_SHARE]], first.keyshares
+    assert second.keyshares == [[MLKEM_SHARE]], "no X25519 key made for a hybrid server"
+    assert (first.group, second.group) == (HYBRID, HYBRID)
+    assert groups(counters) == {HYBRID: 2}, counters
+
+
+def test_an_upgraded_server_asks_for_the_hybrid_share_once(tls_relay, tls_files, hybrid_server):
+    # Learnt: X25519 (an OpenSSL 3.0 server). The server behind the name now runs 3.5: it
+    # asks for the hybrid share with a HelloRetryRequest, and the connector learns again.
+    ctx = tls_server_context(tls_files.server.chain, tls_files.server.key)
+    with EchoServer(tls=ctx) as up:
+        relay = tls_relay(up.port)
+        one_echo(relay)
+    upgraded, _ = echo_to_a_new_peer(relay, hybrid_server)
+    again, counters = echo_to_a_new_peer(relay, hybrid_server)
+    assert upgraded.keyshares == [[X25519_SHARE], [MLKEM_SHARE]], upgraded.keyshares
+    assert (upgraded.group, again.group) == (HYBRID, HYBRID)
+    assert again.keyshares == [[MLKEM_SHARE]], again.keyshares
+    assert groups(counters) == {"X25519": 1, HYBRID: 2}, counters
+
+
+def test_groups_set_by_hand_are_offered_as_given_every_time(tls_relay, tls_files):
+    ctx = tls_server_context(tls_files.server.chain, tls_files.server.key)
+    hellos = Hellos(ctx)
+    with EchoServer(tls=ctx) as up:
+        relay = tls_relay(up.port, groups="*X25519MLKEM768:*X25519")
+        one_echo(relay)
+        one_echo(relay)
+    assert hellos.key_shares == [[MLKEM_SHARE, X25519_SHARE]] * 2, hellos.key_shares
+
+
+def test_require_keeps_both_shares_for_a_classical_server(tls_relay, tls_files):
+    # So that each refusal can name the group the server chose.
+    ctx = tls_server_context(tls_files.server.chain, tls_files.server.key)
+    hellos = Hellos(ctx)
+    with EchoServer(tls=ctx) as up:
+        relay = tls_relay(up.port, pq="require")
+        for _ in range(2):
+            connect_until_closed(relay.port)
+            relay.wait_error("tls_pq_required")
+    assert hellos.key_shares == [[MLKEM_SHARE, X25519_SHARE]] * 2, hellos.key_shares
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,9 @@
  *       fixed pseudo-random stream in 16 KiB chunks, reading each chunk's echo back before
  *       the next; KeyUpdates as above, after each EVERY bytes sent; then close_notify.
  *
- * stdout, one line each: "PORT n" (server, once listening), "GROUP name version cipher"
+ * stdout, one line each: "PORT n" (server, once listening), "KEYSHARES hex,hex" (server,
+ * each ClientHello's key share groups by codepoint: a HelloRetryRequest makes two lines),
+ * "GROUP name version cipher"
  * (after the handshake), "DONE in=n out=n in_sha256=hex out_sha256=hex keyupdates=n"
  * (at the end). Errors go to stderr with exit status 1. Blocking sockets, one connection,
  * a 60 s SO_RCVTIMEO/SO_SNDTIMEO so a stuck peer cannot hang a test.
@@ -130,6 +132,25 @@ static SSL *handshake(SSL_CTX *ctx, int fd, int server)
     return ssl;
 }
 
+/* The server's ClientHello callback: which groups the client sent key shares for. */
+static int on_client_hello(SSL *ssl, int *alert, void *arg)
+{
+    const unsigned char *p;
+    size_t len;
+    (void)alert;
+    (void)arg;
+    printf("KEYSHARES ");
+    if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_key_share, &p, &len) == 1 && len >= 2) {
+        size_t end = 2 + ((size_t)p[0] << 8 | p[1]);
+        for (size_t at = 2; at + 4 <= end && end <= len;) {
+            printf("%s%02x%02x", at > 2 ? "," : "", p[at], p[at + 1]);
+            at += 4 + ((size_t)p[at + 2] << 8 | p[at + 3]);
+        }
+    }
+    printf("\n");
+    return SSL_CLIENT_HELLO_SUCCESS;
+}
+
 static SSL_CTX *context(const SSL_METHOD *method, const char *cert, const char *key)
 {
     SSL_CTX *ctx = SSL_CTX_new(method);
@@ -143,6 +164,7 @@ static SSL_CTX *context(const SSL_METHOD *method, const char *cert, const char *
 static int serve(const char *cert, const char *key, unsigned long long every)
 {
     SSL_CTX *ctx = context(TLS_server_method(), cert, key);
+    SSL_CTX_set_client_hello_cb(ctx, on_client_hello, NULL);
     struct sockaddr_in a = {.sin_family = AF_INET};
     socklen_t alen = sizeof(a);
     inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);

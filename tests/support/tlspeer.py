@@ -46,8 +46,9 @@ def build() -> Path:
 class TLSPeer:
     """One tlspeer process (see tlspeer.c for its modes). Its output goes to files, not
     pipes (the relay tests count the pipe fds of the process), and is parsed on demand:
-    `.port` (server), `.group`, `.version`, `.cipher`; wait_done() gives its DONE report
-    ({"in": bytes, "out": bytes, "in_sha256": hex, "out_sha256": hex, "keyupdates": n})."""
+    `.port` (server), `.keyshares` (server), `.group`, `.version`, `.cipher`; wait_done()
+    gives its DONE report ({"in": bytes, "out": bytes, "in_sha256": hex, "out_sha256":
+    hex, "keyupdates": n})."""
 
     def __init__(self, *args: str) -> None:
         # Closed by stop(): they live as long as the process.
@@ -58,6 +59,7 @@ class TLSPeer:
         )
         self.port = 0
         self.group: str | None = None
+        self.keyshares: list[list[int]] = []  # server: each ClientHello's, by codepoint
         self.version: str | None = None
         self.cipher: str | None = None
         self.done: dict[str, int | str] | None = None
@@ -83,10 +85,13 @@ class TLSPeer:
     def poll(self) -> TLSPeer:
         """Parse what it has written so far."""
         self._out.seek(0)
+        self.keyshares = []
         for line in self._out.read().splitlines():
             word, _, rest = line.partition(" ")
             if word == "PORT":
                 self.port = int(rest)
+            elif word == "KEYSHARES":
+                self.keyshares.append([int(g, 16) for g in rest.split(",") if g])
             elif word == "GROUP":
                 self.group, self.version, self.cipher = rest.split()
             elif word == "DONE":

@@ -161,6 +161,16 @@ cdef extern from "<openssl/ssl.h>" nogil:
     long BIO_get_ktls_send(BIO *b)
     long BIO_get_ktls_recv(BIO *b)
 
+    void SSL_set_read_ahead(SSL *ssl, int yes)
+    enum:
+        BIO_CB_READ
+        BIO_CB_RETURN
+    ctypedef long (*BIO_callback_fn_ex)(BIO *b, int oper, const char *argp, size_t n,
+                                        int argi, long argl, int ret, size_t *processed)
+    void BIO_set_callback_ex(BIO *b, BIO_callback_fn_ex callback)
+    void BIO_set_callback_arg(BIO *b, char *arg)
+    char *BIO_get_callback_arg(const BIO *b)
+
 
 cdef extern from "<openssl/x509.h>" nogil:
     X509 *X509_new()

@@ -137,6 +137,9 @@ cdef void conn_linger_drain(Worker *w, int32_t i) noexcept nogil:
         n = recv(c.fd[SIDE_CLIENT], w.scratch, SCRATCH_SIZE, 0)
         if n > 0:
             budget -= n
+            read_short(c, SIDE_CLIENT, n, SCRATCH_SIZE)
+            if not c.ready[SIDE_CLIENT] & READY_READ:
+                return
         elif n < 0 and errno == EAGAIN:
             c.ready[SIDE_CLIENT] &= ~READY_READ
             return

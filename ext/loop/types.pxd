@@ -30,10 +30,13 @@ cdef enum:
     SIDE_CLIENT = 0
     SIDE_UPSTREAM = 1
 
-# Conn.ready bits, set by edge-triggered events, cleared by EAGAIN.
+# Conn.ready bits, set by edge-triggered events, cleared by EAGAIN, and READ also by a
+# short read of a TCP socket (read_short, loop/loop.pxd). HUP: the side reported a FIN or
+# an error; it stays set, and reads go on until they return 0 or fail.
 cdef enum:
     READY_READ = 1
     READY_WRITE = 2
+    READY_HUP = 4
 
 # epoll_event.data.u64 = index << 2 | tag
 cdef enum:

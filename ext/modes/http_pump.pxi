@@ -119,6 +119,7 @@ cdef int pump_http_write(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
         if n < 0:
             if errno == EAGAIN:
                 c.ready[src] &= ~READY_READ
+                conn_ctr(w, c).reads_empty += 1
                 if h.in_len == 0:
                     buf_put(w, h.inbuf)
                     h.inbuf = NULL
@@ -126,6 +127,7 @@ cdef int pump_http_write(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
             if errno == EINTR:
                 continue
             return -errno
+        read_short(c, src, n, SCRATCH_SIZE - h.in_len)
         h.in_len += <uint32_t>n
         total += n
     return pump_result(moved, total, PUMP_STOPPED)

@@ -82,6 +82,7 @@ cdef void conn_handshake(Worker *w, int32_t i) noexcept nogil:
             conn_ctr(w, c).alpn[rc] += 1
         if not tls_check_group(w, i) or not ktls_handshake_done(w, i):
             return
+        tls_lean_reads(c)
         c.tls_want[1 - c.tls_side] = READY_WRITE
         c.tls_want[c.tls_side] = READY_READ
         if r.kind == ROUTE_EXIT:
@@ -106,6 +107,7 @@ cdef int tls_blocked(Worker *w, Conn *c, int d, int ssl_err) noexcept nogil:
     if ssl_err == SSL_ERROR_WANT_READ:
         c.ready[c.tls_side] &= ~READY_READ
         c.tls_want[d] = READY_READ
+        conn_ctr(w, c).reads_empty += 1     # the socket BIO's read said EAGAIN
         return 0
     if ssl_err == SSL_ERROR_WANT_WRITE:
         c.ready[c.tls_side] &= ~READY_WRITE
@@ -169,10 +171,12 @@ cdef int pump_tls_write(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
         if n < 0:
             if errno == EAGAIN:
                 c.ready[src] &= ~READY_READ
+                conn_ctr(w, c).reads_empty += 1
                 break
             if errno == EINTR:
                 continue
             return -errno
+        read_short(c, src, n, SCRATCH_SIZE)
         total += n
         if c.ktls_tx_only:
             # A retry must come from the same address (the header): write from the owned
@@ -197,9 +201,10 @@ cdef int pump_tls_write(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
 
 cdef int pump_tls_read(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
     # TLS side -> plain side: SSL_read (a record at a time), send to the plain socket.
-    # Loops until OpenSSL says WANT_*: with edge-triggered epoll, bytes left inside
-    # OpenSSL (SSL_has_pending) would never raise another event. It stops early only
-    # when the plain side is full, and then READ stays set so the next run resumes here.
+    # Loops until OpenSSL says WANT_*, or the socket is empty (a short read, tls/reads.pxi)
+    # and OpenSSL holds nothing: with edge-triggered epoll, bytes left inside OpenSSL
+    # (SSL_has_pending) would never raise another event. It stops early only when the
+    # plain side is full, and then READ stays set so the next run resumes here.
     cdef int src = c.tls_side
     cdef int dst = 1 - src
     cdef Dir *dr = &c.dir[src]
@@ -212,7 +217,7 @@ cdef int pump_tls_read(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
             return <int>total
         if dr.buf_len:
             return pump_result(moved, total, PUMP_STOPPED)
-    while not dr.eof and total < PUMP_BUDGET and c.ready[src] & c.tls_want[src]:
+    while not dr.eof and total < PUMP_BUDGET and tls_may_read(c, src):
         ERR_clear_error()
         n = SSL_read(c.ssl, w.scratch, SCRATCH_SIZE)
         if n <= 0:

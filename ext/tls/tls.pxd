@@ -56,6 +56,18 @@ cdef int tls_fatal(Worker *w, Conn *c, int ssl_err) noexcept nogil
 # The peer closed TCP without close_notify: TLS marked dead, a tls_truncated event.
 cdef void tls_truncated(Worker *w, Conn *c) noexcept nogil
 
+# -- tls/reads.pxi -------------------------------------------------------------------------
+# The socket BIO's read callback: a short read clears READY_READ of the TLS side (read_short).
+cdef long on_socket_read(BIO *b, int oper, const char *argp, size_t n, int argi,
+                         long argl, int ret, size_t *processed) noexcept nogil
+# Handshake done, receive not offloaded: read-ahead, and on_socket_read on c's socket BIO.
+cdef void tls_lean_reads(Conn *c) noexcept nogil
+# Whether direction d's next SSL_* call may proceed: its readiness, or (SSL_read) bytes
+# OpenSSL holds already.
+cdef inline bint tls_may_read(Conn *c, int d) noexcept nogil:
+    return <bint>(c.ready[c.tls_side] & c.tls_want[d]) or (
+        c.tls_want[d] == READY_READ and SSL_has_pending(c.ssl))
+
 # -- tls/stream.pxi -------------------------------------------------------------------------
 # The slot's SSL (it owns it) on `side`, whose TCP is up; then the handshake. [may close]
 cdef void conn_tls_start(Worker *w, int32_t i, int side) noexcept nogil

@@ -97,6 +97,13 @@ cdef int pump_http_write(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
                 return rc
             if rc == 1:
                 continue                    # the owned buffer says whether it can go on
+        if c.out != NULL:
+            # The records of the last chunk, sent before the plain side is read again.
+            k = tls_out_flush(w, c)
+            if k < 0:
+                return <int>k
+            if k == 0:
+                break
         if dr.eof or not c.ready[src] & READY_READ:
             break
         if h.inbuf == NULL:

@@ -83,6 +83,7 @@ cdef void conn_handshake(Worker *w, int32_t i) noexcept nogil:
         if not tls_check_group(w, i) or not ktls_handshake_done(w, i):
             return
         tls_lean_reads(c)
+        tls_gather_start(c)
         c.tls_want[1 - c.tls_side] = READY_WRITE
         c.tls_want[c.tls_side] = READY_READ
         if r.kind == ROUTE_EXIT:
@@ -153,6 +154,7 @@ cdef int pump_tls_write(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
     cdef Dir *dr = &c.dir[src]
     cdef Py_ssize_t total = 0
     cdef Py_ssize_t n, s, k
+    cdef size_t want
     while total < PUMP_BUDGET:
         if dr.buf_len:
             k = tls_flush_owned(w, c)
@@ -162,9 +164,17 @@ cdef int pump_tls_write(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
                 break
             total += k
             continue
+        if c.out != NULL:
+            # The records of the last chunk, sent before the plain side is read again.
+            k = tls_out_flush(w, c)
+            if k < 0:
+                return <int>k
+            if k == 0:
+                break
         if dr.eof or not c.ready[src] & READY_READ:
             break
-        n = recv(c.fd[src], w.scratch, SCRATCH_SIZE, 0)
+        want = GATHER_READ if c.gather else SCRATCH_SIZE
+        n = recv(c.fd[src], w.scratch, want, 0)
         if n == 0:
             dr.eof = 1
             return pump_result(moved, total, PUMP_EOF)
@@ -176,7 +186,7 @@ cdef int pump_tls_write(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
             if errno == EINTR:
                 continue
             return -errno
-        read_short(c, src, n, SCRATCH_SIZE)
+        read_short(c, src, n, want)
         total += n
         if c.ktls_tx_only:
             # A retry must come from the same address (the header): write from the owned

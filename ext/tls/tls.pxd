@@ -68,6 +68,20 @@ cdef inline bint tls_may_read(Conn *c, int d) noexcept nogil:
     return <bint>(c.ready[c.tls_side] & c.tls_want[d]) or (
         c.tls_want[d] == READY_READ and SSL_has_pending(c.ssl))
 
+# -- tls/gather.pxi ------------------------------------------------------------------------
+# Send c.out (to the TLS socket): 1 none left (buffer pooled), 0 socket full, <0 -errno.
+cdef int out_send(Conn *c) noexcept nogil
+# As out_send, and the buffer goes back to the pool once empty.
+cdef int tls_out_flush(Worker *w, Conn *c) noexcept nogil
+# The gather BIO's write: records into c.out during a batch, else through to the socket.
+cdef int gather_write(BIO *b, const char *data, size_t n, size_t *written) noexcept nogil
+# The gather BIO's ctrl: BIO_flush sends c.out.
+cdef long gather_ctrl(BIO *b, int cmd, long num, void *ptr) noexcept nogil
+# A BIO_METHOD with gather_write and gather_ctrl; NULL: no memory.
+cdef BIO_METHOD *gather_method_new() noexcept nogil
+# Handshake done, the kernel does not encrypt: c.ssl writes through the gather BIO.
+cdef void tls_gather_start(Conn *c) noexcept nogil
+
 # -- tls/stream.pxi -------------------------------------------------------------------------
 # The slot's SSL (it owns it) on `side`, whose TCP is up; then the handshake. [may close]
 cdef void conn_tls_start(Worker *w, int32_t i, int side) noexcept nogil

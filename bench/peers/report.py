@@ -363,6 +363,32 @@ def targets(bench: Bench) -> tuple[list[str], list[dict[str, Any]]]:
     )
     if out and out[-1]["target"].startswith("churn") and not share_ok:
         out[-1]["met"] = False
+    # Issue 13 (the lean data path): CPU against the best peer, syscalls absolute.
+    check(
+        "echo relay CPU per round trip, 32 connections <= 0.66x best",
+        "echo32",
+        "cpu_us_per_rt",
+        False,
+        0.66,
+    )
+    check(
+        "bulk relay CPU per MB, 1 connection <= 0.75x best", "bulk1", "cpu_us_per_MB", False, 0.75
+    )
+    sys_rt = metric(bench, "tls", "relaycore", "echo32", "syscalls_per_rt")
+    sys_best = best("echo32", "syscalls_per_rt", False)
+    if sys_rt is not None and sys_best is not None:
+        out.append(
+            {
+                "target": "echo syscalls per round trip, 32 connections <= 4.5",
+                "relaycore": sys_rt["median"],
+                "best_peer": sys_best[0],
+                "best_peer_value": sys_best[1],
+                "ratio": sys_rt["median"] / sys_best[1],
+                "limit": 4.5,
+                "met": sys_rt["median"] <= 4.5,
+                "note": "the limit is absolute; the ratio is against the best peer",
+            }
+        )
     rc = metric(bench, "idle", "relaycore", "idle", "pss_kib_per_conn")
     hap = metric(bench, "idle", "haproxy", "idle", "pss_kib_per_conn")
     if rc is not None and hap is not None:

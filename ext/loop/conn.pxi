@@ -239,7 +239,7 @@ cdef inline int pump(Worker *w, Conn *c, int d, Py_ssize_t *moved) noexcept nogi
         rc = pump_http_write(w, c, moved) if c.http != NULL else pump_tls_write(w, c, moved)
         c.gathering = 0
         if rc >= 0 and c.out != NULL:
-            k = tls_out_flush(w, c)
+            k = tls_out_drain(w, c)
             if k < 0:
                 return k
         return rc

@@ -99,7 +99,7 @@ cdef int pump_http_write(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
                 continue                    # the owned buffer says whether it can go on
         if c.out != NULL:
             # The records of the last chunk, sent before the plain side is read again.
-            k = tls_out_flush(w, c)
+            k = tls_out_drain(w, c)
             if k < 0:
                 return <int>k
             if k == 0:

@@ -59,6 +59,15 @@ cdef int tls_out_flush(Worker *w, Conn *c) noexcept nogil:
     return r
 
 
+cdef int tls_out_drain(Worker *w, Conn *c) noexcept nogil:
+    # tls_out_flush for the pumps: a failed send is a TLS failure (tls_fatal: the peer's
+    # alert, if it sent one before it reset, becomes the event), as when OpenSSL wrote.
+    cdef int r = tls_out_flush(w, c)
+    if r < 0:
+        return tls_fatal(w, c, SSL_ERROR_SYSCALL)   # errno is still send's
+    return r
+
+
 cdef int gather_write(BIO *b, const char *data, size_t n, size_t *written) noexcept nogil:
     # The BIO's write: 1 and *written, or 0 (retry flag set: wait for room; unset: fatal,
     # errno says why). Gathering: append to c.out; else send, after what c.out holds.

@@ -166,7 +166,7 @@ cdef int pump_tls_write(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
             continue
         if c.out != NULL:
             # The records of the last chunk, sent before the plain side is read again.
-            k = tls_out_flush(w, c)
+            k = tls_out_drain(w, c)
             if k < 0:
                 return <int>k
             if k == 0:
@@ -274,6 +274,9 @@ cdef int pump_tls_read(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
                 return PUMP_NO_BUFFER
             c.ready[dst] &= ~READY_WRITE
             break
+    if (c.tls_want[src] == READY_READ and not c.ready[src] & READY_READ
+            and not SSL_has_pending(c.ssl)):
+        SSL_free_buffers(c.ssl)     # a short read emptied the socket: as at WANT_READ
     return pump_result(moved, total, PUMP_STOPPED)
 
 

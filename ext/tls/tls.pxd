@@ -73,6 +73,8 @@ cdef inline bint tls_may_read(Conn *c, int d) noexcept nogil:
 cdef int out_send(Conn *c) noexcept nogil
 # As out_send, and the buffer goes back to the pool once empty.
 cdef int tls_out_flush(Worker *w, Conn *c) noexcept nogil
+# tls_out_flush for a pump: a failed send goes through tls_fatal (event, -errno).
+cdef int tls_out_drain(Worker *w, Conn *c) noexcept nogil
 # The gather BIO's write: records into c.out during a batch, else through to the socket.
 cdef int gather_write(BIO *b, const char *data, size_t n, size_t *written) noexcept nogil
 # The gather BIO's ctrl: BIO_flush sends c.out.

@@ -23,26 +23,18 @@ from collections.abc import Iterator
 import pytest
 from support.clients import connect
 from support.data import MiB, RandomStream
-from support.relay import LoopThread, TLSFiles, tls_failures
+from support.relay import SERVER_NAME, LoopThread, TLSFiles, tls_failures
 from support.servers import EchoServer, SinkServer, tls_server_context
-
-from relaycore.lab.pki import make_pki
 
 pytestmark = pytest.mark.timeout(90)
 
-SERVER_NAME = "localhost"
 ROUND_TRIPS = 200
 MESSAGE = 64
 
 
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
-    pki = make_pki(tmp_path_factory.mktemp("pki"))
-    return TLSFiles(
-        pki=pki,
-        server=pki.issue("upstream", dns=[SERVER_NAME], ips=["127.0.0.1"]),
-        client=pki.issue("device-7", client=True),
-    )
+    return TLSFiles.make(tmp_path_factory.mktemp("pki"))
 
 
 def client_context(files: TLSFiles) -> object:

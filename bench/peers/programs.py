@@ -110,8 +110,9 @@ class Upstream:
         }
 
     def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:

@@ -8,23 +8,37 @@
   and in order (OpenSSL holds the first piece; nothing waits for an edge that came);
 - partial record writes under backpressure: the TLS upstream reads nothing for a while,
   the relay's SSL_write stops part-way, the device's side is no longer read; when the
-  upstream reads again, every byte arrives in order (SHA-256 at both ends).
+  upstream reads again, every byte arrives in order (SHA-256 at both ends);
+- several records per send, in a real worker under strace (skipped without strace): the
+  records of each chunk leave in one send (153 sends for 8 MiB here, 518 before).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import shutil
+import signal
 import socket
 import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
 
 import pytest
 from support.clients import connect
 from support.data import MiB, RandomStream
-from support.relay import SERVER_NAME, LoopThread, TLSFiles, tls_failures
+from support.relay import (
+    SERVER_NAME,
+    LoopThread,
+    TLSFiles,
+    relay_config,
+    relay_process,
+    tls_failures,
+)
 from support.servers import EchoServer, SinkServer, tls_server_context
+
+from relaycore.lab.base import free_port
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -234,3 +248,75 @@ def test_partial_record_writes_under_backpressure(tls_files):
     assert digest.hex() == stream.hexdigest(), digest.hex()
     assert counters["bytes_in"] == total, counters
     assert tls_failures(counters) == 0, counters
+
+
+def sends_by(trace: str) -> int:
+    """The write-side calls in an `strace -c` summary (write, sendto, sendmsg, writev)."""
+    calls = 0
+    for line in trace.splitlines():
+        words = line.split()
+        if words and words[-1] in ("write", "sendto", "sendmsg", "writev"):
+            calls += int(words[3])
+    return calls
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_a_chunk_of_records_goes_out_in_one_send(tmp_path, tls_files):
+    """8 MiB device -> TLS upstream through a real worker, its write-side syscalls counted
+    by strace: the records of each 63 KiB chunk leave together (about 130 sends, a few
+    more where the upstream's socket is full), where OpenSSL alone writes each 16 KiB
+    record by itself (at least 512)."""
+    total = 8 * MiB
+    server_ctx = tls_server_context(tls_files.server.chain, tls_files.server.key)
+    with SinkServer(tls=server_ctx) as up:
+        listen_port = free_port()
+        config = relay_config(
+            run_dir=tmp_path / "run", listen_port=listen_port, upstream_port=up.port
+        ).replace("tls = false", f'server_name = "{SERVER_NAME}"\nca = "{tls_files.pki.ca_cert}"')
+        with relay_process(config, tmp_path) as relay:
+            [worker] = relay.worker_pids(expected=1)
+            with connect(listen_port, timeout=30) as sock:
+                ping_sink = b"x"
+                sock.sendall(ping_sink)  # the handshake happens before strace attaches
+                [rec] = up.wait_connections(1)
+                trace_file = tmp_path / "strace.txt"
+                tracer = subprocess.Popen(
+                    [
+                        "strace",
+                        "-c",
+                        "-f",
+                        "-o",
+                        str(trace_file),
+                        "-p",
+                        str(worker),
+                        "-e",
+                        "trace=write,sendto,sendmsg,writev",
+                    ],
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                try:
+                    assert tracer.stderr is not None
+                    attached = tracer.stderr.readline()  # "strace: Process N attached"
+                    assert "attached" in attached, attached
+                    stream = RandomStream(total, seed=37)
+                    while not stream.done:
+                        chunk = stream.peek(256 << 10)
+                        sock.sendall(chunk)
+                        stream.advance(len(chunk))
+                    sock.shutdown(socket.SHUT_WR)
+                    digest = recv_exact(sock, 32)
+                finally:
+                    tracer.send_signal(signal.SIGINT)
+                    tracer.communicate(timeout=30)
+            rec.wait(20)
+    expected = hashlib.sha256(ping_sink)
+    replay = RandomStream(total, seed=37)
+    while not replay.done:
+        piece = replay.peek(1 << 20)
+        expected.update(piece)
+        replay.advance(len(piece))
+    assert digest == expected.digest(), "stream corrupted"
+    assert rec.received == total + 1, rec
+    sends = sends_by(trace_file.read_text())
+    assert 0 < sends <= 2 * total // (63 * 1024) + 20, trace_file.read_text()

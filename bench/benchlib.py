@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
+
+from programs import Upstream
 
 HOST = "127.0.0.1"
 # direct: no relay; copy, splice: plain connectors; tls: TLS connectors to TLS peers.
@@ -35,9 +39,10 @@ class PeerStats:
     cipher: str
 
 
-class Peer:
-    """bench/peer.c running as `peer sink|echo [--tls CERT KEY [--no-tickets]]`; it exits
-    when its stdin closes. `stats()` asks it for its TLS handshake counters."""
+class Peer(Upstream):
+    """bench/peers/upstream.c (the same upstream as `make bench-peers`) as
+    `upstream sink|echo [--tls CERT KEY] [--no-resume]`; it exits when its stdin closes.
+    `stats()` gives its TLS handshake counters."""
 
     def __init__(
         self,
@@ -47,41 +52,17 @@ class Peer:
         *,
         tickets: bool = True,
     ) -> None:
+        super().__init__(binary, mode, tls, no_resume=not tickets, fail=pytest.fail)
         self.mode = mode
         self.tls = tls is not None
-        args = [str(binary), mode]
-        if tls is not None:
-            args += ["--tls", str(tls[0]), str(tls[1])]
-            if not tickets:
-                args.append("--no-tickets")
-        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.strip().isdigit():
-            self.close()
-            pytest.fail(f"bench peer {' '.join(args[1:])} did not print its port (got {line!r})")
-        self.address = (HOST, int(line))
 
-    def stats(self) -> PeerStats:
-        assert self.proc.stdin is not None
-        assert self.proc.stdout is not None
-        self.proc.stdin.write("stats\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        words = line.split()
-        if len(words) != 8 or words[0] != "handshakes":
-            pytest.fail(f"bench peer {self.mode}: bad answer to stats: {line!r}")
-        return PeerStats(int(words[1]), int(words[3]), words[5], words[7])
-
-    def close(self) -> None:
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                stream.close()
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+    def stats(self) -> PeerStats:  # type: ignore[override]
+        got = super().stats()
+        if not isinstance(got.get("handshakes"), int):
+            pytest.fail(f"bench peer {self.mode}: bad answer to stats: {got!r}")
+        return PeerStats(
+            got["handshakes"], got["resumed"], str(got["protocol"]), str(got["cipher"])
+        )
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@ Every benchmark runs once per `path`:
            an [[exit]] of the same process, whose fixed target is the plain peer; every
            byte is encrypted and decrypted once by the relay
 
-The upstream peers are bench/peer.c (a sink and an echo server, plain or TLS, built here
-with `cc ... -lssl -lcrypto`), so that the far end is never what is measured. Everything
+The upstream peers are bench/peers/upstream.c, the epoll sink and echo server of `make
+bench-peers` (plain or TLS, built here as there, linked with relaycore's OpenSSL), so that
+the far end is never what is measured. Everything
 stays on 127.0.0.1. The relay runs the way an operator runs it, from a config file, and
 must stop with exit code 0.
 
@@ -27,8 +28,6 @@ in `TLS_NOTES` and printed under the table.
 from __future__ import annotations
 
 import base64
-import shutil
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from benchlib import (
     TunnelNodes,
     relay_config,
 )
+from programs import BuildError, compile_programs
 
 from relaycore import _core
 from relaycore.errors import StartupError
@@ -62,24 +62,11 @@ UNITS: dict[str, str] = {}
 
 @pytest.fixture(scope="session")
 def peer_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cc = shutil.which("cc")
-    if cc is None:
-        pytest.fail("the benchmarks build bench/peer.c and need a C compiler: apt-get install gcc")
-    source = Path(__file__).with_name("peer.c")
-    if not source.exists():
-        pytest.fail(f"{source} is missing (a `*.c` rule in .gitignore needs `!bench/peer.c`)")
-    out = tmp_path_factory.mktemp("peer") / "peer"
-    build = subprocess.run(
-        [cc, "-O2", "-Wall", "-o", str(out), str(source), "-lssl", "-lcrypto"],
-        capture_output=True,
-        text=True,
-    )
-    if build.returncode != 0:
-        pytest.fail(
-            f"cc {source.name} failed (it needs libssl-dev: apt-get install libssl-dev):\n"
-            f"{build.stderr}"
-        )
-    return out
+    """bench/peers/upstream.c, compiled as bench-peers does (relaycore's OpenSSL)."""
+    try:
+        return compile_programs(tmp_path_factory.mktemp("peer"), ("upstream",))["upstream"]
+    except BuildError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,7 @@
-"""Optional profiling (`run.py --profile DIR`): `perf record` on relaycore's workers during
-each measured window, and a `perf report` summary of each."""
+"""perf on the relays: the syscalls of every relay's processes in each measured window
+(`perf stat -e raw_syscalls:sys_enter`, always, when perf is installed and the tracepoint
+readable), and optional profiling (`run.py --profile DIR`): `perf record` on relaycore's
+workers during each measured window, and a `perf report` summary of each."""
 
 from __future__ import annotations
 
@@ -37,6 +39,38 @@ def start_perf(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+SYSCALL_EVENT = "raw_syscalls:sys_enter"
+
+
+def start_syscall_count(pids: list[int], out: Path) -> subprocess.Popen[bytes] | None:
+    """`perf stat` counting the syscalls of pids (all their threads) until stopped; None
+    without perf. Read the count with stop_syscall_count."""
+    if shutil.which("perf") is None or not pids:
+        return None
+    return subprocess.Popen(
+        [
+            *("perf", "stat", "-x,", "-e", SYSCALL_EVENT, "-o", str(out)),
+            *("-p", ",".join(map(str, pids))),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def stop_syscall_count(perf: subprocess.Popen[bytes], out: Path) -> int | None:
+    """Stop the count; the syscalls it saw, or None (perf failed, tracepoint unreadable)."""
+    stop_perf(perf)
+    try:
+        text = out.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        fields = line.split(",")
+        if len(fields) > 2 and fields[2] == SYSCALL_EVENT and fields[0].isdigit():
+            return int(fields[0])
+    return None
 
 
 def summarize_profiles(out_dir: Path) -> None:

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from relays import HOST
 
@@ -36,14 +36,28 @@ def openssl() -> tuple[list[str], str]:
     return found.gcc_args(), found.origin
 
 
+class BuildError(RuntimeError):
+    """A C program of bench/peers did not compile (the message says why)."""
+
+
 def build(tmp: Path) -> dict[str, Path]:
+    """upstream and loadgen compiled into tmp; exits saying why when they do not compile."""
+    try:
+        return compile_programs(tmp, ("upstream", "loadgen"))
+    except BuildError as exc:
+        sys.exit(str(exc))
+
+
+def compile_programs(tmp: Path, names: tuple[str, ...]) -> dict[str, Path]:
+    """Compile bench/peers/NAME.c for each name into tmp, linked with relaycore's OpenSSL;
+    BuildError says why one did not compile."""
     cc = shutil.which("cc")
     if cc is None:
-        sys.exit("bench-peers: a C compiler is needed (apt-get install gcc libssl-dev)")
+        raise BuildError("bench-peers: a C compiler is needed (apt-get install gcc libssl-dev)")
     link, origin = openssl()
-    print(f"bench-peers: upstream and loadgen link OpenSSL: {origin}", flush=True)
+    print(f"bench-peers: {' and '.join(names)} link OpenSSL: {origin}", flush=True)
     out = {}
-    for name in ("upstream", "loadgen"):
+    for name in names:
         binary = tmp / name
         res = subprocess.run(
             [cc, "-O2", "-Wall", "-o", str(binary), str(HERE / f"{name}.c"), *link],
@@ -51,14 +65,15 @@ def build(tmp: Path) -> dict[str, Path]:
             text=True,
         )
         if res.returncode != 0:
-            sys.exit(f"bench-peers: cc {name}.c failed (libssl-dev?):\n{res.stderr}")
+            raise BuildError(f"bench-peers: cc {name}.c failed (libssl-dev?):\n{res.stderr}")
         out[name] = binary
     return out
 
 
 class Upstream:
     """bench/peers/upstream.c: `upstream sink|echo [--tls CERT KEY] [--no-resume]`, 2
-    processes."""
+    processes; the upstream of `make bench-peers`, `make bench` and the soak. `fail` is
+    called with the reason when it does not start (default: exit)."""
 
     def __init__(
         self,
@@ -67,6 +82,7 @@ class Upstream:
         tls: tuple[Path, Path] | None,
         *,
         no_resume: bool = False,
+        fail: Callable[[str], NoReturn] = sys.exit,
     ) -> None:
         args = [str(binary), mode, "--procs", "2"]
         if tls is not None:
@@ -79,7 +95,7 @@ class Upstream:
         line = self.proc.stdout.readline()
         if not line.strip().isdigit():
             self.close()
-            sys.exit(f"bench-peers: upstream {self.name} did not start (got {line!r})")
+            fail(f"bench upstream {self.name} did not start (got {line!r})")
         self.address = (HOST, int(line))
 
     def stats(self) -> dict[str, Any]:
@@ -94,8 +110,9 @@ class Upstream:
         }
 
     def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:

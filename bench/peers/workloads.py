@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from perf import start_perf, stop_perf
+from perf import start_perf, start_syscall_count, stop_perf, stop_syscall_count
 from procfs import (
     Table,
     cpu_by_process,
@@ -96,12 +96,20 @@ class Bench:
         lg = Loadgen(self.bins["loadgen"], args, self.settings.loadgen_timeout_s)
         marks: dict[str, tuple[float, Table]] = {}
         perf: subprocess.Popen[bytes] | None = None
+        counting: subprocess.Popen[bytes] | None = None
+        counted = self.tmp / f"syscalls-{relay.name}-{workload}.txt"
+        syscalls: list[int | None] = []
 
         window: dict[str, dict[str, Any]] = {}
 
         def on_phase(name: str) -> None:
-            nonlocal perf
+            nonlocal perf, counting
+            if name == "done" and counting is not None:
+                syscalls.append(stop_syscall_count(counting, counted))
+                counting = None
             marks[name] = (time.monotonic(), proc_table())
+            if name == "measure":
+                counting = start_syscall_count(tree(marks[name][1], relay.root_pids()), counted)
             if peer is not None and name in ("measure", "done"):
                 window[name] = peer.stats()
             if self.profile_dir is not None and isinstance(relay, Relaycore):
@@ -114,6 +122,8 @@ class Bench:
         result = lg.finish()
         if perf is not None and perf.poll() is None:
             stop_perf(perf)
+        if counting is not None:
+            stop_perf(counting)
         if "measure" in marks and "done" in marks:
             (t0, a), (t1, b) = marks["measure"], marks["done"]
             wall = t1 - t0
@@ -122,6 +132,8 @@ class Bench:
             result["relay_cpu_s"] = cpu_s(b, roots) - cpu_s(a, roots) if roots else None
             result["peer_cpu_s"] = cpu_s(b, self.peer_roots()) - cpu_s(a, self.peer_roots())
             result["loadgen_window_cpu_s"] = cpu_s(b, [lg.proc.pid]) - cpu_s(a, [lg.proc.pid])
+            if syscalls and syscalls[0] is not None:
+                result["relay_syscalls"] = syscalls[0]
             if roots:
                 result["relay_cpu_by_process"] = cpu_by_process(a, b, roots)
         elif "error" not in result:
@@ -311,6 +323,8 @@ SHOW_KEYS = (
     "p99_us",
     "cpu_us_per_MB",
     "cpu_us_per_rt",
+    "syscalls_per_MB",
+    "syscalls_per_rt",
     "cpu_us_per_conn",
     "resumed_share",
     "pq_share",
@@ -334,11 +348,15 @@ def derive(r: dict[str, Any]) -> None:
         r["MB_s"] = r["rate"] / 1e6
         if cpu is not None:
             r["cpu_us_per_MB"] = cpu * 1e6 / mb
+        if "relay_syscalls" in r:
+            r["syscalls_per_MB"] = r["relay_syscalls"] / mb
         r["peer_cpu_us_per_MB"] = r["peer_cpu_s"] * 1e6 / mb
     elif mode == "echo":
         r["rt_s"] = r["rate"]
         if cpu is not None:
             r["cpu_us_per_rt"] = cpu * 1e6 / units
+        if "relay_syscalls" in r:
+            r["syscalls_per_rt"] = r["relay_syscalls"] / units
     elif mode == "churn":
         r["conn_s"] = r["rate"]
         if cpu is not None:

@@ -70,6 +70,7 @@ cdef struct Counters:
     uint64_t bytes_spliced
     uint64_t splice_promoted
     uint64_t splice_demoted
+    uint64_t reads_empty          # data-path socket reads that found nothing (EAGAIN)
     uint64_t handshakes
     uint64_t handshakes_resumed
     uint64_t ktls_conns

@@ -162,6 +162,33 @@ cdef extern from "<openssl/ssl.h>" nogil:
     long BIO_get_ktls_send(BIO *b)
     long BIO_get_ktls_recv(BIO *b)
 
+    void SSL_set_read_ahead(SSL *ssl, int yes)
+    void SSL_set0_wbio(SSL *ssl, BIO *wbio)
+    ctypedef struct BIO_METHOD:
+        pass
+    enum:
+        BIO_TYPE_SOURCE_SINK
+        BIO_CTRL_FLUSH
+        BIO_CTRL_WPENDING
+    int BIO_get_new_index()
+    BIO_METHOD *BIO_meth_new(int type, const char *name)
+    int BIO_meth_set_write_ex(BIO_METHOD *m,
+                              int (*write)(BIO *, const char *, size_t, size_t *) noexcept nogil)
+    int BIO_meth_set_ctrl(BIO_METHOD *m, long (*ctrl)(BIO *, int, long, void *) noexcept nogil)
+    void BIO_set_data(BIO *b, void *ptr)
+    void *BIO_get_data(BIO *b)
+    void BIO_set_init(BIO *b, int init)
+    void BIO_set_retry_write(BIO *b)
+    void BIO_clear_retry_flags(BIO *b)
+    enum:
+        BIO_CB_READ
+        BIO_CB_RETURN
+    ctypedef long (*BIO_callback_fn_ex)(BIO *b, int oper, const char *argp, size_t n,
+                                        int argi, long argl, int ret, size_t *processed)
+    void BIO_set_callback_ex(BIO *b, BIO_callback_fn_ex callback)
+    void BIO_set_callback_arg(BIO *b, char *arg)
+    char *BIO_get_callback_arg(const BIO *b)
+
 
 cdef extern from "<openssl/x509.h>" nogil:
     X509 *X509_new()

@@ -56,6 +56,9 @@ cdef void conn_close(Worker *w, int32_t i, bint abortive) noexcept nogil:
     if c.ssl != NULL:
         SSL_free(c.ssl)
         c.ssl = NULL
+    if c.out != NULL:
+        buf_put(w, c.out)
+        c.out = NULL
     if c.px != NULL:
         proxy_free(w, c)
     if c.http != NULL:
@@ -137,6 +140,9 @@ cdef void conn_linger_drain(Worker *w, int32_t i) noexcept nogil:
         n = recv(c.fd[SIDE_CLIENT], w.scratch, SCRATCH_SIZE, 0)
         if n > 0:
             budget -= n
+            read_short(c, SIDE_CLIENT, n, SCRATCH_SIZE)
+            if not c.ready[SIDE_CLIENT] & READY_READ:
+                return
         elif n < 0 and errno == EAGAIN:
             c.ready[SIDE_CLIENT] &= ~READY_READ
             return
@@ -224,10 +230,19 @@ cdef inline int pump(Worker *w, Conn *c, int d, Py_ssize_t *moved) noexcept nogi
     # The pump for direction d as the connection stands: TLS (unless the kernel took it),
     # OpenSSL's turn on a kTLS socket (a control record, bytes read ahead of the switch:
     # tls/ktls.pxi), splice, or copy.
+    cdef int rc, k
     if c.ssl != NULL and not c.ktls:
         if d == c.tls_side:
             return pump_tls_read(w, c, moved)
-        return pump_http_write(w, c, moved) if c.http != NULL else pump_tls_write(w, c, moved)
+        # One batch: the records SSL_write makes go out together (tls/gather.pxi).
+        c.gathering = c.gather
+        rc = pump_http_write(w, c, moved) if c.http != NULL else pump_tls_write(w, c, moved)
+        c.gathering = 0
+        if rc >= 0 and c.out != NULL:
+            k = tls_out_drain(w, c)
+            if k < 0:
+                return k
+        return rc
     if c.ktls and (c.ktls_control or SSL_has_pending(c.ssl)):
         return ktls_pump(w, c, d, moved)
     if c.dir[d].pipe_r >= 0:

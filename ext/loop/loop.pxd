@@ -71,6 +71,15 @@ cdef inline int pump_result(Py_ssize_t *moved, Py_ssize_t total, int result) noe
     moved[0] += total
     return result
 
+# A read of `asked` bytes from a TCP socket on `side` gave n > 0. Fewer: it gave all it had
+# (bytes that come later raise a new edge), so READY_READ is cleared and the socket is not
+# read again for an EAGAIN; unless the side reported a FIN or an error (READY_HUP), whose
+# edge is spent: then reads go on to the 0 or the error. Not for a kTLS receive socket,
+# whose reads stop at a record boundary (docs/HOTPATH.md §8).
+cdef inline void read_short(Conn *c, int side, Py_ssize_t n, size_t asked) noexcept nogil:
+    if <size_t>n < asked and not c.ready[side] & READY_HUP:
+        c.ready[side] &= ~READY_READ
+
 # d's owned buffer to side 1 - d: >0 sent, 0 dst full, <0 -errno; pooled once empty.
 cdef Py_ssize_t flush_owned(Worker *w, Conn *c, int d) noexcept nogil
 # d by copy: a PUMP_* result, bytes added to *moved; fatal: -errno or PUMP_NO_BUFFER.

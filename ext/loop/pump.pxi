@@ -6,9 +6,12 @@
 # dst (in the owned buffer or in the pipe). So each direction holds at most one buffer or
 # one pipe of bytes, and a reader that stalls stalls its writer: memory stays flat.
 #
-# Sockets are edge-triggered. READY_READ / READY_WRITE are set by events and cleared only
-# when a syscall says EAGAIN; a pump that stops early for its budget leaves them set and
-# the connection is queued to run again without waiting for an edge that will not come.
+# Sockets are edge-triggered. READY_READ / READY_WRITE are set by events and cleared when
+# a syscall says EAGAIN, READY_READ also by a short recv (read_short: the socket is empty,
+# so reading it again would only find EAGAIN); a pump that stops early for its budget
+# leaves them set and the connection is queued to run again without waiting for an edge
+# that will not come. A short splice says nothing (the pipe may have run out of slots, and
+# a kTLS socket splices a record at a time): splice reads on to EAGAIN.
 #
 # Return convention (loop/types.pxd): a pump adds the bytes it moved (read from src, or
 # delivered to dst from the owned buffer) to *moved and returns why it stopped, by name:
@@ -86,6 +89,7 @@ cdef int pump_copy(Worker *w, Conn *c, int d, Py_ssize_t *moved) noexcept nogil:
         if n < 0:
             if errno == EAGAIN:
                 c.ready[d] &= ~READY_READ
+                conn_ctr(w, c).reads_empty += 1
                 break
             if errno == EINTR:
                 continue
@@ -94,6 +98,8 @@ cdef int pump_copy(Worker *w, Conn *c, int d, Py_ssize_t *moved) noexcept nogil:
                 return tls_read_control(w, c, moved)
             return -errno
         dr.full_reads = dr.full_reads + 1 if n == SCRATCH_SIZE else 0
+        if not (c.ktls and d == c.tls_side):
+            read_short(c, d, n, SCRATCH_SIZE)
         total += n
         s = 0
         if c.ready[1 - d] & READY_WRITE:
@@ -156,6 +162,7 @@ cdef int pump_splice(Worker *w, Conn *c, int d, Py_ssize_t *moved) noexcept nogi
         if n < 0:
             if errno == EAGAIN:
                 c.ready[d] &= ~READY_READ
+                conn_ctr(w, c).reads_empty += 1
                 break
             if errno == EINTR:
                 continue

@@ -30,10 +30,13 @@ cdef enum:
     SIDE_CLIENT = 0
     SIDE_UPSTREAM = 1
 
-# Conn.ready bits, set by edge-triggered events, cleared by EAGAIN.
+# Conn.ready bits, set by edge-triggered events, cleared by EAGAIN, and READ also by a
+# short read of a TCP socket (read_short, loop/loop.pxd). HUP: the side reported a FIN or
+# an error; it stays set, and reads go on until they return 0 or fail.
 cdef enum:
     READY_READ = 1
     READY_WRITE = 2
+    READY_HUP = 4
 
 # epoll_event.data.u64 = index << 2 | tag
 cdef enum:
@@ -114,6 +117,13 @@ cdef struct Conn:
     # The kernel encrypts but OpenSSL still writes (receive not offloaded): SSL_write is
     # given only owned buffers, whose address holds until it takes them (tls/ktls.pxi).
     uint8_t ktls_tx_only
+    # The TLS side's records, gathered while SSL_write runs over one chunk of plaintext and
+    # sent at once (tls/gather.pxi): a pooled buffer only while it holds bytes, else NULL.
+    char *out
+    uint32_t out_off
+    uint32_t out_len
+    uint8_t gather                # the gather BIO is c.ssl's write BIO
+    uint8_t gathering             # inside a batch: records stay in `out` until its end
     Dir dir[2]
     uint64_t deadline_ms          # connect deadline, or when to look at idleness again
     uint64_t last_active_ms

@@ -129,6 +129,8 @@ cdef int worker_turn(Worker *w, int timeout_ms) noexcept nogil:
             continue
         if ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
             c.ready[tag] |= READY_READ
+        if ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+            c.ready[tag] |= READY_HUP
         if ev & (EPOLLOUT | EPOLLHUP | EPOLLERR):
             c.ready[tag] |= READY_WRITE
         conn_queue(w, <int32_t>(data >> 2))

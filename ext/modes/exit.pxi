@@ -39,6 +39,8 @@ cdef void exit_read_request(Worker *w, int32_t i) noexcept nogil:
     cdef ErrorEntry *ev
     cdef int n, e
     while c.state == CONN_REQUEST:
+        if not tls_may_read(c, 0):
+            return                          # a short read emptied the socket (tls/reads.pxi)
         ERR_clear_error()
         n = SSL_read(c.ssl, px.req + px.req_len, PROXY_REQ_MAX - px.req_len)
         if n <= 0:

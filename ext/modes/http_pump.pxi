@@ -97,6 +97,13 @@ cdef int pump_http_write(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
                 return rc
             if rc == 1:
                 continue                    # the owned buffer says whether it can go on
+        if c.out != NULL:
+            # The records of the last chunk, sent before the plain side is read again.
+            k = tls_out_drain(w, c)
+            if k < 0:
+                return <int>k
+            if k == 0:
+                break
         if dr.eof or not c.ready[src] & READY_READ:
             break
         if h.inbuf == NULL:
@@ -119,6 +126,7 @@ cdef int pump_http_write(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
         if n < 0:
             if errno == EAGAIN:
                 c.ready[src] &= ~READY_READ
+                conn_ctr(w, c).reads_empty += 1
                 if h.in_len == 0:
                     buf_put(w, h.inbuf)
                     h.inbuf = NULL
@@ -126,6 +134,7 @@ cdef int pump_http_write(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
             if errno == EINTR:
                 continue
             return -errno
+        read_short(c, src, n, SCRATCH_SIZE - h.in_len)
         h.in_len += <uint32_t>n
         total += n
     return pump_result(moved, total, PUMP_STOPPED)

@@ -83,6 +83,8 @@ cdef void conn_handshake(Worker *w, int32_t i) noexcept nogil:
             conn_ctr(w, c).alpn[rc] += 1
         if not tls_check_group(w, i) or not ktls_handshake_done(w, i):
             return
+        tls_lean_reads(c)
+        tls_gather_start(c)
         c.tls_want[1 - c.tls_side] = READY_WRITE
         c.tls_want[c.tls_side] = READY_READ
         if r.kind == ROUTE_EXIT:
@@ -107,6 +109,7 @@ cdef int tls_blocked(Worker *w, Conn *c, int d, int ssl_err) noexcept nogil:
     if ssl_err == SSL_ERROR_WANT_READ:
         c.ready[c.tls_side] &= ~READY_READ
         c.tls_want[d] = READY_READ
+        conn_ctr(w, c).reads_empty += 1     # the socket BIO's read said EAGAIN
         return 0
     if ssl_err == SSL_ERROR_WANT_WRITE:
         c.ready[c.tls_side] &= ~READY_WRITE
@@ -152,6 +155,7 @@ cdef int pump_tls_write(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
     cdef Dir *dr = &c.dir[src]
     cdef Py_ssize_t total = 0
     cdef Py_ssize_t n, s, k
+    cdef size_t want
     while total < PUMP_BUDGET:
         if dr.buf_len:
             k = tls_flush_owned(w, c)
@@ -161,19 +165,29 @@ cdef int pump_tls_write(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
                 break
             total += k
             continue
+        if c.out != NULL:
+            # The records of the last chunk, sent before the plain side is read again.
+            k = tls_out_drain(w, c)
+            if k < 0:
+                return <int>k
+            if k == 0:
+                break
         if dr.eof or not c.ready[src] & READY_READ:
             break
-        n = recv(c.fd[src], w.scratch, SCRATCH_SIZE, 0)
+        want = GATHER_READ if c.gather else SCRATCH_SIZE
+        n = recv(c.fd[src], w.scratch, want, 0)
         if n == 0:
             dr.eof = 1
             return pump_result(moved, total, PUMP_EOF)
         if n < 0:
             if errno == EAGAIN:
                 c.ready[src] &= ~READY_READ
+                conn_ctr(w, c).reads_empty += 1
                 break
             if errno == EINTR:
                 continue
             return -errno
+        read_short(c, src, n, want)
         total += n
         if c.ktls_tx_only:
             # A retry must come from the same address (the header): write from the owned
@@ -198,9 +212,10 @@ cdef int pump_tls_write(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
 
 cdef int pump_tls_read(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
     # TLS side -> plain side: SSL_read (a record at a time), send to the plain socket.
-    # Loops until OpenSSL says WANT_*: with edge-triggered epoll, bytes left inside
-    # OpenSSL (SSL_has_pending) would never raise another event. It stops early only
-    # when the plain side is full, and then READ stays set so the next run resumes here.
+    # Loops until OpenSSL says WANT_*, or the socket is empty (a short read, tls/reads.pxi)
+    # and OpenSSL holds nothing: with edge-triggered epoll, bytes left inside OpenSSL
+    # (SSL_has_pending) would never raise another event. It stops early only when the
+    # plain side is full, and then READ stays set so the next run resumes here.
     cdef int src = c.tls_side
     cdef int dst = 1 - src
     cdef Dir *dr = &c.dir[src]
@@ -213,7 +228,7 @@ cdef int pump_tls_read(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
             return <int>total
         if dr.buf_len:
             return pump_result(moved, total, PUMP_STOPPED)
-    while not dr.eof and total < PUMP_BUDGET and c.ready[src] & c.tls_want[src]:
+    while not dr.eof and total < PUMP_BUDGET and tls_may_read(c, src):
         ERR_clear_error()
         n = SSL_read(c.ssl, w.scratch, SCRATCH_SIZE)
         if n <= 0:
@@ -260,6 +275,9 @@ cdef int pump_tls_read(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil:
                 return PUMP_NO_BUFFER
             c.ready[dst] &= ~READY_WRITE
             break
+    if (c.tls_want[src] == READY_READ and not c.ready[src] & READY_READ
+            and not SSL_has_pending(c.ssl)):
+        SSL_free_buffers(c.ssl)     # a short read emptied the socket: as at WANT_READ
     return pump_result(moved, total, PUMP_STOPPED)
 
 

@@ -58,6 +58,34 @@ cdef int tls_fatal(Worker *w, Conn *c, int ssl_err) noexcept nogil
 # The peer closed TCP without close_notify: TLS marked dead, a tls_truncated event.
 cdef void tls_truncated(Worker *w, Conn *c) noexcept nogil
 
+# -- tls/reads.pxi -------------------------------------------------------------------------
+# The socket BIO's read callback: a short read clears READY_READ of the TLS side (read_short).
+cdef long on_socket_read(BIO *b, int oper, const char *argp, size_t n, int argi,
+                         long argl, int ret, size_t *processed) noexcept nogil
+# Handshake done, receive not offloaded: read-ahead, and on_socket_read on c's socket BIO.
+cdef void tls_lean_reads(Conn *c) noexcept nogil
+# Whether direction d's next SSL_* call may proceed: its readiness, or (SSL_read) bytes
+# OpenSSL holds already.
+cdef inline bint tls_may_read(Conn *c, int d) noexcept nogil:
+    return <bint>(c.ready[c.tls_side] & c.tls_want[d]) or (
+        c.tls_want[d] == READY_READ and SSL_has_pending(c.ssl))
+
+# -- tls/gather.pxi ------------------------------------------------------------------------
+# Send c.out (to the TLS socket): 1 none left (buffer pooled), 0 socket full, <0 -errno.
+cdef int out_send(Conn *c) noexcept nogil
+# As out_send, and the buffer goes back to the pool once empty.
+cdef int tls_out_flush(Worker *w, Conn *c) noexcept nogil
+# tls_out_flush for a pump: a failed send goes through tls_fatal (event, -errno).
+cdef int tls_out_drain(Worker *w, Conn *c) noexcept nogil
+# The gather BIO's write: records into c.out during a batch, else through to the socket.
+cdef int gather_write(BIO *b, const char *data, size_t n, size_t *written) noexcept nogil
+# The gather BIO's ctrl: BIO_flush sends c.out.
+cdef long gather_ctrl(BIO *b, int cmd, long num, void *ptr) noexcept nogil
+# A BIO_METHOD with gather_write and gather_ctrl; NULL: no memory.
+cdef BIO_METHOD *gather_method_new() noexcept nogil
+# Handshake done, the kernel does not encrypt: c.ssl writes through the gather BIO.
+cdef void tls_gather_start(Conn *c) noexcept nogil
+
 # -- tls/stream.pxi -------------------------------------------------------------------------
 # The slot's SSL (it owns it) on `side`, whose TCP is up; then the handshake. [may close]
 cdef void conn_tls_start(Worker *w, int32_t i, int side) noexcept nogil

@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 from exit_nodes import ExitSetup, Identities, Identity, make_identities
 from support.relay import (
-    SERVER_NAME,
     SPLICE_UNAVAILABLE,
     DataPath,
     LoopThread,
@@ -28,17 +27,11 @@ from support.relay import (
 )
 
 from relaycore import _core
-from relaycore.lab.pki import make_pki
 
 
 @pytest.fixture(scope="session")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
-    pki = make_pki(tmp_path_factory.mktemp("pki"))
-    return TLSFiles(
-        pki=pki,
-        server=pki.issue("upstream", dns=[SERVER_NAME], ips=["127.0.0.1"]),
-        client=pki.issue("device-7", client=True),
-    )
+    return TLSFiles.make(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(params=["copy", "splice", "tls"])

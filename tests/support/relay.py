@@ -24,7 +24,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from relaycore.errors import StartupError
-from relaycore.lab.pki import Issued, Pki
+from relaycore.lab.pki import Issued, Pki, make_pki
 from relaycore.lab.relay import RelayProcess
 from relaycore.protocol import NOTICE_CAUSES
 
@@ -337,6 +337,16 @@ class TLSFiles:
     pki: Pki
     server: Issued
     client: Issued
+
+    @classmethod
+    def make(cls, directory: Path) -> TLSFiles:
+        """A fresh CA in `directory`, and the two certificates."""
+        pki = make_pki(directory)
+        return cls(
+            pki=pki,
+            server=pki.issue("upstream", dns=[SERVER_NAME], ips=["127.0.0.1"]),
+            client=pki.issue("device-7", client=True),
+        )
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@
   the relay's SSL_write stops part-way, the device's side is no longer read; when the
   upstream reads again, every byte arrives in order (SHA-256 at both ends);
 - several records per send, in a real worker under strace (skipped without strace): the
-  records of each chunk leave in one send (153 sends for 8 MiB here, 518 before).
+  records of each chunk leave in one send (153 sends for 8 MiB here, 518 before);
+- no epoll_ctl per message: a kept connection's round trips change no interest.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ import ssl
 import subprocess
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from support.clients import connect
+from support.clients import connect, ping
 from support.data import MiB, RandomStream
 from support.relay import (
     SERVER_NAME,
@@ -250,17 +252,49 @@ def test_partial_record_writes_under_backpressure(tls_files):
     assert tls_failures(counters) == 0, counters
 
 
-def sends_by(trace: str) -> int:
-    """The write-side calls in an `strace -c` summary (write, sendto, sendmsg, writev)."""
+def calls_in(summary: str, names: tuple[str, ...]) -> int:
+    """The calls to `names` in an `strace -c` summary."""
     calls = 0
-    for line in trace.splitlines():
+    for line in summary.splitlines():
         words = line.split()
-        if words and words[-1] in ("write", "sendto", "sendmsg", "writev"):
+        if words and words[-1] in names:
             calls += int(words[3])
     return calls
 
 
-@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+@contextlib.contextmanager
+def strace_counts(pid: int, calls: tuple[str, ...], summary: Path) -> Iterator[None]:
+    """`strace -c -f` on pid, counting `calls`, for the block; its summary in `summary`."""
+    tracer = subprocess.Popen(
+        [
+            "strace",
+            "-c",
+            "-f",
+            "-o",
+            str(summary),
+            "-p",
+            str(pid),
+            "-e",
+            "trace=" + ",".join(calls),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert tracer.stderr is not None
+        attached = tracer.stderr.readline()  # "strace: Process N attached"
+        assert "attached" in attached, attached
+        yield
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.communicate(timeout=30)
+
+
+SENDS = ("write", "sendto", "sendmsg", "writev")
+needs_strace = pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+
+
+@needs_strace
 def test_a_chunk_of_records_goes_out_in_one_send(tmp_path, tls_files):
     """8 MiB device -> TLS upstream through a real worker, its write-side syscalls counted
     by strace: the records of each 63 KiB chunk leave together (about 130 sends, a few
@@ -268,37 +302,17 @@ def test_a_chunk_of_records_goes_out_in_one_send(tmp_path, tls_files):
     record by itself (at least 512)."""
     total = 8 * MiB
     server_ctx = tls_server_context(tls_files.server.chain, tls_files.server.key)
+    summary = tmp_path / "strace.txt"
     with SinkServer(tls=server_ctx) as up:
         listen_port = free_port()
-        config = relay_config(
-            run_dir=tmp_path / "run", listen_port=listen_port, upstream_port=up.port
-        ).replace("tls = false", f'server_name = "{SERVER_NAME}"\nca = "{tls_files.pki.ca_cert}"')
+        config = tls_relay_config(tmp_path, listen_port, up.port, tls_files)
         with relay_process(config, tmp_path) as relay:
             [worker] = relay.worker_pids(expected=1)
             with connect(listen_port, timeout=30) as sock:
                 ping_sink = b"x"
                 sock.sendall(ping_sink)  # the handshake happens before strace attaches
                 [rec] = up.wait_connections(1)
-                trace_file = tmp_path / "strace.txt"
-                tracer = subprocess.Popen(
-                    [
-                        "strace",
-                        "-c",
-                        "-f",
-                        "-o",
-                        str(trace_file),
-                        "-p",
-                        str(worker),
-                        "-e",
-                        "trace=write,sendto,sendmsg,writev",
-                    ],
-                    stderr=subprocess.PIPE,
-                    text=True,
-                )
-                try:
-                    assert tracer.stderr is not None
-                    attached = tracer.stderr.readline()  # "strace: Process N attached"
-                    assert "attached" in attached, attached
+                with strace_counts(worker, SENDS, summary):
                     stream = RandomStream(total, seed=37)
                     while not stream.done:
                         chunk = stream.peek(256 << 10)
@@ -306,9 +320,6 @@ def test_a_chunk_of_records_goes_out_in_one_send(tmp_path, tls_files):
                         stream.advance(len(chunk))
                     sock.shutdown(socket.SHUT_WR)
                     digest = recv_exact(sock, 32)
-                finally:
-                    tracer.send_signal(signal.SIGINT)
-                    tracer.communicate(timeout=30)
             rec.wait(20)
     expected = hashlib.sha256(ping_sink)
     replay = RandomStream(total, seed=37)
@@ -318,5 +329,38 @@ def test_a_chunk_of_records_goes_out_in_one_send(tmp_path, tls_files):
         replay.advance(len(piece))
     assert digest == expected.digest(), "stream corrupted"
     assert rec.received == total + 1, rec
-    sends = sends_by(trace_file.read_text())
-    assert 0 < sends <= 2 * total // (63 * 1024) + 20, trace_file.read_text()
+    sends = calls_in(summary.read_text(), SENDS)
+    assert 0 < sends <= 2 * total // (63 * 1024) + 20, summary.read_text()
+
+
+@needs_strace
+def test_echo_round_trips_make_no_epoll_ctl(tmp_path, tls_files):
+    """A kept TLS connection's round trips change no epoll interest: each side is
+    registered once, edge-triggered for both directions, so epoll_ctl is not called per
+    message (nor per short read or full socket)."""
+    server_ctx = tls_server_context(tls_files.server.chain, tls_files.server.key)
+    summary = tmp_path / "strace.txt"
+    with EchoServer(tls=server_ctx) as up:
+        listen_port = free_port()
+        config = tls_relay_config(tmp_path, listen_port, up.port, tls_files)
+        with relay_process(config, tmp_path) as relay:
+            [worker] = relay.worker_pids(expected=1)
+            with connect(listen_port, timeout=30) as sock:
+                ping(sock, b"handshake first")
+                with strace_counts(
+                    worker, ("epoll_ctl", "epoll_wait", "recvfrom", "read"), summary
+                ):
+                    for k in range(ROUND_TRIPS):
+                        ping(sock, k.to_bytes(2, "big") * (MESSAGE // 2))
+    trace = summary.read_text()
+    assert calls_in(trace, ("epoll_wait",)) > 0, trace
+    assert calls_in(trace, ("recvfrom", "read")) >= 2 * ROUND_TRIPS, trace
+    # None per message; the worker's other threads (ZeroMQ's I/O thread) may make a few.
+    assert calls_in(trace, ("epoll_ctl",)) < ROUND_TRIPS // 20, trace
+
+
+def tls_relay_config(tmp_path: Path, listen_port: int, upstream_port: int, files: TLSFiles) -> str:
+    """One worker, one TLS connector to upstream_port verified with the test PKI."""
+    return relay_config(
+        run_dir=tmp_path / "run", listen_port=listen_port, upstream_port=upstream_port
+    ).replace("tls = false", f'server_name = "{SERVER_NAME}"\nca = "{files.pki.ca_cert}"')

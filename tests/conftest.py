@@ -4,6 +4,7 @@ behind: every socket, pipe, server and relay a test opens must be closed when it
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -12,6 +13,13 @@ import psutil
 import pytest
 
 SETTLE_TIMEOUT = 3.0
+
+# A shell that starts `make test` in the background (a CI runner's `cmd &`, nohup) starts
+# it with SIGINT ignored, and an ignored signal stays ignored across exec: the CLIs the
+# tests stop with Ctrl-C (SIGINT) would never see it. A handler of our own is reset to
+# the default in every child, so the children get Ctrl-C as from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _fd_table() -> dict[str, str]:

@@ -7,8 +7,9 @@
         relaycore's share of resumed TLS handshakes (counted at the peer) in churn with
         1 to 32 connections at a time.
     .venv/bin/python bench/peers/diagnose.py tls-heap [--conns 1000]
-        bench/peers/tlsheap.c: heap an idle OpenSSL client connection holds, before and
-        after SSL_free_buffers().
+        bench/peers/tlsheap.c on relaycore's OpenSSL (3.5): heap an idle client connection
+        holds, before and after SSL_free_buffers(), with both key shares, the hybrid's
+        alone and X25519's alone.
 
 Same peers, load generator, CA and relay configs as run.py. Loopback only, bounded runs
 (a few seconds each); strace slows the relays, so only counts are read from it.
@@ -27,7 +28,7 @@ import time
 from pathlib import Path
 
 from procfs import proc_table, tree
-from programs import HERE, Loadgen, Upstream, build
+from programs import Loadgen, Upstream, build, compile_programs
 from relays import HAProxy, Nginx, Relay, Relaycore, Routes, Stunnel
 
 from relaycore.lab.base import free_port
@@ -131,21 +132,24 @@ def resumption(tmp: Path, bins: dict[str, Path], pki: ServerPki, workers: list[i
         echo.close()
 
 
+# What tls-heap offers: both key shares (OpenSSL 3.5's default, relaycore's first
+# handshake), the hybrid's alone (relaycore once its server chose the hybrid), classical
+# X25519 alone (the heap of a connection whose key exchange made no ML-KEM key).
+TLS_HEAP_GROUPS = ("*X25519MLKEM768:*X25519", "X25519MLKEM768", "X25519")
+
+
 def tls_heap(tmp: Path, bins: dict[str, Path], pki: ServerPki, conns: int) -> None:
-    binary = tmp / "tlsheap"
-    subprocess.run(
-        ["cc", "-O2", "-o", str(binary), str(HERE / "tlsheap.c"), "-lssl", "-lcrypto"],
-        check=True,
-    )
+    binary = compile_programs(tmp, ("tlsheap",))["tlsheap"]  # relaycore's OpenSSL (3.5)
     echo = Upstream(bins["upstream"], "echo", (pki.cert, pki.key))
     try:
-        res = subprocess.run(
-            [str(binary), str(echo.address[1]), str(pki.ca), str(conns)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        print(res.stdout.strip() or res.stderr.strip())
+        for groups in TLS_HEAP_GROUPS:
+            res = subprocess.run(
+                [str(binary), str(echo.address[1]), str(pki.ca), str(conns), groups],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            print(f"groups {groups}: " + (res.stdout.strip() or res.stderr.strip()))
     finally:
         echo.close()
 

@@ -1,11 +1,14 @@
 /* bench/peers/tlsheap.c: heap held by an idle TLS 1.3 client connection in OpenSSL, before and
  * after SSL_free_buffers(). Run by `bench/peers/diagnose.py tls-heap`.
  *
- *   tlsheap PORT CA N   N connections to the TLS echo peer on 127.0.0.1:PORT, each set up as
+ *   tlsheap PORT CA N [GROUPS]
+ *                       N connections to the TLS echo peer on 127.0.0.1:PORT, each set up as
  *                       relaycore sets its TLS connections (SSL_MODE_RELEASE_BUFFERS and the
  *                       partial-write modes, verification of "localhost"): handshake, one
  *                       64-byte echo, then one non-blocking SSL_read that says WANT_READ, as
  *                       an event loop's last read on a connection that goes idle does.
+ *                       GROUPS: the key exchange groups offered (OpenSSL's syntax; a "*"
+ *                       sends a key share), e.g. to see what a key share holds.
  * Prints the heap in use per connection (mallinfo2) then, and after SSL_free_buffers() on each.
  */
 #include <arpa/inet.h>
@@ -22,8 +25,8 @@
 
 int main(int argc, char **argv)
 {
-    if (argc != 4) {
-        fprintf(stderr, "usage: tlsheap PORT CA N\n");
+    if (argc != 4 && argc != 5) {
+        fprintf(stderr, "usage: tlsheap PORT CA N [GROUPS]\n");
         return 2;
     }
     int port = atoi(argv[1]), n = atoi(argv[3]);
@@ -31,6 +34,10 @@ int main(int argc, char **argv)
     if (ctx == NULL || SSL_CTX_load_verify_locations(ctx, argv[2], NULL) != 1 || n < 1)
         return 1;
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    if (argc == 5 && SSL_CTX_set1_groups_list(ctx, argv[4]) != 1) {
+        fprintf(stderr, "tlsheap: groups %s: not accepted\n", argv[4]);
+        return 1;
+    }
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
                               | SSL_MODE_RELEASE_BUFFERS);
     SSL **ssl = calloc((size_t)n, sizeof *ssl);

@@ -26,6 +26,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support.clients import connect, ping
@@ -301,26 +302,20 @@ def test_a_chunk_of_records_goes_out_in_one_send(tmp_path, tls_files):
     more where the upstream's socket is full), where OpenSSL alone writes each 16 KiB
     record by itself (at least 512)."""
     total = 8 * MiB
-    server_ctx = tls_server_context(tls_files.server.chain, tls_files.server.key)
     summary = tmp_path / "strace.txt"
-    with SinkServer(tls=server_ctx) as up:
-        listen_port = free_port()
-        config = tls_relay_config(tmp_path, listen_port, up.port, tls_files)
-        with relay_process(config, tmp_path) as relay:
-            [worker] = relay.worker_pids(expected=1)
-            with connect(listen_port, timeout=30) as sock:
-                ping_sink = b"x"
-                sock.sendall(ping_sink)  # the handshake happens before strace attaches
-                [rec] = up.wait_connections(1)
-                with strace_counts(worker, SENDS, summary):
-                    stream = RandomStream(total, seed=37)
-                    while not stream.done:
-                        chunk = stream.peek(256 << 10)
-                        sock.sendall(chunk)
-                        stream.advance(len(chunk))
-                    sock.shutdown(socket.SHUT_WR)
-                    digest = recv_exact(sock, 32)
-            rec.wait(20)
+    with one_worker_relay(tmp_path, tls_files, SinkServer) as (up, worker, sock):
+        ping_sink = b"x"
+        sock.sendall(ping_sink)  # the handshake happens before strace attaches
+        [rec] = up.wait_connections(1)
+        with strace_counts(worker, SENDS, summary):
+            stream = RandomStream(total, seed=37)
+            while not stream.done:
+                chunk = stream.peek(256 << 10)
+                sock.sendall(chunk)
+                stream.advance(len(chunk))
+            sock.shutdown(socket.SHUT_WR)
+            digest = recv_exact(sock, 32)
+    rec.wait(20)
     expected = hashlib.sha256(ping_sink)
     replay = RandomStream(total, seed=37)
     while not replay.done:
@@ -338,20 +333,12 @@ def test_echo_round_trips_make_no_epoll_ctl(tmp_path, tls_files):
     """A kept TLS connection's round trips change no epoll interest: each side is
     registered once, edge-triggered for both directions, so epoll_ctl is not called per
     message (nor per short read or full socket)."""
-    server_ctx = tls_server_context(tls_files.server.chain, tls_files.server.key)
     summary = tmp_path / "strace.txt"
-    with EchoServer(tls=server_ctx) as up:
-        listen_port = free_port()
-        config = tls_relay_config(tmp_path, listen_port, up.port, tls_files)
-        with relay_process(config, tmp_path) as relay:
-            [worker] = relay.worker_pids(expected=1)
-            with connect(listen_port, timeout=30) as sock:
-                ping(sock, b"handshake first")
-                with strace_counts(
-                    worker, ("epoll_ctl", "epoll_wait", "recvfrom", "read"), summary
-                ):
-                    for k in range(ROUND_TRIPS):
-                        ping(sock, k.to_bytes(2, "big") * (MESSAGE // 2))
+    with one_worker_relay(tmp_path, tls_files, EchoServer) as (_, worker, sock):
+        ping(sock, b"handshake first")
+        with strace_counts(worker, ("epoll_ctl", "epoll_wait", "recvfrom", "read"), summary):
+            for k in range(ROUND_TRIPS):
+                ping(sock, k.to_bytes(2, "big") * (MESSAGE // 2))
     trace = summary.read_text()
     assert calls_in(trace, ("epoll_wait",)) > 0, trace
     assert calls_in(trace, ("recvfrom", "read")) >= 2 * ROUND_TRIPS, trace
@@ -359,8 +346,20 @@ def test_echo_round_trips_make_no_epoll_ctl(tmp_path, tls_files):
     assert calls_in(trace, ("epoll_ctl",)) < ROUND_TRIPS // 20, trace
 
 
-def tls_relay_config(tmp_path: Path, listen_port: int, upstream_port: int, files: TLSFiles) -> str:
-    """One worker, one TLS connector to upstream_port verified with the test PKI."""
-    return relay_config(
-        run_dir=tmp_path / "run", listen_port=listen_port, upstream_port=upstream_port
-    ).replace("tls = false", f'server_name = "{SERVER_NAME}"\nca = "{files.pki.ca_cert}"')
+@contextlib.contextmanager
+def one_worker_relay(
+    tmp_path: Path, files: TLSFiles, server: type[EchoServer] | type[SinkServer]
+) -> Iterator[tuple[Any, int, socket.socket]]:
+    """A relay process with one worker and one TLS connector to a new `server` (verified
+    with the test PKI), and a device connected to it: (the server, the worker's pid, the
+    device's socket)."""
+    server_ctx = tls_server_context(files.server.chain, files.server.key)
+    with server(tls=server_ctx) as up:
+        listen_port = free_port()
+        config = relay_config(
+            run_dir=tmp_path / "run", listen_port=listen_port, upstream_port=up.port
+        ).replace("tls = false", f'server_name = "{SERVER_NAME}"\nca = "{files.pki.ca_cert}"')
+        with relay_process(config, tmp_path) as relay:
+            [worker] = relay.worker_pids(expected=1)
+            with connect(listen_port, timeout=30) as sock:
+                yield up, worker, sock

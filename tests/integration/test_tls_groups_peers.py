@@ -36,16 +36,21 @@ from relaycore.lab.base import free_port, wait_for
 METRIC = "relaycore_tls_handshake_groups_total"
 
 
-def cli_stats(run_dir: Path) -> dict[str, Any]:
-    """`relaycore stats --json`."""
+def cli_json(command: str, run_dir: Path) -> str:
+    """What `relaycore COMMAND --json` prints."""
     out = subprocess.run(
-        [sys.executable, "-m", "relaycore", "stats", "--json", "--run-dir", str(run_dir)],
+        [sys.executable, "-m", "relaycore", command, "--json", "--run-dir", str(run_dir)],
         capture_output=True,
         text=True,
         timeout=30,
         check=True,
     )
-    report: dict[str, Any] = json.loads(out.stdout)
+    return out.stdout
+
+
+def cli_stats(run_dir: Path) -> dict[str, Any]:
+    """`relaycore stats --json`."""
+    report: dict[str, Any] = json.loads(cli_json("stats", run_dir))
     return report
 
 
@@ -143,14 +148,7 @@ def test_a_classical_server_is_one_info_line_however_many_workers_saw_it(
             with socket.create_connection((HOST, listen), timeout=5) as s:
                 s.sendall(b"ping")
                 assert s.recv(4) == b"ping"
-            out = subprocess.run(
-                [sys.executable, "-m", "relaycore", "logs", "--json", "--run-dir", str(run_dir)],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=True,
-            )
-            records = [json.loads(line) for line in out.stdout.splitlines()]
+            records = [json.loads(line) for line in cli_json("logs", run_dir).splitlines()]
             return [(r["cause"], r["count"]) for r in records] == [("pq_classical", 2)]
 
         wait_for(both_workers_reported, 30, "a pq_classical record from each worker")

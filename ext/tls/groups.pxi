@@ -120,13 +120,14 @@ cdef void share_offer(TLSConf *conf, SSL *ssl) noexcept nogil:
 
 
 cdef void share_learn(TLSConf *conf, uint8_t group) noexcept nogil:
-    # A connector's handshake got `group`: the share its next connections offer.
-    if not conf.learns_share:
+    # A connector's handshake got `group`: the share its next connections offer. Another
+    # group means both shares again; GROUP_NONE (a resumed TLS 1.2 session) says nothing.
+    if not conf.learns_share or group == GROUP_NONE:
         return
     if group == GROUP_X25519MLKEM768 or (group == GROUP_X25519 and conf.pq_mode == PQ_PREFER):
         conf.share_group = group
-    elif group != GROUP_NONE:       # another group: both shares again (a resumed TLS 1.2
-        conf.share_group = GROUP_NONE   # session, GROUP_NONE, says nothing)
+    else:
+        conf.share_group = GROUP_NONE
 
 
 cdef int on_certificate_request(SSL *ssl, void *arg) noexcept nogil:

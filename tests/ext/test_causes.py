@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
+from support.relay import one_route_counters
 
 from relaycore import _core
 
@@ -31,12 +32,7 @@ def test_cause_names_follow_the_enum() -> None:
 
 
 def test_each_cause_has_one_counter_per_route() -> None:
-    loop = _core.Loop(max_connections=1)
-    try:
-        loop.add_reject()
-        [counters] = loop.route_counters()
-    finally:
-        loop.close()
+    counters = one_route_counters()
     errors = sorted(name for name in counters if name.startswith("errors_"))
     assert errors == sorted(f"errors_{cause}" for cause in _core.CAUSES)
     # One count per cause: no legacy duplicate of a cause's count.

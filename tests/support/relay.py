@@ -424,3 +424,16 @@ def assert_data_path(
         assert counters["ktls_conns"] == 0, counters
         if conns is not None:
             assert counters["handshakes"] == conns, counters
+
+
+def one_route_counters() -> dict[str, int]:
+    """The counters of a loop's one route (a reject route: no upstream needed)."""
+    from relaycore._core import Loop
+
+    loop = Loop(max_connections=1)
+    try:
+        loop.add_reject()
+        [counters] = loop.route_counters()
+    finally:
+        loop.close()
+    return dict(counters)

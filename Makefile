@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 # zlib and zstd statically (zlib1g-dev, libzstd-dev); pkg-config finds a system one.
 # systemd: systemd-analyze, which checks contrib/systemd without a running systemd.
 # strace: the lean data path tests count a worker's syscalls (tests/integration/test_lean_reads.py).
-DEB_PACKAGES := python3 python3-venv python3-dev gcc make libssl-dev openssl iproute2 procps strace \
+DEB_PACKAGES := python3 python3-venv python3-dev gcc make libssl-dev liburing-dev openssl iproute2 procps strace \
 	curl nginx-light mosquitto mosquitto-clients nftables iputils-ping util-linux mount \
 	pkg-config zlib1g-dev libzstd-dev debian-archive-keyring systemd haproxy
 # Named after the list, so that a package added to it is installed on machines already set

@@ -8,6 +8,7 @@ RELAYCORE_DEBUG=1 builds with -O0 -g and Cython line tracing off but asserts on.
 """
 
 import os
+import subprocess
 import sys
 
 from Cython.Build import cythonize
@@ -26,13 +27,26 @@ except OpenSSLNotFound as e:
     sys.exit(f"setup.py: {e}")
 print(f"setup.py: OpenSSL: {openssl.origin}", file=sys.stderr)
 
+
+def liburing_archive() -> str:
+    """liburing.a (Debian's liburing-dev), linked in like OpenSSL: the wheel needs nothing."""
+    try:
+        libdir = subprocess.run(
+            ["pkg-config", "--variable=libdir", "liburing"],
+            check=True, capture_output=True, text=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        sys.exit("setup.py: liburing not found (apt-get install liburing-dev; `make` does)")
+    return os.path.join(libdir, "liburing.a")
+
+
 extension = Extension(
     "relaycore._core",
     ["ext/_core.pyx", *(os.path.relpath(s) for s in openssl.sources)],
     include_dirs=["ext/includes", *openssl.include_dirs],
     extra_compile_args=extra_compile_args,
     define_macros=[("RELAYCORE_OPENSSL_ORIGIN", '"' + openssl.origin + '"')],
-    extra_objects=openssl.extra_objects,
+    extra_objects=[*openssl.extra_objects, liburing_archive()],
     libraries=openssl.libraries,
     library_dirs=openssl.library_dirs,
     extra_link_args=openssl.extra_link_args,

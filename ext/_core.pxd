@@ -31,15 +31,18 @@ from libc.stdint cimport int8_t, int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from includes.linux cimport *
 from includes.openssl cimport *
+from includes.uring cimport *
 
 include "base/types.pxd"
 include "base/causes.pxd"
 include "tls/types.pxd"
 include "modes/types.pxd"
+include "uring/types.pxd"
 include "loop/types.pxd"
 
 include "base/base.pxd"
 include "loop/loop.pxd"
 include "tls/tls.pxd"
 include "modes/modes.pxd"
+include "uring/uring.pxd"
 include "api/api.pxd"

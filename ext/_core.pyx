@@ -9,9 +9,9 @@ import ipaddress
 import os
 
 from cpython.exc cimport PyErr_CheckSignals
-from libc.errno cimport (EAGAIN, ECONNREFUSED, ECONNRESET, EHOSTUNREACH, EINPROGRESS, EINTR,
-                         EMFILE, ENETUNREACH, ENFILE, EINVAL, EIO, ENOBUFS, ENOMEM,
-                         EPROTO, ETIMEDOUT, errno)
+from libc.errno cimport (EAGAIN, EBUSY, ECONNREFUSED, ECONNRESET, EHOSTUNREACH,
+                         EINPROGRESS, EINTR, EMFILE, ENETUNREACH, ENFILE, EINVAL, EIO, ENOBUFS,
+                         ENOMEM, ENOSYS, EPROTO, ETIME, ETIMEDOUT, errno)
 from libc.stdio cimport snprintf
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memmove, memset, strcmp, strerror, strlen
@@ -43,6 +43,11 @@ include "tls/gather.pxi"
 include "tls/stream.pxi"
 include "tls/identity.pxi"
 include "tls/certseen.pxi"
+
+# io = "io_uring" (an experiment): the worker's ring, adopted connections, their moves
+include "uring/ring.pxi"
+include "uring/relay.pxi"
+include "uring/pumps.pxi"
 
 # modes: match tables and the exit host's own addresses, gateway, the proxy protocols, the
 # resolver, tunnel exits, the PROXY protocol, the HTTP Host rewrite

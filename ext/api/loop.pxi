@@ -11,12 +11,20 @@ cdef class Loop:
     route_counters() and name the route of each ErrorEvent.
 
     splice: "auto" promotes streaming directions to splice(2), "off" never splices,
-    "always" splices every direction from its first byte (pool permitting)."""
+    "always" splices every direction from its first byte (pool permitting).
+
+    io: "epoll" (the default), or "io_uring", an experiment: relaying connections (plain
+    copy and TLS in user space) move their bytes by multishot receives into provided
+    buffers and batched sends on an io_uring; accepting, connecting, handshakes and the
+    other paths stay on epoll. OSError if the kernel has no usable io_uring."""
 
     def __cinit__(self, *, int max_connections=10000, str splice="auto",
                   long connect_timeout_ms=10000, long idle_timeout_ms=900000,
-                  long handshake_timeout_ms=10000, int max_pipes=-1, int pipe_size=262144):
-        cdef int mode
+                  long handshake_timeout_ms=10000, int max_pipes=-1, int pipe_size=262144,
+                  str io="epoll"):
+        cdef int mode, rc
+        if io not in ("epoll", "io_uring"):
+            raise ValueError(f"io must be 'epoll' or 'io_uring', not {io!r}")
         if max_connections < 1 or max_connections > 0x3fffffff:
             raise ValueError(f"max_connections out of range: {max_connections}")
         self.tls_contexts = []
@@ -34,6 +42,26 @@ cdef class Loop:
         self.w.connect_timeout_ms = connect_timeout_ms
         self.w.handshake_timeout_ms = handshake_timeout_ms
         self.w.idle_timeout_ms = idle_timeout_ms
+        if io == "io_uring":
+            rc = uring_new(self.w)
+            if rc < 0:
+                self.release()
+                raise OSError(-rc, f"io_uring: {os.strerror(-rc)} (io = \"io_uring\" needs"
+                              " Linux 5.19 or later with io_uring enabled)")
+
+    @property
+    def io(self):
+        """"io_uring" if the relaying connections move their bytes on an io_uring."""
+        return "io_uring" if self.live().uring != NULL else "epoll"
+
+    def uring_stats(self):
+        """io = "io_uring": connections adopted by the ring so far, its requests in flight,
+        and its free receive buffers; None on epoll."""
+        cdef Worker *w = self.live()
+        if w.uring == NULL:
+            return None
+        return {"adopted": w.uring.adopted, "inflight": w.uring.inflight,
+                "buffers_free": w.uring.bufs_free}
 
     def __dealloc__(self):
         self.release()
@@ -213,7 +241,7 @@ cdef class Loop:
         if rc == -EINTR:
             PyErr_CheckSignals()
         elif rc < 0:
-            raise_from_errno(-rc, "epoll_wait")
+            raise_from_errno(-rc, "epoll_wait" if w.uring == NULL else "io_uring_enter")
 
     def stop_accepting(self):
         """Stop accepting and close the loop's listener fds; relayed connections go on."""

@@ -11,4 +11,8 @@
 #define RELAYCORE_SO_ORIGINAL_DST 80
 #define RELAYCORE_IP6T_SO_ORIGINAL_DST 80
 
+/* errno from Cython code: assigning the cimported name would make a local variable. */
+#include <errno.h>
+static inline void relaycore_set_errno(int e) { errno = e; }
+
 #endif

@@ -164,21 +164,26 @@ cdef extern from "<openssl/ssl.h>" nogil:
 
     void SSL_set_read_ahead(SSL *ssl, int yes)
     void SSL_set0_wbio(SSL *ssl, BIO *wbio)
+    void SSL_set0_rbio(SSL *ssl, BIO *rbio)
     ctypedef struct BIO_METHOD:
         pass
     enum:
         BIO_TYPE_SOURCE_SINK
         BIO_CTRL_FLUSH
         BIO_CTRL_WPENDING
+        BIO_CTRL_EOF
     int BIO_get_new_index()
     BIO_METHOD *BIO_meth_new(int type, const char *name)
     int BIO_meth_set_write_ex(BIO_METHOD *m,
                               int (*write)(BIO *, const char *, size_t, size_t *) noexcept nogil)
     int BIO_meth_set_ctrl(BIO_METHOD *m, long (*ctrl)(BIO *, int, long, void *) noexcept nogil)
+    int BIO_meth_set_read_ex(BIO_METHOD *m,
+                             int (*read)(BIO *, char *, size_t, size_t *) noexcept nogil)
     void BIO_set_data(BIO *b, void *ptr)
     void *BIO_get_data(BIO *b)
     void BIO_set_init(BIO *b, int init)
     void BIO_set_retry_write(BIO *b)
+    void BIO_set_retry_read(BIO *b)
     void BIO_clear_retry_flags(BIO *b)
     enum:
         BIO_CB_READ

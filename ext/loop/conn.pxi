@@ -37,6 +37,8 @@ cdef void conn_close(Worker *w, int32_t i, bint abortive) noexcept nogil:
     cdef int side
     if c.state == CONN_CLOSED or c.state == CONN_FREE:
         return
+    if c.u != NULL:
+        uring_conn_closing(c)
     if (not abortive and c.ssl != NULL and not c.tls_dead
             and not SSL_get_shutdown(c.ssl) & SSL_SENT_SHUTDOWN):
         # A graceful close we decide (idle timeout) still owes the server a close_notify,
@@ -69,6 +71,8 @@ cdef void conn_close(Worker *w, int32_t i, bint abortive) noexcept nogil:
         # Queued slots are unlinked by the run queue, which then puts them on the dead list.
         c.next = w.dead_head
         w.dead_head = i
+    if c.u != NULL:
+        uring_conn_closed(w, i)
     w.active -= 1
     conn_ctr(w, c).closed += 1
     if w.limit_paused and w.active < w.max_conns:
@@ -158,6 +162,8 @@ cdef void conn_relaying(Worker *w, int32_t i) noexcept nogil:
     c.state = CONN_RELAYING
     c.last_active_ms = w.now_ms
     timer_arm(w, i, w.now_ms + w.idle_timeout_ms)
+    if w.uring != NULL:
+        uring_adopt(w, i)
 
 
 cdef void conn_open(Worker *w, uint32_t listener, int client_fd,
@@ -299,6 +305,9 @@ cdef void conn_run(Worker *w, int32_t i) noexcept nogil:
     elif c.state == CONN_PROXY_HEADER and c.ready[SIDE_CLIENT] & READY_READ:
         proxyhdr_read(w, i)
     if c.state != CONN_RELAYING:
+        return
+    if c.u != NULL:
+        uring_run(w, i)
         return
     while True:
         moved = 0

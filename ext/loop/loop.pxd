@@ -43,6 +43,8 @@ cdef void conn_connect_timeout(Worker *w, int32_t i) noexcept nogil
 cdef void conn_connected(Worker *w, int32_t i) noexcept nogil
 # RELAYING from now on, under the idle timeout.
 cdef void conn_relaying(Worker *w, int32_t i) noexcept nogil
+# A pump's fatal result: a reset on both sides (or out_of_memory, an HTTP refusal). [may close]
+cdef void conn_pump_failed(Worker *w, int32_t i, int rc) noexcept nogil
 # Moves what can move now; stays queued if its budget ran out. [may close]
 cdef void conn_run(Worker *w, int32_t i) noexcept nogil
 # Its deadline passed (the timer is already disarmed). [may close]

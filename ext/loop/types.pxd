@@ -124,6 +124,7 @@ cdef struct Conn:
     uint32_t out_len
     uint8_t gather                # the gather BIO is c.ssl's write BIO
     uint8_t gathering             # inside a batch: records stay in `out` until its end
+    UConn *u                      # io = "io_uring" and adopted (uring/relay.pxi), else NULL
     Dir dir[2]
     uint64_t deadline_ms          # connect deadline, or when to look at idleness again
     uint64_t last_active_ms
@@ -226,3 +227,6 @@ cdef struct Worker:
     # kTLS for TLS 1.3: the kernel can rekey (KeyUpdate), probed once (tls/ktls.pxi).
     # -1: not probed yet; 0: no, TLS 1.3 stays in user space; 1: yes.
     int8_t ktls_rekey
+    # io = "io_uring": the ring that moves the bytes of relaying connections (uring/), else
+    # NULL and epoll does everything.
+    Uring *uring

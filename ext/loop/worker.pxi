@@ -81,27 +81,53 @@ cdef void free_dead(Worker *w) noexcept nogil:
     while w.dead_head != NIL:
         i = w.dead_head
         w.dead_head = w.conns[i].next
+        if w.conns[i].u != NULL:
+            # Requests of its are still in flight on the ring: the last completion puts the
+            # slot back on this list (uring/relay.pxi).
+            w.conns[i].u.parked = 1
+            continue
         w.conns[i].state = CONN_FREE
         w.conns[i].next = w.free_head
         w.free_head = i
 
 
 cdef int worker_turn(Worker *w, int timeout_ms) noexcept nogil:
-    # 0, or -errno from epoll_wait (-EINTR: a signal is waiting for its Python handler).
-    # [may close]
+    # 0, or -errno from epoll_wait or the ring's wait (-EINTR: a signal is waiting for its
+    # Python handler). [may close]
     cdef epoll_event events[MAX_EVENTS]
-    cdef int n, k, tag
-    cdef uint64_t data
-    cdef Conn *c
-    cdef uint32_t ev
+    cdef int n
     if w.run_head != NIL:
         timeout_ms = 0
     elif (w.active or w.limit_paused) and timeout_ms > TICK_MS:
         timeout_ms = TICK_MS
-    n = epoll_wait(w.epfd, events, MAX_EVENTS, timeout_ms)
-    if n < 0:
-        return -errno
-    w.now_ms = clock_ms()
+    if w.uring == NULL:
+        n = epoll_wait(w.epfd, events, MAX_EVENTS, timeout_ms)
+        if n < 0:
+            return -errno
+        w.now_ms = clock_ms()
+    else:
+        n = uring_wait(w, timeout_ms)
+        if n < 0:
+            return n
+        w.now_ms = clock_ms()
+        uring_reap(w)
+        uring_restart_starved(w)
+        n = uring_epoll_events(w, events)
+    epoll_dispatch(w, events, n)
+    run_queue(w)
+    timers_expire(w)
+    listeners_tick(w)
+    free_dead(w)
+    return 0
+
+
+cdef void epoll_dispatch(Worker *w, epoll_event *events, int n) noexcept nogil:
+    # Each event sets ready bits on its side and queues its connection, or accepts.
+    # [may close]
+    cdef int k, tag
+    cdef uint64_t data
+    cdef Conn *c
+    cdef uint32_t ev
     for k in range(n):
         data = events[k].data.u64
         tag = <int>(data & 3)
@@ -134,11 +160,6 @@ cdef int worker_turn(Worker *w, int timeout_ms) noexcept nogil:
         if ev & (EPOLLOUT | EPOLLHUP | EPOLLERR):
             c.ready[tag] |= READY_WRITE
         conn_queue(w, <int32_t>(data >> 2))
-    run_queue(w)
-    timers_expire(w)
-    listeners_tick(w)
-    free_dead(w)
-    return 0
 
 
 cdef int worker_run(Worker *w, uint64_t deadline_ms) noexcept nogil:
@@ -159,6 +180,7 @@ cdef void worker_free(Worker *w) noexcept nogil:
         for k in range(w.max_conns):
             if w.conns[k].state != CONN_FREE and w.conns[k].state != CONN_CLOSED:
                 conn_close(w, k, True)
+    uring_free(w)
     worker_release(w)
 
 

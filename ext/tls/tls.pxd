@@ -103,6 +103,12 @@ cdef int pump_tls_write(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil
 cdef int pump_tls_read(Worker *w, Conn *c, Py_ssize_t *moved) noexcept nogil
 # close_notify towards the TLS side: 1 sent (or none owed), 0 wait, <0 -errno.
 cdef int tls_close_notify(Worker *w, Conn *c) noexcept nogil
+# A KeyUpdate the peer asked for, sent or written now: 1 none owed or done, 0 wait, <0 fatal.
+cdef int tls_answer_key_update(Worker *w, Conn *c, int d) noexcept nogil
+# The message callback installed with our close_notify: a later KeyUpdate request is ignored.
+cdef void on_message_after_close_notify(int write_p, int version, int content_type,
+                                        const void *buf, size_t n, SSL *ssl,
+                                        void *arg) noexcept nogil
 
 # -- tls/identity.pxi -----------------------------------------------------------------------
 # What was written into the memory BIO bio, as bytes.

@@ -84,7 +84,7 @@ def test_status_and_stats_show_workers_capabilities_and_connectors(tmp_path):
             lines = out.stdout.splitlines()
             assert re.fullmatch(rf"relaycore supervisor pid {relay.proc.pid}, up \d+s", lines[0])
             assert lines[1] == f"config: {relay.config_path} (generation 1)"
-            assert lines[2] == f"capabilities: splice off, kTLS {status['ktls']}"
+            assert lines[2] == f"capabilities: splice off, io epoll, kTLS {status['ktls']}"
             assert lines[3] == f"TLS: {status['openssl']}"
             assert lines[4] == "workers: 2"
             assert lines[5].split() == [

@@ -23,7 +23,7 @@ PYTEST_ARGS ?=
 
 DIST_DIR ?= dist
 
-.PHONY: help demo test lint build bench deps clean fmt test-ktls dist
+.PHONY: help demo test test-uring lint build bench deps clean fmt test-ktls dist
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -33,6 +33,12 @@ demo: build  ## install, build, and run the relay on its embedded default (Ctrl-
 
 test: build  ## install, build, and run every test tier
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+# The data-path tiers again with every relay on the experimental io_uring loop ([relay]
+# io = "io_uring", tests/conftest.py's --io): kTLS tests and those that count the epoll
+# loop's own syscalls (marked epoll_only) are skipped. Not in `make test` or CI yet.
+test-uring: build  ## the ext, integration and e2e tiers with io = "io_uring"
+	$(PY) -m pytest --io=io_uring tests/ext tests/integration tests/e2e $(PYTEST_ARGS)
 
 lint: build  ## ruff, ruff format --check, mypy --strict, stubtest, cython-lint
 	$(BIN)/ruff check .

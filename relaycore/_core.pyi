@@ -51,6 +51,10 @@ class Loop:
 
     splice: "auto" promotes streaming directions to splice(2), "off" never splices,
     "always" splices every direction from its first byte (pool permitting).
+
+    io: "epoll" (the default) or "io_uring", experimental: relaying connections (plain copy,
+    user-space TLS) receive by multishot recv into provided buffers and send in batches;
+    OSError when the kernel cannot (io_uring disabled, or older than 6.1).
     """
 
     def __init__(
@@ -58,6 +62,7 @@ class Loop:
         *,
         max_connections: int = 10000,
         splice: str = "auto",
+        io: str = "epoll",
         connect_timeout_ms: int = 10000,
         idle_timeout_ms: int = 900000,
         handshake_timeout_ms: int = 10000,

@@ -46,6 +46,7 @@ MIN_SECONDS = 0.001
 
 Seconds = Annotated[float, msgspec.Meta(ge=MIN_SECONDS, le=MAX_SECONDS)]
 Splice = Literal["auto", "off", "always"]
+Io = Literal["epoll", "io_uring"]
 MinTls = Literal["1.2", "1.3"]
 Ktls = Literal["auto", "off", "require"]
 Pq = Literal["prefer", "require", "off"]
@@ -71,6 +72,9 @@ class Relay(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     drain_timeout_s: Seconds = 30.0
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
     splice: Splice = "auto"
+    # How relaying connections move their bytes: epoll readiness (the design's loop) or,
+    # experimental, io_uring (multishot receive into provided buffers, batched sends).
+    io: Io = "epoll"
     # Upstream names (and fixed exit targets) are resolved again this often; 0: only at
     # start and on reload.
     resolve_interval_s: Annotated[float, msgspec.Meta(ge=0, le=MAX_SECONDS)] = 30.0

@@ -120,6 +120,7 @@ class LoopSettings:
 
     max_connections: int
     splice: str
+    io: str
     connect_timeout_ms: int
     handshake_timeout_ms: int
     idle_timeout_ms: int
@@ -277,6 +278,7 @@ def compile_plan(config: Config, generation: int) -> Plan:
         loop=LoopSettings(
             max_connections=config.relay.max_connections,
             splice=config.relay.splice,
+            io=config.relay.io,
             connect_timeout_ms=round(config.timeouts.connect_s * 1000),
             handshake_timeout_ms=round(config.timeouts.handshake_s * 1000),
             idle_timeout_ms=round(config.timeouts.idle_s * 1000),

@@ -239,6 +239,7 @@ class StatusReply(_Message, tag="status_reply"):
     workers: list[WorkerStatus]
     certs: dict[str, UpstreamCert] = {}  # connector name -> its upstream's certificate
     openssl: str = ""  # the OpenSSL the workers' relaycore._core runs, and where it came from
+    io: str = "epoll"  # the [relay] io mode
 
 
 class LogsReply(_Message, tag="logs_reply"):

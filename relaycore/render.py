@@ -44,7 +44,7 @@ def status(reply: StatusReply) -> str:
     lines = [
         f"relaycore supervisor pid {reply.pid}, up {_age(reply.started, now)}",
         f"config: {reply.config_path} (generation {reply.generation})",
-        f"capabilities: splice {reply.splice}, kTLS {reply.ktls}",
+        f"capabilities: splice {reply.splice}, io {reply.io}, kTLS {reply.ktls}",
         f"TLS: {reply.openssl}",
         f"workers: {len(reply.workers)}",
         *workers_table(reply.workers, now),

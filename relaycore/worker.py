@@ -59,6 +59,7 @@ def _serve(plan: WorkerPlan, ready_fd: int) -> None:
     loop = _core.Loop(
         max_connections=shared.loop.max_connections,
         splice=shared.loop.splice,
+        io=shared.loop.io,
         connect_timeout_ms=shared.loop.connect_timeout_ms,
         handshake_timeout_ms=shared.loop.handshake_timeout_ms,
         idle_timeout_ms=shared.loop.idle_timeout_ms,

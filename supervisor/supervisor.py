@@ -504,6 +504,7 @@ class Supervisor:
             config_path=os.path.abspath(self.config_path),
             generation=self.current.number,
             splice=self.current.config.relay.splice,
+            io=self.current.config.relay.io,
             ktls=ktls_summary(),
             workers=self.aggregator.live_workers(),
             certs={name: view.cert for name, view in self.aggregator.certs.items()},

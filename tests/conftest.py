@@ -1,5 +1,11 @@
 """Fixtures for every tier. The autouse fixture fails a test that leaves fds (or threads)
-behind: every socket, pipe, server and relay a test opens must be closed when it ends."""
+behind: every socket, pipe, server and relay a test opens must be closed when it ends.
+
+`pytest --io=io_uring` runs the suite on the loop's experimental io_uring data path
+(`make test-uring`): every Loop the tests make (support.relay.LoopThread) and every
+config a `relaycore run` of theirs reads (relaycore.lab.relay.RelayProcess) get that io
+mode. Tests of what only the epoll loop does (`epoll_only`: its syscalls counted) and the
+kTLS tests (kTLS connections stay on epoll) are skipped then."""
 
 from __future__ import annotations
 
@@ -11,6 +17,9 @@ from collections.abc import Iterator
 
 import psutil
 import pytest
+import support.relay
+
+from relaycore.lab.relay import RelayProcess
 
 SETTLE_TIMEOUT = 3.0
 
@@ -20,6 +29,35 @@ SETTLE_TIMEOUT = 3.0
 # the default in every child, so the children get Ctrl-C as from a terminal.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--io",
+        choices=("epoll", "io_uring"),
+        default="epoll",
+        help="the loop's io mode for every relay the tests run (default: epoll)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    io = config.getoption("io")
+    support.relay.LOOP_IO = io
+    RelayProcess.default_io = None if io == "epoll" else io
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    io = config.getoption("io")
+    if io == "epoll":
+        return
+    why = {
+        "ktls": f"kTLS connections stay on epoll: nothing of io = {io!r} to test",
+        "epoll_only": f"counts what only the epoll loop does, not io = {io!r}",
+    }
+    for item in items:
+        for marker, reason in why.items():
+            if item.get_closest_marker(marker) is not None:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def _fd_table() -> dict[str, str]:

@@ -169,10 +169,12 @@ class Relaycore(Relay):
         idle_s: float | None = None,
         pq: str | None = None,
         groups: str | None = None,
+        io: str | None = None,
         name: str | None = None,
     ) -> None:
         """`pq`, `groups`: the connectors' keys (None: left out, relaycore's default, the
-        hybrid group first); `name` tells such a variant apart in the report."""
+        hybrid group first); `io`: [relay] io (None: left out, epoll); `name` tells such a
+        variant apart in the report."""
         super().__init__(workdir, ca)
         self.splice = splice
         self.tls = tls
@@ -181,12 +183,17 @@ class Relaycore(Relay):
         self.idle_s = idle_s
         self.pq = pq
         self.groups = groups
+        self.io = io
         if splice is not None:
             self.name = f"relaycore-{'copy' if splice == 'off' else 'splice'}"
             self.label = f'relaycore, splice = "{splice}"'
         if name is not None:
             self.name = name
-            keys = [f'{k} = "{v}"' for k, v in (("pq", pq), ("groups", groups)) if v]
+            keys = [
+                f'{k} = "{v}"'
+                for k, v in (("splice", splice), ("pq", pq), ("groups", groups), ("io", io))
+                if v
+            ]
             self.label = f"relaycore, {', '.join(keys)}"
         self.relay: RelayProcess | None = None
         self.problems: list[str] = []
@@ -200,6 +207,8 @@ class Relaycore(Relay):
         ]
         if self.splice is not None:
             lines.append(f'splice = "{self.splice}"')
+        if self.io is not None:
+            lines.append(f'io = "{self.io}"')
         if self.max_connections is not None:
             lines.append(f"max_connections = {self.max_connections}")
         if self.idle_s is not None:

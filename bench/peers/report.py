@@ -76,10 +76,11 @@ TLS_ROWS = [
 ]
 TLS_COLS = ["relaycore", "stunnel", "haproxy", "nginx"]
 # Not peers: the same relay with classical groups only (before the switch to the hybrid
-# group), and no relay at all.
-TLS_REFS = ["relaycore-classical", "direct", "direct-tls"]
+# group), on the experimental io_uring data path, and no relay at all.
+TLS_REFS = ["relaycore-classical", "relaycore-uring", "direct", "direct-tls"]
 PLAIN_COLS = [
     "relaycore-copy",
+    "relaycore-copy-uring",
     "relaycore-splice",
     "socat",
     "haproxy",
@@ -100,6 +101,8 @@ HEAD = {
     "socat": "socat",
     "haproxy-splice": "HAProxy splice-auto",
     "relaycore-classical": 'relaycore, `pq = "off"`',
+    "relaycore-uring": 'relaycore, `io = "io_uring"`',
+    "relaycore-copy-uring": 'relaycore copy (`splice = "off"`, `io = "io_uring"`)',
     "relaycore-x25519": "relaycore, X25519",
     "relaycore-mlkem": "relaycore, X25519MLKEM768",
 }

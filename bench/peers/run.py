@@ -1,7 +1,8 @@
 """`make bench-peers`: relaycore side by side with stunnel, HAProxy, nginx and socat.
 
     .venv/bin/python bench/peers/run.py [--reps 3] [--only relaycore,haproxy] [--quick]
-                                        [--suites tls,plain,idle] [--profile DIR]
+                                        [--suites tls,plain,idle] [--workloads echo32,bulk1]
+                                        [--profile DIR]
 
 Builds bench/peers/upstream.c (epoll sink/echo, plain or TLS) and bench/peers/loadgen.c
 (epoll load generator) with cc, makes a throwaway CA, starts the upstream peers once, and
@@ -24,7 +25,9 @@ rotates from one repetition to the next), one relay at a time:
 
 The upstream peers and the load generator link relaycore's own OpenSSL (3.5): relaycore
 negotiates the hybrid group X25519MLKEM768 with them by default (the "relaycore" column);
-"relaycore, pq = off" in the tls suite is the same relay with classical groups only.
+"relaycore, pq = off" in the tls suite is the same relay with classical groups only, and
+'relaycore, io = "io_uring"' (tls) and "relaycore-copy-uring" (plain) the same relay on the
+experimental io_uring data path.
 
 For every window the relay's CPU time (utime+stime over its process tree, from
 /proc/PID/stat, reaped children included) gives the CPU per unit of work. Results: a
@@ -53,7 +56,7 @@ from perf import summarize_profiles
 from programs import Upstream, build
 from relays import NGINX_STREAM_MODULE, Direct, HAProxy, Nginx, Relay, Relaycore, Socat, Stunnel
 from report import REPO, environment, report, targets
-from workloads import QUICK, Bench, Settings
+from workloads import QUICK, WORKLOADS, Bench, Settings
 
 from relaycore.lab.pki import make_server_pki
 
@@ -66,6 +69,7 @@ def relays_for(suite: str, workdir: Path, ca: Path, only: set[str] | None) -> li
         relays: list[Relay] = [
             Relaycore(d("relaycore"), ca),
             Relaycore(d("relaycore-classical"), ca, pq="off", name="relaycore-classical"),
+            Relaycore(d("relaycore-uring"), ca, io="io_uring", name="relaycore-uring"),
             Stunnel(d("stunnel"), ca),
             HAProxy(d("haproxy"), ca),
             Nginx(d("nginx"), ca),
@@ -89,6 +93,14 @@ def relays_for(suite: str, workdir: Path, ca: Path, only: set[str] | None) -> li
         relays = [
             Relaycore(d("rc-copy"), None, splice="off", tls=False),
             Relaycore(d("rc-splice"), None, splice="always", tls=False),
+            Relaycore(
+                d("rc-copy-uring"),
+                None,
+                splice="off",
+                tls=False,
+                io="io_uring",
+                name="relaycore-copy-uring",
+            ),
             Socat(d("socat"), None),
             HAProxy(d("haproxy"), None, tls=False),
             HAProxy(d("haproxy-splice"), None, tls=False, splice=True),
@@ -150,7 +162,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3)")
     ap.add_argument("--suites", default="tls,plain,idle,handshake", help="tls,plain,idle,handshake")
-    ap.add_argument("--only", default="", help="relays to run, e.g. relaycore,haproxy")
+    ap.add_argument(
+        "--only",
+        default="",
+        help="relays to run, by name or family: relaycore (every variant), relaycore-uring,"
+        " haproxy",
+    )
+    ap.add_argument(
+        "--workloads",
+        default="",
+        help="workloads to measure in the tls and plain suites (default all): bulk1, bulk8,"
+        " echo1, echo32, churn",
+    )
     ap.add_argument("--quick", action="store_true", help="short smoke run (1 repetition)")
     ap.add_argument("--idle-conns", type=int, default=None)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
@@ -182,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         settings.reps = args.reps
     if args.idle_conns is not None:
         settings.idle_conns = args.idle_conns
+    settings.workloads = [w for w in args.workloads.split(",") if w] or None
+    unknown = set(settings.workloads or ()) - set(WORKLOADS)
+    if unknown:
+        ap.error(
+            f"--workloads: unknown {', '.join(sorted(unknown))} (known: {', '.join(WORKLOADS)})"
+        )
     suites = [s for s in args.suites.split(",") if s]
     only = {o for o in args.only.split(",") if o} or None
     # A SIGTERM or SIGHUP unwinds like Ctrl-C, so that every relay started is stopped

@@ -43,6 +43,12 @@ class Settings:
     idle_procs: int = 2
     idle_conc: int = 32
     loadgen_timeout_s: float = 120.0
+    # The tls and plain suites' workloads to measure (WORKLOADS); None: all of them.
+    workloads: list[str] | None = None
+
+
+# What --workloads picks from, in the tls and plain suites.
+WORKLOADS = ("bulk1", "bulk8", "echo1", "echo32", "churn")
 
 
 QUICK = Settings(
@@ -73,6 +79,9 @@ class Bench:
     @property
     def ca(self) -> Path:
         return self.pki_dir / "ca.pem"
+
+    def wants(self, workload: str) -> bool:
+        return self.settings.workloads is None or workload in self.settings.workloads
 
     def add(self, suite: str, relay: Relay, workload: str, result: dict[str, Any]) -> None:
         self.labels.setdefault(suite, {})[relay.name] = relay.describe()
@@ -184,19 +193,24 @@ class Bench:
             tls = ["--tls", str(self.ca)] if isinstance(relay, Direct) and relay.tls else []
             self.warm_up(relay, addr["sink"], tls)
             for conns in (1, 8):
+                if not self.wants(f"bulk{conns}"):
+                    continue
                 args = ["bulk", addr["sink"], "--conns", str(conns)]
                 args += ["--bytes", str(s.bulk_bytes // conns), *tls]
                 res = self.measure(relay, args, sink if tls_peers else None, f"bulk{conns}")
                 self.add("tls", relay, f"bulk{conns}", res)
             for conns in (1, 32):
+                if not self.wants(f"echo{conns}"):
+                    continue
                 args = ["echo", addr["echo"], "--conns", str(conns), "--size", "64"]
                 args += ["--warmup", str(s.warmup_s), "--duration", str(s.echo_s), *tls]
                 res = self.measure(relay, args, echo if tls_peers else None, f"echo{conns}")
                 self.add("tls", relay, f"echo{conns}", res)
-            args = ["churn", addr["echo"], "--conc", str(s.churn_conc), "--size", "64"]
-            args += ["--warmup", str(s.warmup_s), "--duration", str(s.churn_s), *tls]
-            res = self.measure(relay, args, echo if tls_peers else None, "churn")
-            self.add("tls", relay, "churn", res)
+            if self.wants("churn"):
+                args = ["churn", addr["echo"], "--conc", str(s.churn_conc), "--size", "64"]
+                args += ["--warmup", str(s.warmup_s), "--duration", str(s.churn_s), *tls]
+                res = self.measure(relay, args, echo if tls_peers else None, "churn")
+                self.add("tls", relay, "churn", res)
         finally:
             relay.stop()
 
@@ -226,6 +240,8 @@ class Bench:
             target = f"{addr[0]}:{addr[1]}"
             self.warm_up(relay, target, [])
             for conns in (1, 8):
+                if not self.wants(f"bulk{conns}"):
+                    continue
                 args = ["bulk", target, "--conns", str(conns)]
                 args += ["--bytes", str(s.plain_bytes // conns)]
                 res = self.measure(relay, args, None, f"bulk{conns}")

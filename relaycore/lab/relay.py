@@ -12,6 +12,7 @@ waits for a line.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import os
 import re
@@ -20,10 +21,11 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Self
+from typing import IO, ClassVar, Self
 
 from relaycore.errors import StartupError
 from relaycore.lab.base import Running, wait_for
@@ -43,8 +45,13 @@ class RelayProcess(Running):
     (`--watch`); `wrapper` is a command that execs the rest of its arguments (a private
     mount namespace, say), so that signals still reach relaycore. `on_line`, when set, gets
     each output line on the reader thread.
+    `io`: the `[relay] io` its config gets where the file does not set one (start() and
+    write_config() write it in); None: the class's `default_io`, which a test session sets
+    to run every relay of the suite on one io mode (`pytest --io=io_uring`).
     Use as a context manager (start, then stop on the way out) or call start() and stop().
     """
+
+    default_io: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -55,8 +62,10 @@ class RelayProcess(Running):
         wrapper: Sequence[str] = (),
         cwd: Path | None = None,
         run_options: Sequence[str] = (),
+        io: str | None = None,
     ) -> None:
         self.config_path = config_path
+        self.io = self.default_io if io is None else io
         self.log_level = log_level
         self.options = list(options)
         self.run_options = list(run_options)
@@ -107,6 +116,9 @@ class RelayProcess(Running):
     def start(self) -> Self:
         if self._proc is not None:
             raise RuntimeError("the relay was started already")
+        if self.io is not None:
+            with contextlib.suppress(OSError):  # no file: the relay says so, as it should
+                self.write_config(self.config_path.read_text())
         self._proc = subprocess.Popen(
             self.command,
             stdin=subprocess.DEVNULL,
@@ -124,6 +136,10 @@ class RelayProcess(Running):
         )
         self._reader.start()
         return self
+
+    def write_config(self, text: str) -> None:
+        """Write `text` to the config file (for a reload, say), with this relay's `io`."""
+        self.config_path.write_text(text if self.io is None else with_relay_io(text, self.io))
 
     def wait_ready(self, timeout: float) -> float:
         """Block until the relay logs its ready line; the seconds that took.
@@ -271,6 +287,28 @@ class RelayProcess(Running):
             raise TimeoutError(
                 f"{err}; children now {_children(self.pid)}:\n{self.output()}"
             ) from None
+
+
+def with_relay_io(text: str, io: str) -> str:
+    """The config `text` with `io = "<io>"` in its [relay] table (added if it has none);
+    unchanged when it sets `io` already, or is not TOML, or spells [relay] in a way a line
+    cannot extend (a test of an odd file wants it as written)."""
+    try:
+        document = tomllib.loads(text)
+        relay = document.get("relay", {})
+        if not isinstance(relay, dict) or "io" in relay:
+            return text
+        line = f'io = "{io}"'
+        header = re.search(r"^\[relay\][ \t]*(#.*)?$", text, re.MULTILINE)
+        if header is None:
+            changed = f"[relay]\n{line}\n\n{text}"
+        else:
+            changed = f"{text[: header.end()]}\n{line}{text[header.end() :]}"
+        if tomllib.loads(changed) == {**document, "relay": {**relay, "io": io}}:
+            return changed
+    except tomllib.TOMLDecodeError:
+        pass
+    return text
 
 
 def _children(pid: int) -> list[int]:

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import pytest
+import support.relay
 from control import (
     HOST,
     LineReader,
@@ -69,6 +70,7 @@ def test_status_and_stats_show_workers_capabilities_and_connectors(tmp_path):
             assert status["config_path"] == str(relay.config_path)
             assert status["generation"] == 1
             assert status["splice"] == "off"
+            assert status["io"] == support.relay.LOOP_IO
             assert status["ktls"]
             assert status["openssl"] == f"{_core.OPENSSL_VERSION} ({_core.OPENSSL_ORIGIN})"
             assert sorted(w["pid"] for w in status["workers"]) == pids
@@ -84,7 +86,7 @@ def test_status_and_stats_show_workers_capabilities_and_connectors(tmp_path):
             lines = out.stdout.splitlines()
             assert re.fullmatch(rf"relaycore supervisor pid {relay.proc.pid}, up \d+s", lines[0])
             assert lines[1] == f"config: {relay.config_path} (generation 1)"
-            assert lines[2] == f"capabilities: splice off, kTLS {status['ktls']}"
+            assert lines[2] == f"capabilities: splice off, io {status['io']}, kTLS {status['ktls']}"
             assert lines[3] == f"TLS: {status['openssl']}"
             assert lines[4] == "workers: 2"
             assert lines[5].split() == [

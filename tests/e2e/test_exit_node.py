@@ -163,7 +163,7 @@ def test_every_worker_serves_the_exit_and_a_reload_changes_it(tmp_path, ids):
 
             # Reload: x now admits only the stranger; a new socks5 exit y allows the echo
             # server's port alone (127.0.0.1 is refused by the default policy).
-            relay.config_path.write_text(
+            relay.write_config(
                 head
                 + exit_table("x", x_port, ids["exit"], [ids["stranger"]], f"{HOST}:{echo.port}")
                 + exit_table(

@@ -46,6 +46,7 @@ from netns import (
     NsProcess,
     read_records,
 )
+from support.relay import with_session_io
 
 from relaycore.gateway import PassthroughRule, render_rules
 from relaycore.lab.base import wait_for
@@ -197,7 +198,7 @@ class Relay:
 def relay(lab: Lab, servers: Servers, files: Files, tmp_path: Path) -> Iterator[Relay]:
     run_dir = tmp_path / "run"
     config_path = tmp_path / "relay.toml"
-    config_path.write_text(gateway_config(run_dir, files))
+    config_path.write_text(with_session_io(gateway_config(run_dir, files)))
     argv = [sys.executable, "-m", "relaycore", "run", "-c", str(config_path)]
     process = NsProcess(lab.gateway, argv, tmp_path / "relay.log", tmp_path)
     try:
@@ -420,7 +421,7 @@ def test_the_proxy_header_names_the_destination_the_device_dialled(
         f'upstream = "{SERVER_IP}:{PROXY_PORT}"\ntls = false\nproxy_protocol = "v1"\n'
     )
     config_path = tmp_path / "relay.toml"
-    config_path.write_text(gateway_config(tmp_path / "run", files, pp))
+    config_path.write_text(with_session_io(gateway_config(tmp_path / "run", files, pp)))
     argv = [sys.executable, "-m", "relaycore", "run", "-c", str(config_path)]
     process = NsProcess(lab.gateway, argv, tmp_path / "relay.log", tmp_path)
     try:

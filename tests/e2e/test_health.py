@@ -25,7 +25,7 @@ from typing import Self
 import pytest
 from control import Session
 from support.notify import NotifySocket
-from support.relay import relay_config, relay_process
+from support.relay import relay_config, relay_process, with_session_io
 from support.servers import EchoServer, tls_server_context
 
 from relaycore.lab.base import HOST, free_port, wait_for
@@ -127,10 +127,12 @@ def test_readyz_is_503_before_ready_during_a_reload_and_once_stopping(tmp_path, 
         monkeypatch.setenv("NOTIFY_SOCKET", systemd.address)
         config = tmp_path / "relay.toml"
         config.write_text(
-            f'[relay]\nworkers = 2\nrun_dir = "{tmp_path / "run"}"\n'
-            f'[stats]\ninterval_s = 0.2\nprometheus = "{HOST}:{metrics}"\n'
-            f'[[connector]]\nname = "api"\nlisten = "{HOST}:{port}"\n'
-            f'upstream = "localhost:{upstream.port}"\nca = "{pki.ca}"\n'
+            with_session_io(
+                f'[relay]\nworkers = 2\nrun_dir = "{tmp_path / "run"}"\n'
+                f'[stats]\ninterval_s = 0.2\nprometheus = "{HOST}:{metrics}"\n'
+                f'[[connector]]\nname = "api"\nlisten = "{HOST}:{port}"\n'
+                f'upstream = "localhost:{upstream.port}"\nca = "{pki.ca}"\n'
+            )
         )
         out.hold()
         proc = subprocess.Popen(

@@ -36,7 +36,7 @@ def test_reload_moves_new_connections_and_the_session_in_flight_keeps_its_upstre
             try:
                 assert session.ask(b"one\n", 6) == b"A:one\n"
 
-                relay.config_path.write_text(config.replace(f':{a.port}"', f':{b.port}"'))
+                relay.write_config(config.replace(f':{a.port}"', f':{b.port}"'))
                 out = relaycore("reload", "-c", str(relay.config_path))
                 assert out.returncode == 0, out.stderr
                 assert out.stdout.strip() == "reloaded: generation 2 is serving"
@@ -72,7 +72,7 @@ def test_bad_config_is_rejected_with_the_field_path_and_the_generation_stays(tmp
             session = Session(port)
             try:
                 assert session.ask(b"one\n", 6) == b"A:one\n"
-                relay.config_path.write_text(config.replace("workers = 1", "workers = 0"))
+                relay.write_config(config.replace("workers = 1", "workers = 0"))
                 # With -c the CLI reads the file for its run_dir, and says what is wrong
                 # with it before it asks the relay anything.
                 out = relaycore("reload", "-c", str(relay.config_path))
@@ -110,14 +110,14 @@ def test_sighup_is_the_same_reload(tmp_path):
                 assert session.ask(b"one\n", 6) == b"A:one\n"
 
                 # A bad file: rejected, logged with the field path, nothing changes.
-                relay.config_path.write_text(config.replace('splice = "off"', 'splice = "on"'))
+                relay.write_config(config.replace('splice = "off"', 'splice = "on"'))
                 relay.proc.send_signal(signal.SIGHUP)
                 wait_line(relay, r"reload rejected, generation 1 stays: relay\.splice: expected")
                 assert cli_json("status", "--run-dir", str(run_dir))["generation"] == 1
                 assert answers(port) == {b"A:"}
 
                 # A good one: generation 2 on B for new connections, the session stays on A.
-                relay.config_path.write_text(config.replace(f':{a.port}"', f':{b.port}"'))
+                relay.write_config(config.replace(f':{a.port}"', f':{b.port}"'))
                 relay.proc.send_signal(signal.SIGHUP)
                 wait_line(relay, r"ready generation=2 ")
                 assert cli_json("status", "--run-dir", str(run_dir))["generation"] == 2

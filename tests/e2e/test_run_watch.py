@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 from control import TaggedEchoServer, round_trip
 from support.configmap import ConfigMapVolume
-from support.relay import relay_config, relay_process
+from support.relay import relay_config, relay_process, with_session_io
 
 from relaycore.lab.base import HOST, free_port
 from relaycore.lab.relay import RelayProcess
@@ -48,13 +48,13 @@ def test_an_edited_file_is_reloaded_and_a_bad_one_refused(tmp_path):
         with relay_process(config, tmp_path, run_options=["--watch"]) as relay:
             assert served_by(port) == b"A:"
             mark = relay.line_count
-            relay.config_path.write_text(config.replace(f':{a.port}"', f':{b.port}"'))
+            relay.write_config(config.replace(f':{a.port}"', f':{b.port}"'))
             relay.wait_line(r"config file changed: reloading", TIMEOUT, since=mark)
             relay.wait_line(r"ready generation=2 ", TIMEOUT, since=mark)
             assert served_by(port) == b"B:"
 
             mark = relay.line_count
-            relay.config_path.write_text(config.replace('splice = "off"', 'splice = "on"'))
+            relay.write_config(config.replace('splice = "off"', 'splice = "on"'))
             relay.wait_line(
                 r"reload rejected, generation 2 stays: relay\.splice: expected", TIMEOUT, since=mark
             )
@@ -63,7 +63,7 @@ def test_an_edited_file_is_reloaded_and_a_bad_one_refused(tmp_path):
             # Fixed by a rename over it (what editors and deploy tools do): generation 3.
             mark = relay.line_count
             fixed = tmp_path / "relay.toml.new"
-            fixed.write_text(config)
+            fixed.write_text(with_session_io(config))
             fixed.rename(relay.config_path)
             relay.wait_line(r"ready generation=3 ", TIMEOUT, since=mark)
             assert served_by(port) == b"A:"

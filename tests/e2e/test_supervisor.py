@@ -240,9 +240,7 @@ def test_bad_config_on_reload_keeps_the_running_generation(tmp_path):
             tmp_path,
         ) as relay,
     ):
-        relay.config_path.write_text(
-            relay.config_path.read_text().replace("workers = 1", "workers = 0")
-        )
+        relay.write_config(relay.config_path.read_text().replace("workers = 1", "workers = 0"))
         relay.proc.send_signal(signal.SIGHUP)
         line = wait_line(relay, r"reload rejected")
         assert "generation 1 stays: relay.workers: expected an integer >= 1, got 0" in line

@@ -122,7 +122,7 @@ def test_notifications_follow_start_reload_and_stop(tmp_path, monkeypatch, kind)
                 assert ready["STATUS"].startswith("generation 2, "), ready
 
                 # A rejected reload is a reload too: systemd must hear that it is over.
-                relay.config_path.write_text(config.replace("workers = 1", "workers = 0"))
+                relay.write_config(config.replace("workers = 1", "workers = 0"))
                 relay.proc.send_signal(signal.SIGHUP)
                 systemd.wait_for("RELOADING", TIMEOUT)
                 ready = systemd.wait_for("READY", TIMEOUT)

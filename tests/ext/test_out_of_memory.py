@@ -17,9 +17,11 @@ import subprocess
 import sys
 import textwrap
 
+from support.relay import io_kwargs
+
 CHILD = textwrap.dedent(
     """
-    import ctypes, json, resource, socket
+    import ctypes, json, resource, socket, sys
     from relaycore import _core
 
     libc = ctypes.CDLL(None)
@@ -30,7 +32,7 @@ CHILD = textwrap.dedent(
     upstream = socket.create_server(("127.0.0.1", 0))      # accepts, never reads
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    loop = _core.Loop(splice="off", max_connections=4)
+    loop = _core.Loop(splice="off", max_connections=4, **json.loads(sys.argv[1]))
     loop.add_listener(listener.detach(), loop.add_upstream(*upstream.getsockname()))
     device = socket.create_connection(("127.0.0.1", port))
     device.setblocking(False)
@@ -77,7 +79,10 @@ CHILD = textwrap.dedent(
 
 def test_no_buffer_for_refused_bytes_is_out_of_memory() -> None:
     child = subprocess.run(
-        [sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", CHILD, json.dumps(io_kwargs())],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert child.returncode == 0, child.stderr
     result = json.loads(child.stdout)

@@ -296,6 +296,7 @@ needs_strace = pytest.mark.skipif(shutil.which("strace") is None, reason="strace
 
 
 @needs_strace
+@pytest.mark.epoll_only  # with io_uring the sends are the ring's, not syscalls of their own
 def test_a_chunk_of_records_goes_out_in_one_send(tmp_path, tls_files):
     """8 MiB device -> TLS upstream through a real worker, its write-side syscalls counted
     by strace: the records of each 63 KiB chunk leave together (about 130 sends, a few
@@ -329,6 +330,7 @@ def test_a_chunk_of_records_goes_out_in_one_send(tmp_path, tls_files):
 
 
 @needs_strace
+@pytest.mark.epoll_only  # the epoll loop's interest changes and reads, counted by name
 def test_echo_round_trips_make_no_epoll_ctl(tmp_path, tls_files):
     """A kept TLS connection's round trips change no epoll interest: each side is
     registered once, edge-triggered for both directions, so epoll_ctl is not called per

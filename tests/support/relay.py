@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from relaycore.errors import StartupError
 from relaycore.lab.pki import Issued, Pki, make_pki
-from relaycore.lab.relay import RelayProcess
+from relaycore.lab.relay import RelayProcess, with_relay_io
 from relaycore.protocol import NOTICE_CAUSES
 
 from .servers import HOST, set_bufsize, tls_server_context
@@ -38,6 +38,23 @@ T = TypeVar("T")
 RUN_SLICE_MS = 50
 CALL_TIMEOUT = 5.0
 JOIN_TIMEOUT = 5.0
+
+# The Loop's io mode for this session: "epoll", or what `pytest --io=...` asked for
+# (tests/conftest.py sets it, and RelayProcess.default_io for the CLI relays, before any
+# test runs).
+LOOP_IO = "epoll"
+
+
+def io_kwargs() -> dict[str, str]:
+    """The Loop keyword arguments that put it on the session's io mode: none for epoll,
+    the Loop's default."""
+    return {} if LOOP_IO == "epoll" else {"io": LOOP_IO}
+
+
+def with_session_io(config_text: str) -> str:
+    """A config for a `relaycore run` started without RelayProcess (which does this
+    itself), on the session's io mode."""
+    return config_text if LOOP_IO == "epoll" else with_relay_io(config_text, LOOP_IO)
 
 
 def pipe_fds() -> int:
@@ -77,7 +94,7 @@ class LoopThread:
         self.loop_kwargs = dict(loop_kwargs)
         self.errors: list[ErrorEvent] = []
         self.notices: list[ErrorEvent] = []  # pop_errors: events that are not failures
-        self.loop = Loop(**loop_kwargs)
+        self.loop = Loop(**{**io_kwargs(), **loop_kwargs})
         lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -430,7 +447,7 @@ def one_route_counters() -> dict[str, int]:
     """The counters of a loop's one route (a reject route: no upstream needed)."""
     from relaycore._core import Loop
 
-    loop = Loop(max_connections=1)
+    loop = Loop(max_connections=1, **io_kwargs())
     try:
         loop.add_reject()
         [counters] = loop.route_counters()

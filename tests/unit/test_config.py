@@ -104,13 +104,18 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = parse_config(ONE)
     assert cfg.relay.workers == 5
     assert (cfg.relay.run_dir, cfg.relay.drain_timeout_s) == ("/run/relaycore", 30.0)
-    assert (cfg.relay.max_connections, cfg.relay.splice) == (10_000, "auto")
+    assert (cfg.relay.max_connections, cfg.relay.splice, cfg.relay.io) == (10_000, "auto", "epoll")
     assert (cfg.timeouts.connect_s, cfg.timeouts.handshake_s, cfg.timeouts.idle_s) == (
         10.0,
         10.0,
         900.0,
     )
     assert parse_config("[relay]\n[timeouts]\n" + ONE) == cfg
+
+
+@pytest.mark.parametrize("io", ["epoll", "io_uring"])
+def test_io_takes_either_loop(io: str) -> None:
+    assert parse_config(f'[relay]\nio = "{io}"\n' + ONE).relay.io == io
 
 
 def test_default_workers_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -154,6 +159,16 @@ def test_default_workers_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
             '[relay]\nsplice = "fast"\n' + ONE,
             "relay.splice: expected one of 'always', 'auto', 'off', got 'fast'",
             id="bad-splice",
+        ),
+        pytest.param(
+            '[relay]\nio = "uring"\n' + ONE,
+            "relay.io: expected one of 'epoll', 'io_uring', got 'uring'",
+            id="bad-io",
+        ),
+        pytest.param(
+            "[relay]\nio = 1\n" + ONE,
+            "relay.io: expected one of 'epoll', 'io_uring' (in quotes), got 1",
+            id="io-not-a-string",
         ),
         pytest.param(
             '[relay]\nrun_dir = ""\n' + ONE,

@@ -66,6 +66,7 @@ def test_connectors_are_routes_0_to_n_with_their_listeners() -> None:
     assert plan.loop == LoopSettings(
         max_connections=50,
         splice="off",
+        io="epoll",
         connect_timeout_ms=1500,
         handshake_timeout_ms=2000,
         idle_timeout_ms=250,
@@ -165,3 +166,10 @@ def test_each_slot_gets_its_own_fds(exits: str) -> None:
 def test_a_plain_relay_uses_no_tls() -> None:
     plan = compile_plan(parse_config(connector("a", "127.0.0.1:8080", "10.0.0.1:80")), 1)
     assert not plan.for_slot(0, lambda addr: 3).uses_tls
+
+
+def test_the_io_mode_reaches_the_loop_settings() -> None:
+    text = connector("a", "127.0.0.1:8080", "10.0.0.1:80")
+    assert compile_plan(parse_config(text), 1).loop.io == "epoll"
+    uring = compile_plan(parse_config('[relay]\nio = "io_uring"\n' + text), 1)
+    assert uring.loop.io == "io_uring"

@@ -52,9 +52,10 @@ class Loop:
     splice: "auto" promotes streaming directions to splice(2), "off" never splices,
     "always" splices every direction from its first byte (pool permitting).
 
-    io: "epoll" (the default) or "io_uring", experimental: relaying connections (plain copy,
-    user-space TLS) receive by multishot recv into provided buffers and send in batches;
-    OSError when the kernel cannot (io_uring disabled, or older than 6.1).
+    io: "epoll" (the default), or "io_uring", an experiment: relaying connections (plain
+    copy with splice "off", TLS in user space) receive by multishot recv into provided
+    buffers (uring_buffers of 16 KiB, shared) and send in batches; the rest stays on epoll.
+    OSError when the kernel cannot (io_uring disabled, or older than 5.19).
     """
 
     def __init__(
@@ -68,6 +69,7 @@ class Loop:
         handshake_timeout_ms: int = 10000,
         max_pipes: int = -1,
         pipe_size: int = 262144,
+        uring_buffers: int = 1024,
     ) -> None: ...
     def add_upstream(
         self,
@@ -131,6 +133,13 @@ class Loop:
     def ktls_rekey(self) -> bool | None:
         """Whether the kernel rekeys kTLS, so that TLS 1.3 is offloaded; None until the
         first route that may use kTLS was added (the probe runs then, once)."""
+    @property
+    def io(self) -> str:
+        """"io_uring" if the relaying connections move their bytes on an io_uring."""
+    def uring_stats(self) -> dict[str, int] | None:
+        """io = "io_uring": connections adopted by the ring so far, its requests in flight,
+        its receive buffers and how many are free, and the receives that ended for want of
+        them; None on epoll."""
     def route_counters(self) -> list[dict[str, int]]:
         """The counters of each route's connections, indexed by route id (docs/ERRORS.md)."""
     def worker_counters(self) -> dict[str, int]:

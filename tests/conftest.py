@@ -4,7 +4,7 @@ behind: every socket, pipe, server and relay a test opens must be closed when it
 `pytest --io=io_uring` runs the suite on the loop's experimental io_uring data path
 (`make test-uring`): every Loop the tests make (support.relay.LoopThread) and every
 config a `relaycore run` of theirs reads (relaycore.lab.relay.RelayProcess) get that io
-mode. Tests of what only the epoll loop does (`epoll_only`: its syscalls counted) and the
+mode. Tests of what only the epoll loop does (`epoll_only`: its syscalls, its owned buffers) and the
 kTLS tests (kTLS connections stay on epoll) are skipped then."""
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     why = {
         "ktls": f"kTLS connections stay on epoll: nothing of io = {io!r} to test",
-        "epoll_only": f"counts what only the epoll loop does, not io = {io!r}",
+        "epoll_only": f"tests what only the epoll loop does, not io = {io!r}",
     }
     for item in items:
         for marker, reason in why.items():

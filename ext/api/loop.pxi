@@ -16,15 +16,19 @@ cdef class Loop:
     io: "epoll" (the default), or "io_uring", an experiment: relaying connections (plain
     copy and TLS in user space) move their bytes by multishot receives into provided
     buffers and batched sends on an io_uring; accepting, connecting, handshakes and the
-    other paths stay on epoll. OSError if the kernel has no usable io_uring."""
+    other paths stay on epoll. OSError if the kernel has no usable io_uring. Its receive
+    buffers (uring_buffers of 16 KiB) are shared by the worker's connections."""
 
     def __cinit__(self, *, int max_connections=10000, str splice="auto",
                   long connect_timeout_ms=10000, long idle_timeout_ms=900000,
                   long handshake_timeout_ms=10000, int max_pipes=-1, int pipe_size=262144,
-                  str io="epoll"):
+                  str io="epoll", int uring_buffers=URING_BUFS):
         cdef int mode, rc
         if io not in ("epoll", "io_uring"):
             raise ValueError(f"io must be 'epoll' or 'io_uring', not {io!r}")
+        if not 16 <= uring_buffers <= 32768 or uring_buffers & (uring_buffers - 1):
+            raise ValueError(f"uring_buffers must be a power of two in 16..32768, not"
+                             f" {uring_buffers}")
         if max_connections < 1 or max_connections > 0x3fffffff:
             raise ValueError(f"max_connections out of range: {max_connections}")
         self.tls_contexts = []
@@ -43,7 +47,7 @@ cdef class Loop:
         self.w.handshake_timeout_ms = handshake_timeout_ms
         self.w.idle_timeout_ms = idle_timeout_ms
         if io == "io_uring":
-            rc = uring_new(self.w)
+            rc = uring_new(self.w, uring_buffers)
             if rc < 0:
                 self.release()
                 raise OSError(-rc, f"io_uring: {os.strerror(-rc)} (io = \"io_uring\" needs"
@@ -56,12 +60,14 @@ cdef class Loop:
 
     def uring_stats(self):
         """io = "io_uring": connections adopted by the ring so far, its requests in flight,
-        and its free receive buffers; None on epoll."""
+        its receive buffers and how many are free, and the receives that ended for want of
+        them; None on epoll."""
         cdef Worker *w = self.live()
         if w.uring == NULL:
             return None
         return {"adopted": w.uring.adopted, "inflight": w.uring.inflight,
-                "buffers_free": w.uring.bufs_free}
+                "buffers": w.uring.nbufs, "buffers_free": w.uring.bufs_free,
+                "starved": w.uring.starved}
 
     def __dealloc__(self):
         self.release()

@@ -23,6 +23,8 @@ cdef void listener_arm(Worker *w, uint32_t k, bint on) noexcept nogil:
     ev.data.u64 = (<uint64_t>k << 2) | TAG_LISTENER
     epoll_ctl(w.epfd, EPOLL_CTL_MOD, lsn.fd, &ev)
     lsn.registered = on
+    if on:
+        uring_poll_epoll(w)
 
 
 cdef void listener_pause_emfile(Worker *w, uint32_t k) noexcept nogil:
@@ -100,6 +102,7 @@ cdef void listener_accept(Worker *w, uint32_t k) noexcept nogil:
             # connection is gone; the listener is fine.
             continue
         conn_open(w, k, fd, &peer if peer_len <= sizeof(peer) else NULL)
+    uring_poll_epoll(w)                 # the budget ran out: more may wait
 
 
 cdef int listener_add(Worker *w, int fd, uint16_t route, bint gateway) except -1:

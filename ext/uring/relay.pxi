@@ -155,6 +155,7 @@ cdef void uring_starve(Worker *w, int32_t i, USide *s) noexcept nogil:
         w.uring.starved_head = i
         uc.inflight += 1
     s.starved = 1
+    w.uring.starved += 1
 
 
 cdef void uring_maybe_free(Worker *w, int32_t i) noexcept nogil:

@@ -4,7 +4,7 @@
 #
 # The ring is where the worker sleeps: a multishot poll on the epoll fd wakes it when
 # epoll has events, which are then read with epoll_wait(0). The receives are multishot,
-# into provided buffers (one group of URING_BUFS, shared by the worker's connections); the
+# into provided buffers (one group, shared by the worker's connections); the
 # sends a turn prepares reach the kernel with its wait, in one io_uring_enter. The ring is
 # made COOP_TASKRUN: completions are posted when the worker next enters the kernel, not by
 # interrupting it.
@@ -21,7 +21,7 @@ cdef void uring_release(Uring *u, bint ring_made) noexcept nogil:
     free(u)
 
 
-cdef int uring_new(Worker *w) noexcept nogil:
+cdef int uring_new(Worker *w, uint32_t nbufs) noexcept nogil:
     cdef Uring *u = <Uring *>calloc(1, sizeof(Uring))
     cdef io_uring_params p
     cdef io_uring_buf_reg reg
@@ -30,6 +30,7 @@ cdef int uring_new(Worker *w) noexcept nogil:
     cdef int32_t k
     if u == NULL:
         return -ENOMEM
+    u.nbufs = nbufs
     memset(&p, 0, sizeof(p))
     # Not SINGLE_ISSUER: the thread that makes the Loop need not be the one that runs it.
     p.flags = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG
@@ -43,7 +44,7 @@ cdef int uring_new(Worker *w) noexcept nogil:
     if not p.features & IORING_FEAT_EXT_ARG:
         uring_release(u, True)
         return -ENOSYS                      # a wait with a timeout needs 5.11
-    u.br_size = URING_BUFS * sizeof(io_uring_buf)
+    u.br_size = nbufs * sizeof(io_uring_buf)
     br = mmap(NULL, u.br_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
     if br == MAP_FAILED:
         rc = -errno
@@ -51,26 +52,26 @@ cdef int uring_new(Worker *w) noexcept nogil:
         return rc
     u.br = <io_uring_buf_ring *>br
     # Large enough for malloc to map it: pages are touched only as buffers are used.
-    u.bufs = <char *>malloc(<size_t>URING_BUFS * URING_BUF_SIZE)
-    u.next = <int32_t *>malloc(URING_BUFS * sizeof(int32_t))
-    u.len = <uint32_t *>malloc(URING_BUFS * sizeof(uint32_t))
+    u.bufs = <char *>malloc(<size_t>nbufs * URING_BUF_SIZE)
+    u.next = <int32_t *>malloc(nbufs * sizeof(int32_t))
+    u.len = <uint32_t *>malloc(nbufs * sizeof(uint32_t))
     if u.bufs == NULL or u.next == NULL or u.len == NULL:
         uring_release(u, True)
         return -ENOMEM
     memset(&reg, 0, sizeof(reg))
     reg.ring_addr = <uint64_t>br
-    reg.ring_entries = URING_BUFS
+    reg.ring_entries = nbufs
     reg.bgid = URING_BGID
     rc = io_uring_register_buf_ring(&u.ring, &reg, 0)
     if rc < 0:
         uring_release(u, True)
         return rc                           # provided buffer rings need 5.19
-    u.mask = io_uring_buf_ring_mask(URING_BUFS)
-    for k in range(URING_BUFS):
+    u.mask = io_uring_buf_ring_mask(nbufs)
+    for k in range(<int32_t>nbufs):
         io_uring_buf_ring_add(u.br, u.bufs + <size_t>k * URING_BUF_SIZE, URING_BUF_SIZE,
                               <unsigned short>k, u.mask, k)
-    io_uring_buf_ring_advance(u.br, URING_BUFS)
-    u.bufs_free = URING_BUFS
+    io_uring_buf_ring_advance(u.br, <int>nbufs)
+    u.bufs_free = nbufs
     u.starved_head = NIL
     w.uring = u
     return 0
@@ -182,13 +183,21 @@ cdef int uring_epoll_events(Worker *w, epoll_event *events) noexcept nogil:
     return n
 
 
+cdef void uring_poll_epoll(Worker *w) noexcept nogil:
+    # A listener's events may wait in epoll without waking the ring's poll: it is
+    # level-triggered, so epoll keeps it on its ready list after reporting it, and re-arming
+    # it there (EPOLL_CTL_MOD) wakes nobody. The next turn reads epoll without waiting.
+    if w.uring != NULL:
+        w.uring.epoll_more = 1
+
+
 cdef void uring_restart_starved(Worker *w) noexcept nogil:
     # Buffers are back: the connections whose receive ran out of them run again (and arm
     # it). Each held a reference (UConn.inflight) while listed.
     cdef Uring *u = w.uring
     cdef int32_t i
     cdef Conn *c
-    while u.starved_head != NIL and u.bufs_free >= URING_BUFS // 16:
+    while u.starved_head != NIL and u.bufs_free >= u.nbufs // 16:
         i = u.starved_head
         c = &w.conns[i]
         u.starved_head = c.u.starved_next

@@ -4,7 +4,7 @@
 
 cdef enum:
     URING_ENTRIES = 4096          # submission queue entries (the kernel doubles the CQ)
-    URING_BUFS = 1024             # provided receive buffers per worker: a power of two
+    URING_BUFS = 1024             # provided receive buffers per worker, by default
     URING_BUF_SIZE = 16384        # bytes each (one TLS record's plaintext)
     URING_BGID = 0                # their buffer group
     # Bytes one side may hold received but not yet passed on before its multishot receive
@@ -55,14 +55,16 @@ cdef struct Uring:
     io_uring ring
     io_uring_buf_ring *br         # the provided buffer ring (mmap'd)
     size_t br_size
-    char *bufs                    # URING_BUFS * URING_BUF_SIZE bytes
+    uint32_t nbufs                # provided receive buffers: a power of two
+    char *bufs                    # nbufs * URING_BUF_SIZE bytes
     int32_t *next                 # per buffer: the next one in the same USide rx list
     uint32_t *len                 # per buffer: the bytes received into it
     uint32_t bufs_free            # buffers the kernel may fill
-    int mask                      # io_uring_buf_ring_mask(URING_BUFS)
+    int mask                      # io_uring_buf_ring_mask(nbufs)
     int32_t starved_head          # connections with a receive waiting for buffers
     uint8_t epoll_armed           # the multishot poll on the epoll fd is in flight
     uint8_t epoll_ready           # ... and said the epoll fd has events
     uint8_t epoll_more            # the last epoll_wait filled its array: call it again
     uint32_t inflight             # connections' requests in flight (not the epoll poll)
     uint64_t adopted              # connections moved to the ring so far
+    uint64_t starved              # receives that ended for want of buffers

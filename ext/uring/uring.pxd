@@ -1,8 +1,8 @@
 # Functions of the io_uring data path (uring/*.pxi) that other files call, one contract each.
 
 # -- uring/ring.pxi: the worker's ring --------------------------------------------------------
-# w.uring: a ring, its provided buffers and their ring: 0, or -errno (nothing allocated).
-cdef int uring_new(Worker *w) noexcept nogil
+# w.uring: a ring, nbufs provided buffers (a power of two) and their ring: 0, or -errno.
+cdef int uring_new(Worker *w, uint32_t nbufs) noexcept nogil
 # Waits (bounded) for the last completions of closed connections, then frees w.uring.
 cdef void uring_free(Worker *w) noexcept nogil
 # Submits the turn's requests and waits up to timeout_ms for a completion: 0 or -errno.
@@ -11,6 +11,8 @@ cdef int uring_wait(Worker *w, int timeout_ms) noexcept nogil
 cdef void uring_reap(Worker *w) noexcept nogil
 # The epoll events the ring's poll announced, read without waiting: how many.
 cdef int uring_epoll_events(Worker *w, epoll_event *events) noexcept nogil
+# io_uring: epoll is read in the next turn even if the ring's poll says nothing (listeners).
+cdef void uring_poll_epoll(Worker *w) noexcept nogil
 # Connections whose receive waited for buffers are queued again once buffers are back.
 cdef void uring_restart_starved(Worker *w) noexcept nogil
 # A free submission entry (the queue flushed to the kernel if full); NULL if that failed.

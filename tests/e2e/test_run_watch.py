@@ -76,6 +76,7 @@ def test_a_configmap_update_is_reloaded_and_a_bad_one_refused(tmp_path):
     with TaggedEchoServer(b"A:") as a, TaggedEchoServer(b"B:") as b:
         config = relay_config(run_dir=tmp_path / "run", listen_port=port, upstream_port=a.port)
         config += f'\n[stats]\nprometheus = "{HOST}:{metrics}"\n'
+        config = with_session_io(config)  # as published: the metric names its digest
         volume.publish({"relay.toml": config})
         with RelayProcess(volume.path("relay.toml"), run_options=["--watch"]) as relay:
             relay.wait_ready(TIMEOUT)

@@ -33,7 +33,9 @@ def liburing_archive() -> str:
     try:
         libdir = subprocess.run(
             ["pkg-config", "--variable=libdir", "liburing"],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         sys.exit("setup.py: liburing not found (apt-get install liburing-dev; `make` does)")

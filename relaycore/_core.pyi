@@ -135,7 +135,7 @@ class Loop:
         first route that may use kTLS was added (the probe runs then, once)."""
     @property
     def io(self) -> str:
-        """"io_uring" if the relaying connections move their bytes on an io_uring."""
+        """ "io_uring" if the relaying connections move their bytes on an io_uring."""
     def uring_stats(self) -> dict[str, int] | None:
         """io = "io_uring": connections adopted by the ring so far, its requests in flight,
         its receive buffers and how many are free, and the receives that ended for want of

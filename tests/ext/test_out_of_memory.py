@@ -18,7 +18,6 @@ import sys
 import textwrap
 
 import pytest
-
 from support.relay import io_kwargs
 
 CHILD = textwrap.dedent(

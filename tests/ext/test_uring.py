@@ -45,6 +45,19 @@ def upload(port: int, size: int, seed: int) -> tuple[str | None, bytes, str]:
     return result.error, result.head, result.sent_digest
 
 
+def assert_uploaded(results: list[tuple[str | None, bytes, str]]) -> None:
+    """Each upload's bytes reached the server whole: its digest came back."""
+    for error, head, digest in results:
+        assert error is None, error
+        assert head == bytes.fromhex(digest)
+
+
+def assert_ring_idle(stats: dict[str, int]) -> None:
+    """No request in flight, every receive buffer back with the kernel."""
+    assert stats["inflight"] == 0, stats
+    assert stats["buffers_free"] == stats["buffers"], stats
+
+
 @pytest.fixture(params=["copy", "tls"])
 def ring_path(request: pytest.FixtureRequest, tls_files) -> DataPath:
     return DataPath(request.param, tls_files)
@@ -59,7 +72,8 @@ def test_bad_io_arguments_are_refused():
         Loop(io="io_uring", uring_buffers=1000)
     loop = Loop()
     try:
-        assert loop.io == "epoll" and loop.uring_stats() is None
+        assert loop.io == "epoll"
+        assert loop.uring_stats() is None
     finally:
         loop.close()
 
@@ -74,10 +88,9 @@ def test_relaying_connections_move_to_the_ring(make_relay, ring_path):
         up.wait_connections(conns)
         counters = relay.wait_idle()
         stats = relay.call(lambda loop: loop.uring_stats())
-    for error, head, digest in results:
-        assert error is None and head == bytes.fromhex(digest)
+    assert_uploaded(results)
     assert stats["adopted"] == conns, stats
-    assert stats["inflight"] == 0 and stats["buffers_free"] == stats["buffers"], stats
+    assert_ring_idle(stats)
     assert_data_path(
         counters,
         "tls" if ring_path.tls else "copy",
@@ -93,7 +106,7 @@ def test_a_plain_stream_that_may_splice_stays_on_epoll(make_relay, tls_files):
         error, head, digest = upload(relay.port, MiB, 1)
         relay.wait_idle()
         stats = relay.call(lambda loop: loop.uring_stats())
-    assert error is None and head == bytes.fromhex(digest)
+    assert_uploaded([(error, head, digest)])
     assert stats["adopted"] == 0, stats
 
 
@@ -113,9 +126,8 @@ def test_receive_buffers_run_out_and_come_back(make_relay, ring_path):
             results = [f.result() for f in futures]
         counters = relay.wait_idle()
         stats = relay.call(lambda loop: loop.uring_stats())
-    for error, head, digest in results:
-        assert error is None and head == bytes.fromhex(digest)
-    assert stats["buffers_free"] == 16 and stats["inflight"] == 0, stats
+    assert_uploaded(results)
+    assert_ring_idle(stats)
     assert counters["bytes_in"] == conns * size, counters
 
 
@@ -148,13 +160,12 @@ def test_closing_with_requests_in_flight_frees_slot_and_buffers(make_relay, ring
             for sock in socks:
                 sock.close()
         assert counters["idle_timeout"] == conns, counters
-        assert stats["inflight"] == 0 and stats["buffers_free"] == stats["buffers"], stats
+        assert_ring_idle(stats)
         gate.set()
         with ThreadPoolExecutor(conns) as pool:
             results = list(pool.map(lambda k: upload(relay.port, 64 * KiB, k), range(conns)))
         relay.wait_idle()
-    for error, head, digest in results:
-        assert error is None and head == bytes.fromhex(digest)
+    assert_uploaded(results)
 
 
 def test_a_device_half_close_still_gets_the_reply(make_relay, ring_path):
@@ -167,6 +178,8 @@ def test_a_device_half_close_still_gets_the_reply(make_relay, ring_path):
         [rec] = up.wait_connections(1)
         rec.wait(10)
         relay.wait_idle()
-    assert result.error is None and result.eof
+    assert result.error is None, result.error
+    assert result.eof
     assert result.received == 32 + MiB
-    assert rec.eof and (rec.close_notify or not ring_path.tls)
+    assert rec.eof
+    assert rec.close_notify or not ring_path.tls

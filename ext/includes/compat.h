@@ -1,4 +1,4 @@
-/* Constants whose only header cannot be included beside glibc's.
+/* Constants whose only header cannot be included beside glibc's, and errno for Cython.
  *
  * SO_ORIGINAL_DST lives in <linux/netfilter_ipv4.h> and IP6T_SO_ORIGINAL_DST in
  * <linux/netfilter_ipv6/ip6_tables.h>; both drag in kernel socket headers that redefine

@@ -90,6 +90,7 @@ cdef extern from "compat.h" nogil:
     enum:
         SO_ORIGINAL_DST "RELAYCORE_SO_ORIGINAL_DST"
         IP6T_SO_ORIGINAL_DST "RELAYCORE_IP6T_SO_ORIGINAL_DST"
+    void set_errno "relaycore_set_errno"(int e)   # errno = e (a cimported name cannot be assigned)
 
 
 cdef extern from "<netinet/tcp.h>" nogil:

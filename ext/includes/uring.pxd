@@ -54,6 +54,7 @@ cdef extern from "<liburing.h>" nogil:
     void io_uring_prep_send(io_uring_sqe *sqe, int sockfd, const void *buf, size_t n,
                             int flags)
     void io_uring_prep_poll_multishot(io_uring_sqe *sqe, int fd, unsigned poll_mask)
+    void io_uring_prep_poll_add(io_uring_sqe *sqe, int fd, unsigned poll_mask)
     void io_uring_prep_cancel64(io_uring_sqe *sqe, uint64_t user_data, int flags)
     int io_uring_register_buf_ring(io_uring *ring, io_uring_buf_reg *reg, unsigned flags)
     int io_uring_unregister_buf_ring(io_uring *ring, int bgid)
@@ -68,13 +69,10 @@ cdef extern from "<errno.h>" nogil:
         ECANCELED                   # not in Cython's libc.errno
 
 
-cdef extern from "compat.h" nogil:
-    void set_errno "relaycore_set_errno"(int e)
-
-
 cdef extern from "<poll.h>" nogil:
     enum:
         POLLIN
+        POLLERR
 
 
 cdef extern from "<sys/mman.h>" nogil:

@@ -339,6 +339,10 @@ cdef void conn_run(Worker *w, int32_t i) noexcept nogil:
         if budget <= 0:
             conn_queue(w, i)
             break
+    rc = stalled_source_failed(w, c)
+    if rc < 0:
+        conn_pump_failed(w, i, rc)
+        return
     if active:
         c.last_active_ms = w.now_ms
 

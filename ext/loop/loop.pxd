@@ -86,6 +86,8 @@ cdef inline void read_short(Conn *c, int side, Py_ssize_t n, size_t asked) noexc
 cdef Py_ssize_t flush_owned(Worker *w, Conn *c, int d) noexcept nogil
 # d by copy: a PUMP_* result, bytes added to *moved; fatal: -errno or PUMP_NO_BUFFER.
 cdef int pump_copy(Worker *w, Conn *c, int d, Py_ssize_t *moved) noexcept nogil
+# A side whose direction is stalled and that reported an error: the fatal result, else 0.
+cdef int stalled_source_failed(Worker *w, Conn *c) noexcept nogil
 # d through its pipe: a PUMP_* result, bytes added to *moved; fatal: -errno.
 cdef int pump_splice(Worker *w, Conn *c, int d, Py_ssize_t *moved) noexcept nogil
 

@@ -176,3 +176,26 @@ cdef int pump_splice(Worker *w, Conn *c, int d, Py_ssize_t *moved) noexcept nogi
         dr.pipe_bytes += <uint32_t>n
         total += n
     return pump_result(moved, total, PUMP_STOPPED)
+
+
+cdef int stalled_source_failed(Worker *w, Conn *c) noexcept nogil:
+    # A source is not read while the bytes it sent earlier wait for their destination (the
+    # invariant above), so a reset there would go unnoticed until the destination drains,
+    # or until the idle timeout. A side that reported a FIN or an error (READY_HUP) while
+    # its direction is stalled is asked for its error: 0 none, else the pump's fatal
+    # result (through tls_fatal on the TLS side, which names a server's reset or alert).
+    cdef int d
+    cdef int err
+    cdef socklen_t errlen
+    for d in range(2):
+        if not c.ready[d] & READY_HUP or (c.dir[d].buf_len == 0 and c.dir[d].pipe_bytes == 0):
+            continue
+        err = 0
+        errlen = sizeof(err)
+        if getsockopt(c.fd[d], SOL_SOCKET, SO_ERROR, &err, &errlen) < 0 or err == 0:
+            continue
+        if c.ssl != NULL and d == c.tls_side and not c.ktls:
+            set_errno(err)
+            return tls_fatal(w, c, SSL_ERROR_SYSCALL)
+        return -err
+    return 0

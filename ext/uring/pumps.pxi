@@ -121,8 +121,8 @@ cdef int uring_move(Worker *w, int32_t i, int d, Py_ssize_t *moved) noexcept nog
     cdef int rc
     if c.ssl != NULL and d == c.tls_side:
         return uring_from_tls(w, i, moved)
-    if s.rx_err:
-        return -s.rx_err
+    if s.rx_err and s.rx_head == NIL:
+        return -s.rx_err                    # after what it received before the error
     if c.ssl != NULL:
         rc = uring_to_tls(w, i, moved)
     else:
@@ -182,15 +182,18 @@ cdef void uring_run(Worker *w, int32_t i) noexcept nogil:
     cdef Conn *c = &w.conns[i]
     cdef USide *s
     cdef Py_ssize_t moved = 0
-    cdef int d, rc
+    cdef int d, rc, err
     c.ready[0] = 0                      # no SSL_* call may send by itself (tls/gather.pxi)
     c.ready[1] = 0
     for d in range(2):
+        # A send failed; or a receive did while what the side sent waits for its
+        # destination (else the move below, or ring_read, passes the error on in order).
         s = &c.u.side[d]
-        if s.tx_err:
-            set_errno(s.tx_err)
+        err = s.tx_err if s.tx_err else s.rx_err if c.u.side[1 - d].sending else 0
+        if err:
+            set_errno(err)
             rc = tls_fatal(w, c, SSL_ERROR_SYSCALL) if (
-                c.ssl != NULL and d == c.tls_side) else -s.tx_err
+                c.ssl != NULL and d == c.tls_side) else -err
             conn_pump_failed(w, i, rc)
             return
     for d in range(2):

@@ -194,6 +194,7 @@ cdef void uring_received(Worker *w, int32_t i, int side, int res,
         if s.rx_bytes >= URING_RX_HIGH and s.recv_armed and not s.recv_cancelled:
             uring_cancel(u, uring_data(i, side, UOP_RECV))
             s.recv_cancelled = 1
+            uring_watch_errors(w, i, side)
     else:
         if bid != NIL:
             uring_buf_put(u, bid)
@@ -204,6 +205,40 @@ cdef void uring_received(Worker *w, int32_t i, int side, int res,
         elif res != -ECANCELED and res < 0:
             s.rx_err = -res
     conn_queue(w, i)
+
+
+cdef void uring_watch_errors(Worker *w, int32_t i, int side) noexcept nogil:
+    # side's receive is cancelled (backpressure), so its reset would go unseen until the
+    # bytes it sent drain: a poll for POLLERR (and POLLHUP) watches it meanwhile.
+    cdef USide *s = &w.conns[i].u.side[side]
+    cdef io_uring_sqe *sqe
+    if s.err_polled:
+        return
+    sqe = uring_sqe(w.uring)
+    if sqe == NULL:
+        return
+    io_uring_prep_poll_add(sqe, w.conns[i].fd[side], POLLERR)
+    io_uring_sqe_set_data64(sqe, uring_data(i, side, UOP_POLL))
+    s.err_polled = 1
+    w.conns[i].u.inflight += 1
+    w.uring.inflight += 1
+
+
+cdef void uring_polled(Worker *w, int32_t i, int side, int res) noexcept nogil:
+    cdef Conn *c = &w.conns[i]
+    cdef USide *s = &c.u.side[side]
+    cdef int err = 0
+    cdef socklen_t errlen = sizeof(err)
+    s.err_polled = 0
+    c.u.inflight -= 1
+    w.uring.inflight -= 1
+    if c.state == CONN_CLOSED:
+        uring_maybe_free(w, i)
+        return
+    if (res > 0 and not s.rx_err
+            and getsockopt(c.fd[side], SOL_SOCKET, SO_ERROR, &err, &errlen) == 0 and err):
+        s.rx_err = err
+        conn_queue(w, i)
 
 
 cdef void uring_sent(Worker *w, int32_t i, int side, int res) noexcept nogil:
@@ -295,6 +330,8 @@ cdef void uring_conn_closed(Worker *w, int32_t i) noexcept nogil:
             s.recv_cancelled = 1
         if s.sending:
             uring_cancel(w.uring, uring_data(i, side, UOP_SEND))
+        if s.err_polled:
+            uring_cancel(w.uring, uring_data(i, side, UOP_POLL))
         while s.rx_head != NIL:
             uring_buf_put(w.uring, rx_unlink(w.uring, s))
     uring_maybe_free(w, i)

@@ -165,6 +165,8 @@ cdef void uring_reap(Worker *w) noexcept nogil:
                                cqes[k].res, cqes[k].flags)
             elif data & 15 == UOP_SEND:
                 uring_sent(w, <int32_t>(data >> 8), <int>((data >> 4) & 1), cqes[k].res)
+            elif data & 15 == UOP_POLL:
+                uring_polled(w, <int32_t>(data >> 8), <int>((data >> 4) & 1), cqes[k].res)
         io_uring_cq_advance(&u.ring, n)
 
 

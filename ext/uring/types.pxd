@@ -20,6 +20,7 @@ cdef enum:
     UOP_SEND = 2                  # a send to a side
     UOP_EPOLL = 3                 # the poll on the worker's epoll fd (slot 0)
     UOP_CANCEL = 4                # a cancel; its completion says nothing we use
+    UOP_POLL = 5                  # a side's error watch while its receive is cancelled
 
 
 cdef struct USide:
@@ -34,6 +35,7 @@ cdef struct USide:
     uint8_t recv_cancelled        # ... and asked to stop (rx_bytes reached URING_RX_HIGH)
     uint8_t starved               # it ended for want of buffers: armed again once some are back
     uint8_t rx_eof                # the receive said 0: the peer's FIN
+    uint8_t err_polled            # its error watch (a POLLERR poll) is in flight
     int rx_err                    # the receive failed: its errno, else 0
     int tx_err                    # a send failed: its errno, else 0
     uint8_t sending               # a send to this side is in flight

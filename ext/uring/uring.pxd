@@ -44,6 +44,10 @@ cdef void uring_maybe_free(Worker *w, int32_t i) noexcept nogil
 # A completion of side's receive, recorded; the connection is queued.
 cdef void uring_received(Worker *w, int32_t i, int side, int res,
                          uint32_t flags) noexcept nogil
+# side's receive is cancelled: a POLLERR poll watches for its reset meanwhile.
+cdef void uring_watch_errors(Worker *w, int32_t i, int side) noexcept nogil
+# A completion of that poll: the socket's error recorded (rx_err) and the connection queued.
+cdef void uring_polled(Worker *w, int32_t i, int side, int res) noexcept nogil
 # A completion of a send to side, recorded; the connection is queued.
 cdef void uring_sent(Worker *w, int32_t i, int side, int res) noexcept nogil
 

@@ -20,6 +20,23 @@ from support.relay import relay_config, relay_process
 from relaycore.lab.base import free_port
 
 ROOM = 10
+
+
+def steady_fds(worker: psutil.Process) -> int:
+    """The worker's fd count once two readings 100 ms apart agree (at most 3 s): one it
+    opens just after the count would leave the limit an fd short, and the last device
+    unserved."""
+    pacing = threading.Event()
+    count = worker.num_fds()
+    for _ in range(30):
+        pacing.wait(0.1)
+        again = worker.num_fds()
+        if again == count:
+            break
+        count = again
+    return count
+
+
 DEVICES = 30
 
 
@@ -34,7 +51,7 @@ def test_out_of_fds_waits_without_spinning_and_refuses_nothing(tmp_path, extra):
         ) as relay,
     ):
         worker = psutil.Process(relay.worker_pids(1)[0])
-        limit = worker.num_fds() + 2 * ROOM + extra
+        limit = steady_fds(worker) + 2 * ROOM + extra
         worker.rlimit(psutil.RLIMIT_NOFILE, (limit, limit))
         devices = []
         try:
@@ -44,7 +61,14 @@ def test_out_of_fds_waits_without_spinning_and_refuses_nothing(tmp_path, extra):
                 s.sendall(b"device %02d\n" % k)
             served = ROOM + extra
             for k, s in enumerate(devices[:served]):
-                assert s.recv(64) == b"device %02d\n" % k
+                try:
+                    echoed = s.recv(64)
+                except TimeoutError:
+                    raise AssertionError(
+                        f"device {k} of the {served} that fit was not served; the worker"
+                        f" holds {worker.num_fds()} fds of {limit}:\n{relay.output()}"
+                    ) from None
+                assert echoed == b"device %02d\n" % k
 
             cpu = worker.cpu_times()
             threading.Event().wait(1.0)  # a measurement window, not a synchronisation

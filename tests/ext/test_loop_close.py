@@ -153,3 +153,36 @@ def test_client_reset_reaches_upstream_as_reset(make_relay, path):
         counters = relay.wait_idle()
     assert rec.error == "ECONNRESET", f"client RST reached the upstream as eof={rec.eof}"
     assert counters["resets"] >= 1, counters
+
+
+def test_device_reset_while_its_bytes_wait_is_seen_at_once(make_relay, path):
+    """Devices reset while the bytes they sent wait for a server that does not read: the
+    relay does not read a stalled source, but its reset is still seen at once (the
+    connections close as resets), not at the idle timeout."""
+    gate = threading.Event()
+    with SinkServer(gate=gate, bufsize=16 * KiB, **path.upstream()) as up:
+        relay = make_relay(up.port, **path.relay(idle_timeout_ms=60_000))
+        socks = [connect(relay.port) for _ in range(4)]
+        try:
+            blob = bytes(256 * KiB)
+            for sock in socks:
+                sock.setblocking(False)
+            # Until every device's socket is full: the relay's side is stalled behind it.
+            for _ in range(256):
+                stalled = 0
+                for sock in socks:
+                    try:
+                        sock.send(blob)
+                    except BlockingIOError:
+                        stalled += 1
+                if stalled == len(socks):
+                    break
+            for sock in socks:
+                set_linger0(sock)
+        finally:
+            for sock in socks:
+                sock.close()
+        counters = relay.wait_idle(timeout=5)
+        gate.set()
+    assert counters["resets"] == 4, counters
+    assert counters["idle_timeout"] == 0, counters

@@ -138,8 +138,8 @@ class Loop:
         """ "io_uring" if the relaying connections move their bytes on an io_uring."""
     def uring_stats(self) -> dict[str, int] | None:
         """io = "io_uring": connections adopted by the ring so far, its requests in flight,
-        its receive buffers and how many are free, and the receives that ended for want of
-        them; None on epoll."""
+        its receive buffers (given to the kernel so far, at most, free), and the receives
+        that ended for want of them; None on epoll."""
     def route_counters(self) -> list[dict[str, int]]:
         """The counters of each route's connections, indexed by route id (docs/ERRORS.md)."""
     def worker_counters(self) -> dict[str, int]:

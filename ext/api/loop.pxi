@@ -60,13 +60,14 @@ cdef class Loop:
 
     def uring_stats(self):
         """io = "io_uring": connections adopted by the ring so far, its requests in flight,
-        its receive buffers and how many are free, and the receives that ended for want of
-        them; None on epoll."""
+        its receive buffers (given to the kernel so far, at most, free), and the receives
+        that ended for want of them; None on epoll."""
         cdef Worker *w = self.live()
         if w.uring == NULL:
             return None
         return {"adopted": w.uring.adopted, "inflight": w.uring.inflight,
-                "buffers": w.uring.nbufs, "buffers_free": w.uring.bufs_free,
+                "buffers": w.uring.nbufs_added, "buffers_max": w.uring.nbufs,
+                "buffers_free": w.uring.bufs_free,
                 "starved": w.uring.starved}
 
     def __dealloc__(self):

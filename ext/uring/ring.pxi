@@ -27,7 +27,6 @@ cdef int uring_new(Worker *w, uint32_t nbufs) noexcept nogil:
     cdef io_uring_buf_reg reg
     cdef void *br
     cdef int rc
-    cdef int32_t k
     if u == NULL:
         return -ENOMEM
     u.nbufs = nbufs
@@ -67,12 +66,8 @@ cdef int uring_new(Worker *w, uint32_t nbufs) noexcept nogil:
         uring_release(u, True)
         return rc                           # provided buffer rings need 5.19
     u.mask = io_uring_buf_ring_mask(nbufs)
-    for k in range(<int32_t>nbufs):
-        io_uring_buf_ring_add(u.br, u.bufs + <size_t>k * URING_BUF_SIZE, URING_BUF_SIZE,
-                              <unsigned short>k, u.mask, k)
-    io_uring_buf_ring_advance(u.br, <int>nbufs)
-    u.bufs_free = nbufs
     u.starved_head = NIL
+    uring_grow(u)
     w.uring = u
     return 0
 
@@ -105,6 +100,18 @@ cdef io_uring_sqe *uring_sqe(Uring *u) noexcept nogil:
         io_uring_submit(&u.ring)
         sqe = io_uring_get_sqe(&u.ring)
     return sqe
+
+
+cdef void uring_grow(Uring *u) noexcept nogil:
+    # URING_BUFS_STEP more buffers for the kernel, up to nbufs.
+    cdef uint32_t k = 0
+    while k < URING_BUFS_STEP and u.nbufs_added < u.nbufs:
+        io_uring_buf_ring_add(u.br, u.bufs + <size_t>u.nbufs_added * URING_BUF_SIZE,
+                              URING_BUF_SIZE, <unsigned short>u.nbufs_added, u.mask, k)
+        u.nbufs_added += 1
+        k += 1
+    io_uring_buf_ring_advance(u.br, <int>k)
+    u.bufs_free += k
 
 
 cdef void uring_buf_put(Uring *u, int32_t bid) noexcept nogil:
@@ -199,7 +206,9 @@ cdef void uring_restart_starved(Worker *w) noexcept nogil:
     cdef Uring *u = w.uring
     cdef int32_t i
     cdef Conn *c
-    while u.starved_head != NIL and u.bufs_free >= u.nbufs // 16:
+    if u.starved_head != NIL and u.bufs_free < u.nbufs_added // 16:
+        uring_grow(u)
+    while u.starved_head != NIL and u.bufs_free and u.bufs_free >= u.nbufs_added // 16:
         i = u.starved_head
         c = &w.conns[i]
         u.starved_head = c.u.starved_next

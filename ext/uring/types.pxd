@@ -4,7 +4,10 @@
 
 cdef enum:
     URING_ENTRIES = 4096          # submission queue entries (the kernel doubles the CQ)
-    URING_BUFS = 1024             # provided receive buffers per worker, by default
+    URING_BUFS = 1024             # provided receive buffers per worker at most, by default
+    # Given to the kernel at first, and as many more each time receives starve: the kernel
+    # takes buffers in ring order, so every buffer it was given ends up touched (RSS).
+    URING_BUFS_STEP = 64
     URING_BUF_SIZE = 16384        # bytes each (one TLS record's plaintext)
     URING_BGID = 0                # their buffer group
     # Bytes one side may hold received but not yet passed on before its multishot receive
@@ -57,7 +60,8 @@ cdef struct Uring:
     io_uring ring
     io_uring_buf_ring *br         # the provided buffer ring (mmap'd)
     size_t br_size
-    uint32_t nbufs                # provided receive buffers: a power of two
+    uint32_t nbufs                # provided receive buffers at most: a power of two
+    uint32_t nbufs_added          # ... of which the kernel was given so far
     char *bufs                    # nbufs * URING_BUF_SIZE bytes
     int32_t *next                 # per buffer: the next one in the same USide rx list
     uint32_t *len                 # per buffer: the bytes received into it

@@ -32,12 +32,18 @@ log = logging.getLogger("relaycore.worker")
 TICK_MS = 200
 
 
+class LoopUnavailable(Exception):
+    """The worker's loop cannot be made on this kernel as configured."""
+
+
 def serve(plan: WorkerPlan, ready_fd: int) -> None:
     """Run the worker until it has drained after SIGTERM, then exit the process."""
     code = 1
     try:
         _serve(plan, ready_fd)
         code = 0
+    except LoopUnavailable as exc:
+        log.error("worker cannot start: %s", exc)
     except BaseException:
         log.exception("worker failed")
     finally:
@@ -56,14 +62,19 @@ def _serve(plan: WorkerPlan, ready_fd: int) -> None:
     _core.set_parent_death_signal(signal.SIGTERM)
 
     shared = plan.plan
-    loop = _core.Loop(
-        max_connections=shared.loop.max_connections,
-        splice=shared.loop.splice,
-        io=shared.loop.io,
-        connect_timeout_ms=shared.loop.connect_timeout_ms,
-        handshake_timeout_ms=shared.loop.handshake_timeout_ms,
-        idle_timeout_ms=shared.loop.idle_timeout_ms,
-    )
+    try:
+        loop = _core.Loop(
+            max_connections=shared.loop.max_connections,
+            splice=shared.loop.splice,
+            io=shared.loop.io,
+            connect_timeout_ms=shared.loop.connect_timeout_ms,
+            handshake_timeout_ms=shared.loop.handshake_timeout_ms,
+            idle_timeout_ms=shared.loop.idle_timeout_ms,
+        )
+    except OSError as exc:
+        # The kernel refused what the config asks (io = "io_uring" where io_uring is
+        # disabled): the operator's to fix, said in one line, not a traceback.
+        raise LoopUnavailable(exc.strerror or str(exc)) from None
     apply_plan(loop, plan)
     if plan.uses_tls:
         # Once per worker: which connections will be offloaded (ktls = auto); the

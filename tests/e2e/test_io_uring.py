@@ -2,13 +2,16 @@
 data path relays an echo over a TLS upstream and over a plain one, many connections at
 once through two workers, and every byte comes back as it was sent (SHA-256 at both ends).
 
-The config says io_uring itself, so this runs on it whatever `pytest --io` says; a kernel
-that cannot (io_uring disabled, or older than 6.1) makes the relay refuse to start, and
-the test fails with the kernel's reason: io_uring was asked for and is not there.
+The config says io_uring itself, so this runs on it whatever `pytest --io` says. A kernel
+that cannot (io_uring disabled, or older than 5.19) makes the relay refuse to start with
+one line naming the kernel's reason, which the last test checks by disabling io_uring
+(kernel.io_uring_disabled) for a moment.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -71,3 +74,36 @@ def test_echo_over_tls_and_plain_upstreams_on_io_uring(tmp_path: Path) -> None:
             assert (r.sent, r.received) == (SIZE, SIZE), (which, seed, r)
             assert r.digest == r.sent_digest, f"{which} connection {seed}: bytes differ"
         assert relay.stop() == 0, relay.output()
+
+
+IO_URING_DISABLED = Path("/proc/sys/kernel/io_uring_disabled")
+
+
+def test_a_kernel_that_refuses_io_uring_is_one_clear_line(tmp_path):
+    if not IO_URING_DISABLED.exists():
+        pytest.skip("this kernel has no kernel.io_uring_disabled")
+    (tmp_path / "run").mkdir(mode=0o700)
+    config = tmp_path / "relay.toml"
+    config.write_text(
+        f'[relay]\nworkers = 1\nrun_dir = "{tmp_path / "run"}"\nio = "io_uring"\n\n'
+        f'[[connector]]\nname = "t"\nlisten = "{HOST}:{free_port()}"\n'
+        f'upstream = "{HOST}:{free_port()}"\ntls = false\n'
+    )
+    before = IO_URING_DISABLED.read_text()
+    IO_URING_DISABLED.write_text("2\n")  # 2: io_uring_setup fails with EPERM for everyone
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "relaycore", "run", "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        IO_URING_DISABLED.write_text(before)
+    assert run.returncode != 0, run.stderr
+    assert "Traceback" not in run.stderr, run.stderr
+    assert (
+        'worker cannot start: io_uring: Operation not permitted (io = "io_uring" needs'
+        in run.stderr
+    ), run.stderr
+    assert "workers did not start" in run.stderr, run.stderr

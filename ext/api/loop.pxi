@@ -14,10 +14,11 @@ cdef class Loop:
     "always" splices every direction from its first byte (pool permitting).
 
     io: "epoll" (the default), or "io_uring", an experiment: relaying connections (plain
-    copy and TLS in user space) move their bytes by multishot receives into provided
-    buffers and batched sends on an io_uring; accepting, connecting, handshakes and the
-    other paths stay on epoll. OSError if the kernel has no usable io_uring. Its receive
-    buffers (uring_buffers of 16 KiB) are shared by the worker's connections."""
+    copy with splice "off", TLS in user space) move their bytes by multishot receives into
+    provided buffers and batched sends on an io_uring; accepting, connecting, handshakes
+    and the other paths stay on epoll. OSError if the kernel has no usable io_uring. Its
+    receive buffers (at most uring_buffers of 16 KiB) are shared by the worker's
+    connections."""
 
     def __cinit__(self, *, int max_connections=10000, str splice="auto",
                   long connect_timeout_ms=10000, long idle_timeout_ms=900000,
